@@ -1,0 +1,1 @@
+"""cra: a staged coding agent for large legacy C codebases."""

@@ -1,0 +1,1 @@
+"""The decomp-aware code index: parsing, symbols, graphs, search tables and incremental updates."""

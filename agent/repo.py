@@ -1,0 +1,84 @@
+"""Read-only git access to the user's repository: what is tracked, what changed, which commit is checked out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from agent.errors import CraError, EmptyRepository, MissingObjects, NotAGitRepository
+
+# Never let git reach a promisor remote for a missing object: fail fast instead.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_NO_LAZY_FETCH": "1", "LC_ALL": "C"}
+
+
+class GitError(CraError):
+    """A git command failed."""
+
+
+def git(repo: Path, *args: str, check: bool = True, input: bytes | None = None) -> bytes:
+    """Run git in `repo` and return its stdout bytes; raise GitError (or MissingObjects) on failure."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        input=input,
+        capture_output=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        if "missing" in err or "promisor" in err or "unable to read" in err or "bad object" in err:
+            raise MissingObjects(f"git {args[0]} in {repo}: {err}")
+        raise GitError(f"git {' '.join(args[:3])} failed in {repo}: {err}")
+    return proc.stdout
+
+
+def require_repo(path: Path) -> Path:
+    """The top level of the git work tree containing `path`, or NotAGitRepository."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise NotAGitRepository(f"{path} is not a directory; pass the path of a git checkout (e.g. ./pokeemerald)")
+    proc = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, env={**os.environ, **GIT_ENV}
+    )
+    if proc.returncode != 0:
+        raise NotAGitRepository(f"{path} is not inside a git repository; run `git init` or pass a git checkout")
+    return Path(proc.stdout.decode().strip()).resolve()
+
+
+def head_commit(repo: Path) -> str:
+    """The sha of HEAD, or EmptyRepository when there is no commit yet."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+        capture_output=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    if proc.returncode != 0:
+        raise EmptyRepository(f"{repo} has no commits yet; commit something before indexing")
+    return proc.stdout.decode().strip()
+
+
+def _z(out: bytes) -> list[str]:
+    return [p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p]
+
+
+def work_tree_files(repo: Path) -> list[str]:
+    """Tracked files plus untracked files git does not ignore, repo-relative."""
+    return sorted(set(_z(git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard"))))
+
+
+def changed_since(repo: Path, commit: str) -> set[str]:
+    """Paths whose work-tree state may differ from `commit`: committed since, edited, or untracked."""
+    changed = _z(git(repo, "diff", "--name-only", "-z", "--no-renames", commit))
+    untracked = _z(git(repo, "ls-files", "-z", "--others", "--exclude-standard"))
+    return set(changed) | set(untracked)
+
+
+def dirty_files(repo: Path) -> set[str]:
+    """Paths with uncommitted changes (staged, unstaged or untracked) relative to HEAD."""
+    return changed_since(repo, "HEAD")
+
+
+def blob_sha(data: bytes) -> str:
+    """The git blob id of `data`, as `git hash-object` computes it."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

@@ -1,0 +1,117 @@
+"""Schema history of the DuckDB store, top to bottom; applied names are recorded in `_migrations`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[Migration] = []
+migration = MIGRATIONS.append
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded, in order, each in its own transaction; return their names."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())")
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for step in MIGRATIONS:
+        if step.__name__ in done:
+            continue
+        con.begin()
+        try:
+            step(con)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [step.__name__])
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+        applied.append(step.__name__)
+    return applied
+
+
+@migration
+def m001_index(con: duckdb.DuckDBPyConnection) -> None:
+    """The code index: files, symbols, includes, references and graph metrics."""
+    con.execute(
+        """
+        CREATE TABLE index_state (
+            id INTEGER PRIMARY KEY,          -- always 1: one index per project store
+            repo TEXT NOT NULL,
+            commit_sha TEXT,                 -- HEAD the index was built from
+            dirty_paths TEXT[],              -- uncommitted files indexed from the work tree
+            generation INTEGER NOT NULL,     -- bumped by every full build; names the LanceDB tables
+            symbols_version BIGINT,          -- LanceDB table versions matching these rows
+            files_version BIGINT,
+            embedder TEXT,                   -- NULL when built with --no-embed
+            parser_version INTEGER NOT NULL,
+            indexed_at TIMESTAMP NOT NULL,
+            stats JSON
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            lang TEXT NOT NULL,              -- c | h | asm | text
+            module TEXT NOT NULL,            -- directory of the file
+            sha TEXT NOT NULL,               -- git blob id of the indexed content
+            size BIGINT NOT NULL,
+            n_lines INTEGER NOT NULL,
+            error_nodes INTEGER NOT NULL,    -- tree-sitter ERROR nodes left after decomp-aware parsing
+            raw_error_nodes INTEGER NOT NULL -- ERROR nodes plain tree-sitter-c reports
+        )
+        """
+    )
+    con.execute("CREATE TABLE skipped_files (path TEXT PRIMARY KEY, reason TEXT NOT NULL)")
+    con.execute(
+        """
+        CREATE TABLE symbols (
+            id TEXT PRIMARY KEY,             -- path::kind::name[#n], stable across line shifts
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            signature TEXT,
+            start_line INTEGER NOT NULL,
+            end_line INTEGER NOT NULL,
+            is_static BOOLEAN NOT NULL,
+            body_hash TEXT,
+            section TEXT,                    -- EWRAM_DATA, IWRAM_DATA, ... for globals
+            detail TEXT                      -- macro value, fields, enum constants: text for search
+        )
+        """
+    )
+    con.execute("CREATE INDEX symbols_name ON symbols(name)")
+    con.execute("CREATE INDEX symbols_path ON symbols(path)")
+    con.execute(
+        "CREATE TABLE includes (path TEXT NOT NULL, target TEXT NOT NULL, resolved TEXT, line INTEGER, system BOOLEAN)"
+    )
+    con.execute(
+        """
+        CREATE TABLE refs (
+            src TEXT NOT NULL,               -- symbol id of the enclosing definition, or the file path
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- call | value | macro | type
+            line INTEGER NOT NULL,
+            recovered BOOLEAN NOT NULL,      -- found inside a region plain tree-sitter marks ERROR
+            dst TEXT,                        -- resolved symbol id, NULL when unresolved (libc, ...)
+            candidates INTEGER NOT NULL      -- definitions the name could mean; >1 is ambiguous
+        )
+        """
+    )
+    con.execute("CREATE INDEX refs_path ON refs(path)")
+    con.execute("CREATE INDEX refs_name ON refs(name)")
+    con.execute("CREATE TABLE decl_links (decl TEXT NOT NULL, defn TEXT NOT NULL)")
+    con.execute(
+        """
+        CREATE TABLE symbol_metrics (
+            id TEXT PRIMARY KEY,
+            pagerank DOUBLE, in_degree INTEGER, out_degree INTEGER,
+            betweenness DOUBLE, entry_distance INTEGER, is_entry BOOLEAN
+        )
+        """
+    )
+    con.execute("CREATE TABLE file_metrics (path TEXT PRIMARY KEY, pagerank DOUBLE, in_degree INTEGER, out_degree INTEGER)")
