@@ -1,0 +1,1 @@
+"""Measurements of the tool on real repositories: localization quality and speed."""

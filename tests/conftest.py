@@ -1,0 +1,65 @@
+"""Shared test setup: an isolated cra home, a quiet and hermetic environment, the fixture decomp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `import tests.fixtures...` works however pytest is started
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Set for the whole session, before any test module imports numpy, torch or git tooling.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+os.environ["GIT_CONFIG_GLOBAL"] = os.devnull  # ignore the user's ~/.gitconfig (hooks, signing...)
+os.environ["GIT_TERMINAL_PROMPT"] = "0"
+os.environ["GIT_AUTHOR_NAME"] = "cra tests"
+os.environ["GIT_AUTHOR_EMAIL"] = "cra-tests@example.invalid"
+os.environ["GIT_COMMITTER_NAME"] = "cra tests"
+os.environ["GIT_COMMITTER_EMAIL"] = "cra-tests@example.invalid"
+
+from tests.fixtures.decomp import DecompRepo, host_build_missing, make_decomp_repo  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_cra_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty CRA_HOME, so no test touches the user's cra state."""
+    home = tmp_path_factory.mktemp("cra-home")
+    monkeypatch.setenv("CRA_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def decomp_template(tmp_path_factory: pytest.TempPathFactory) -> DecompRepo:
+    """The fixture decomp with its history, built once per session. Do not modify: copy it."""
+    return make_decomp_repo(tmp_path_factory.mktemp("decomp-template") / "pokefixture")
+
+
+@pytest.fixture
+def decomp_repo(decomp_template: DecompRepo, tmp_path: Path) -> DecompRepo:
+    """A fresh, writable copy of the fixture decomp (at tmp_path/pokefixture)."""
+    dest = tmp_path / "pokefixture"
+    shutil.copytree(decomp_template.path, dest, symlinks=True)
+    return replace(decomp_template, path=dest, commits=list(decomp_template.commits),
+                   subjects=list(decomp_template.subjects))
+
+
+@pytest.fixture
+def decomp_repo_flat(tmp_path: Path) -> DecompRepo:
+    """The fixture decomp's final tree as a single commit (no history)."""
+    return make_decomp_repo(tmp_path / "pokefixture-flat", history=False)
+
+
+@pytest.fixture
+def host_build() -> None:
+    """Skip the test unless the fixture decomp can be built with the host toolchain."""
+    reason = host_build_missing()
+    if reason:
+        pytest.skip(reason)
