@@ -58,6 +58,11 @@ def head_commit(repo: Path) -> str:
     return proc.stdout.decode().strip()
 
 
+def printable_path(path: str) -> str:
+    """A path git gave as bytes that are not UTF-8, with those bytes written as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _z(out: bytes) -> list[str]:
     return [p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p]
 

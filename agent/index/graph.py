@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import duckdb
-import networkx as nx
 import numpy as np
 import pyarrow as pa
 from scipy.sparse import csr_array
@@ -707,6 +706,8 @@ def _entry_distance(n: int, src: np.ndarray, dst: np.ndarray, entries: np.ndarra
 
 def _pagerank(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
     """PageRank by networkx (its scipy power iteration) over nodes 0..n-1."""
+    import networkx as nx  # imported here: it costs ~1 s and only full metric passes need it
+
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
     if weight is None:

@@ -686,10 +686,14 @@ class _CExtractor:
 
 
 def _top_items(node: Node) -> Iterator[Node]:
-    """File-scope items under `node`, looking through preprocessor groups and ERROR nodes."""
-    for child in node.named_children:
-        if child.type in _CONTAINERS:
-            yield from _top_items(child)
+    """File-scope items under `node`, looking through preprocessor groups and ERROR nodes (any nesting depth)."""
+    stack = [iter(node.named_children)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif child.type in _CONTAINERS:
+            stack.append(iter(child.named_children))
         else:
             yield child
 

@@ -20,6 +20,8 @@ GLOBAL = "global"            # file-scope variable or data table
 LABEL = "label"              # assembly label in .s / .inc
 ASM_MACRO = "asm_macro"      # assembler .macro definition
 DOCUMENT = "document"        # one file-level document for other text sources
+SYMBOL_KINDS = frozenset({FUNCTION, PROTOTYPE, STRUCT, UNION, ENUM, ENUM_CONSTANT, TYPEDEF, MACRO, MACRO_FUNCTION,
+                          GLOBAL, LABEL, ASM_MACRO, DOCUMENT})
 
 # Reference kinds.
 CALL = "call"     # f(...)

@@ -1,0 +1,126 @@
+"""Speed and memory benchmarks of the index on a real checkout, never touching it."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from agent import repo as git_repo
+from agent.index.build import index_repo
+
+SAMPLE_EVERY_S = 0.05
+QUERIES = (
+    "wall clock window",
+    "Fix CaveTransition pals",
+    "Use window constants in wallclock",
+    "berry blender score",
+    "battle anim sprite callback",
+    "Document pokedex area screen",
+    "save block checksum",
+    "contest judge",
+    "RTC time of day",
+    "trainer hill floor",
+)
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and its children in a thread; `peak` is the maximum seen."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(SAMPLE_EVERY_S)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def scratch_worktree(repo: Path) -> Iterator[Path]:
+    """A detached worktree of HEAD in a temporary folder, removed afterwards; the checkout is untouched."""
+    top = git_repo.require_repo(repo)
+    with tempfile.TemporaryDirectory(prefix="cra-bench-") as tmp:
+        tree = Path(tmp) / "tree"
+        git_repo.git(top, "worktree", "add", "--detach", "--quiet", str(tree), "HEAD")
+        try:
+            yield tree
+        finally:
+            git_repo.git(top, "worktree", "remove", "--force", str(tree), check=False)
+            git_repo.git(top, "worktree", "prune", check=False)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIES, repeats: int = 5) -> dict:
+    """Full index without and with embeddings, one-file incremental updates, and warm search latency."""
+    from agent.retrieval import searcher
+
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="cra-bench-home-") as home_plain, tempfile.TemporaryDirectory(
+        prefix="cra-bench-home-"
+    ) as home_embed:
+        with PeakMemory() as mem:
+            seconds, report = _timed(lambda: index_repo(repo, home=home_plain, embed=False))
+        figures["full_no_embed"] = {"seconds": round(seconds, 2), "peak_rss_mib": round(mem.peak / 2**20),
+                                    "timings": report.timings, "symbols": report.symbols,
+                                    "c_files": report.c_files, "c_files_with_errors": report.c_files_with_errors,
+                                    "raw_c_files_with_errors": report.raw_c_files_with_errors, "graph": report.graph}
+        with PeakMemory() as mem:
+            seconds, report = _timed(lambda: index_repo(repo, home=home_embed, embed=True))
+        figures["full_embed"] = {"seconds": round(seconds, 2), "peak_rss_mib": round(mem.peak / 2**20),
+                                 "timings": report.timings, "embedded": report.embedded}
+
+        warm = searcher(repo, home_embed)
+        latencies = []
+        for query in queries:
+            warm.search(query)  # first call warms caches for this query shape
+            for _ in range(repeats):
+                latencies.append(warm.search(query).elapsed_ms)
+        figures["search_ms"] = {"p50": round(statistics.median(latencies), 1),
+                                "p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1),
+                                "max": round(max(latencies), 1), "queries": len(queries), "repeats": repeats}
+
+    with scratch_worktree(repo) as tree, tempfile.TemporaryDirectory(prefix="cra-bench-home-") as home:
+        index_repo(tree, home=home, embed=True)
+        c_files = sorted(p for p in git_repo.work_tree_files(tree) if p.endswith(".c"))
+        step = max(1, len(c_files) // edits)
+        samples = []
+        for i, rel in enumerate(c_files[::step][:edits]):
+            target = tree / rel
+            target.write_text(target.read_text(errors="replace") + f"\nvoid CraBenchAdded{i}(void)\n{{\n}}\n")
+            seconds, report = _timed(lambda: index_repo(tree, home=home, embed=True))
+            samples.append({"file": rel, "seconds": round(seconds, 3), "timings": report.timings})
+        figures["incremental_one_file"] = {"median_s": round(statistics.median(s["seconds"] for s in samples), 3),
+                                           "max_s": max(s["seconds"] for s in samples), "samples": samples}
+    figures["machine"] = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
+                          "uname": subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()}
+    return figures

@@ -1,0 +1,316 @@
+"""Hybrid ranking of files and symbols: the one place where text, vector, graph and history signals are fused."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent import store
+from agent.config import ProjectPaths
+from agent.errors import InvalidInput, UnknownSymbol
+from agent.index import graph, history
+from agent.index.build import IndexState, open_index, read_state
+from agent.index.symbols import SYMBOL_KINDS
+from agent.index.tokens import code_tokens
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How much each signal counts; every signal is normalised to [0, 1] before weighting."""
+
+    file_text: float = 1.0        # BM25 over a file's compact snapshot (path, symbol names, includes)
+    symbol_text: float = 1.0      # BM25 over symbol documents, best symbol per file
+    file_vector: float = 0.3      # cosine of the query to the file snapshot
+    symbol_vector: float = 0.3    # cosine of the query to symbol documents, best per file
+    neighborhood: float = 0.2     # within two graph hops of the top text hits
+    pagerank: float = 0.05        # structural prior
+    history: float = 0.6          # files changed by past commits with similar descriptions
+    cochange: float = 0.2         # files that change together with the top candidates
+    header_pair: float = 0.3      # foo.h given foo.c ranks high, and the other way round
+
+
+WEIGHTS = Weights()
+CANDIDATES = 200        # hits taken from each text or vector list before fusion
+SEED_HITS = 10          # top text hits whose graph neighbourhood is boosted
+PAIR_SEEDS = 10         # top files whose header/source partner is boosted
+RANKERS = ("hybrid", "bm25")
+
+
+@dataclass
+class FileHit:
+    """A ranked file, with the weighted contribution of each signal."""
+
+    path: str
+    score: float
+    why: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SymbolHit:
+    """A ranked symbol, with the weighted contribution of each signal."""
+
+    id: str
+    name: str
+    kind: str
+    path: str
+    line: int
+    score: float
+    why: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SearchResults:
+    """Ranked files and symbols for one query."""
+
+    query: str
+    files: list[FileHit]
+    symbols: list[SymbolHit]
+    elapsed_ms: float
+
+    def as_dict(self) -> dict:
+        """A JSON-ready view."""
+        return asdict(self)
+
+
+def _normalise(scores: dict[str, float]) -> dict[str, float]:
+    top = max(scores.values(), default=0.0)
+    return {key: value / top for key, value in scores.items()} if top > 0 else {}
+
+
+def _best_per_file(scores: dict[str, float], path_of: dict[str, str]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for sid, value in scores.items():
+        path = path_of.get(sid)
+        if path is not None and value > best.get(path, 0.0):
+            best[path] = value
+    return best
+
+
+def _partner(path: str) -> str | None:
+    stem, ext = os.path.splitext(path)
+    name = os.path.basename(stem)
+    if ext == ".c":
+        return f"include/{name}.h"
+    if ext == ".h":
+        return f"src/{name}.c"
+    return None
+
+
+class Searcher:
+    """A warm handle on one project's index: the search tables at the recorded versions and the graph."""
+
+    def __init__(self, paths: ProjectPaths, state: IndexState):
+        from agent.index.tables import SearchTables
+
+        self.paths = paths
+        self.state = state
+        self.tables = SearchTables(paths.lance, state.embedder)
+        self.tables.open(state.generation, state.symbols_version, state.files_version)
+        with store.opened(paths.store, read_only=True) as con:
+            rows = con.execute(
+                "SELECT s.id, s.name, s.kind, s.path, s.start_line, coalesce(m.pagerank, 0)"
+                " FROM symbols s LEFT JOIN symbol_metrics m USING (id)"
+            ).fetchall()
+            self.file_pagerank = dict(con.execute("SELECT path, pagerank FROM file_metrics").fetchall())
+            self.files = {p: lang for p, lang in con.execute("SELECT path, lang FROM files").fetchall()}
+            self.graph = graph.load_adjacency(con)
+            self.history = history.load(con)
+        self.meta = {r[0]: r[1:5] for r in rows}
+        self.path_of = {r[0]: r[3] for r in rows}
+        self.symbol_pagerank = _normalise({r[0]: r[5] for r in rows})
+        self.file_pagerank = _normalise(self.file_pagerank)
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        ranker: str = "hybrid",
+        kinds: list[str] | None = None,
+        path: str | None = None,
+        module: str | None = None,
+        langs: list[str] | None = None,
+        weights: Weights = WEIGHTS,
+    ) -> SearchResults:
+        """Rank files and symbols for `query` under the given filters."""
+        start = time.perf_counter()
+        if not query.strip():
+            raise InvalidInput("the query is empty; describe what to look for")
+        if k < 1:
+            raise InvalidInput(f"k must be at least 1, not {k}")
+        unknown = sorted(set(kinds or ()) - SYMBOL_KINDS)
+        if unknown:
+            raise InvalidInput(f"unknown symbol kind {', '.join(unknown)}; choose from {', '.join(sorted(SYMBOL_KINDS))}")
+        if ranker not in RANKERS:
+            raise InvalidInput(f"unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}")
+        module = module.rstrip("/") if module else module
+        terms = " ".join(code_tokens(query))
+        file_filter = {"path": path, "module": module, "langs": langs}
+        if ranker == "bm25":
+            hits = self.tables.search_content(terms, limit=k, **file_filter)
+            files = [FileHit(p, s, {"bm25": s}) for p, s in hits]
+            return SearchResults(query, files, [], (time.perf_counter() - start) * 1000)
+
+        vector = self.tables.embed_query(query) if self.state.embedder else None
+        sym_text = _normalise(dict(self.tables.search_symbols(terms, limit=CANDIDATES, kinds=kinds, **file_filter)))
+        file_text = _normalise(dict(self.tables.search_files(terms, limit=CANDIDATES, **file_filter)))
+        sym_vec: dict[str, float] = {}
+        file_vec: dict[str, float] = {}
+        if vector is not None:
+            sym_vec = dict(self.tables.nearest_symbols(vector, limit=CANDIDATES, kinds=kinds, **file_filter))
+            file_vec = dict(self.tables.nearest_files(vector, limit=CANDIDATES, **file_filter))
+        seeds = sorted(sym_text, key=sym_text.get, reverse=True)[:SEED_HITS]
+        near = {sid: 1.0 / (1 + d) for sid, d in graph.neighbors(self.graph, seeds, hops=2).items() if sid in self.meta}
+
+        # Symbols: text, vector, neighbourhood and prior.
+        symbol_scores: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, signal, weight in (
+            ("text", sym_text, weights.symbol_text),
+            ("vector", sym_vec, weights.symbol_vector),
+            ("graph", near, weights.neighborhood),
+        ):
+            for sid, value in signal.items():
+                symbol_scores[sid][name] = weight * value
+        for sid, why in symbol_scores.items():
+            why["pagerank"] = weights.pagerank * self.symbol_pagerank.get(sid, 0.0)
+
+        # Files: their own text and vector, their best symbols, history, then pairs and co-change of the leaders.
+        allowed = self._allowed_files(path, module, langs)
+        file_scores: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, signal, weight in (
+            ("text", file_text, weights.file_text),
+            ("symbols", _best_per_file(sym_text, self.path_of), weights.symbol_text),
+            ("vector", file_vec, weights.file_vector),
+            ("symbol_vector", _best_per_file(sym_vec, self.path_of), weights.symbol_vector),
+            ("graph", _best_per_file(near, self.path_of), weights.neighborhood),
+            ("history", _normalise(history.similar_commit_files(self.history, query)), weights.history),
+        ):
+            for fpath, value in signal.items():
+                if fpath in allowed:
+                    file_scores[fpath][name] = weight * value
+        leaders = sorted(file_scores, key=lambda p: -sum(file_scores[p].values()))[:PAIR_SEEDS]
+        for fpath, value in _normalise(history.cochange(self.history, leaders)).items():
+            if fpath in allowed:
+                file_scores[fpath]["cochange"] = weights.cochange * value
+        for rank, fpath in enumerate(leaders):
+            partner = _partner(fpath)
+            if partner in allowed:
+                file_scores[partner]["pair"] = max(file_scores[partner].get("pair", 0.0), weights.header_pair / (1 + rank))
+        for fpath, why in file_scores.items():
+            why["pagerank"] = weights.pagerank * self.file_pagerank.get(fpath, 0.0)
+
+        files = sorted(
+            (FileHit(p, sum(why.values()), why) for p, why in file_scores.items()), key=lambda h: (-h.score, h.path)
+        )[:k]
+        symbols = []
+        for sid, why in symbol_scores.items():
+            name, kind, spath, line = self.meta[sid]
+            if spath in allowed and (not kinds or kind in kinds):
+                symbols.append(SymbolHit(sid, name, kind, spath, line, sum(why.values()), why))
+        symbols.sort(key=lambda h: (-h.score, h.id))
+        return SearchResults(query, files, symbols[:k], (time.perf_counter() - start) * 1000)
+
+    def _allowed_files(self, path: str | None, module: str | None, langs: list[str] | None) -> set[str]:
+        return {
+            p
+            for p, lang in self.files.items()
+            if (not path or p.startswith(path))
+            and (not module or os.path.dirname(p) == module)
+            and (not langs or lang in langs)
+        }
+
+
+_SEARCHERS: dict[Path, tuple[tuple, Searcher]] = {}
+
+
+def _store_stamp(paths: ProjectPaths) -> tuple:
+    stamps = []
+    for p in (paths.store, paths.store.with_name(paths.store.name + ".wal")):
+        try:
+            st = p.stat()
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def searcher(repo: Path, home: Path | str | None = None) -> Searcher:
+    """A warm searcher for `repo`, reused until the index changes on disk."""
+    from agent import repo as git_repo
+    from agent.config import project_paths
+
+    paths = project_paths(git_repo.require_repo(repo), home)
+    stamp = _store_stamp(paths)
+    cached = _SEARCHERS.get(paths.root)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    paths, state = open_index(repo, home)
+    warm = Searcher(paths, state)
+    _SEARCHERS[paths.root] = (stamp, warm)
+    return warm
+
+
+def search(repo: Path, query: str, *, home: Path | str | None = None, **options) -> SearchResults:
+    """Search the index of `repo`; see Searcher.search for the options."""
+    return searcher(repo, home).search(query, **options)
+
+
+@dataclass
+class SymbolInfo:
+    """A symbol's definition, its declarations, and who it calls and is called by."""
+
+    id: str
+    name: str
+    kind: str
+    path: str
+    start_line: int
+    end_line: int
+    signature: str
+    is_static: bool
+    declarations: list[str]
+    callers: list[dict]
+    callees: list[dict]
+
+    def as_dict(self) -> dict:
+        """A JSON-ready view."""
+        return asdict(self)
+
+
+def lookup_symbol(repo: Path, name: str, *, home: Path | str | None = None) -> list[SymbolInfo]:
+    """Every definition named `name` (several for pret's reused static names), with its graph neighbours."""
+    paths, _state = open_index(repo, home)
+    with store.opened(paths.store, read_only=True) as con:
+        rows = con.execute(
+            "SELECT id, name, kind, path, start_line, end_line, signature, is_static FROM symbols"
+            " WHERE name = ? AND kind <> 'prototype' ORDER BY path, start_line",
+            [name],
+        ).fetchall()
+        if not rows:
+            rows = con.execute(
+                "SELECT id, name, kind, path, start_line, end_line, signature, is_static FROM symbols"
+                " WHERE name = ? ORDER BY path, start_line",
+                [name],
+            ).fetchall()
+        if not rows:
+            close = [r[0] for r in con.execute(
+                "SELECT DISTINCT name FROM symbols WHERE name ILIKE ? ORDER BY length(name) LIMIT 5", [f"%{name}%"]
+            ).fetchall()]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownSymbol(f"no symbol named {name!r} in the index of {paths.repo}{hint}")
+        infos = []
+        for sid, sname, kind, spath, start, end, signature, is_static in rows:
+            decls = [f"{p}:{line}" for p, line in con.execute(
+                "SELECT s.path, s.start_line FROM decl_links d JOIN symbols s ON s.id = d.decl WHERE d.defn = ?"
+                " ORDER BY 1", [sid]
+            ).fetchall()]
+            infos.append(SymbolInfo(
+                sid, sname, kind, spath, start, end, signature or "", bool(is_static), decls,
+                graph.callers(con, sid), graph.callees(con, sid),
+            ))
+    return infos
