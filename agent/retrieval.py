@@ -6,6 +6,7 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from agent.config import ProjectPaths
 from agent.errors import InvalidInput, UnknownSymbol
 from agent.index import graph, history
 from agent.index.build import IndexState, open_index, read_state
-from agent.index.symbols import SYMBOL_KINDS
+from agent.index.symbols import PROTOTYPE, SYMBOL_KINDS
 from agent.index.tokens import code_tokens
 
 
@@ -24,22 +25,27 @@ from agent.index.tokens import code_tokens
 class Weights:
     """How much each signal counts; every signal is normalised to [0, 1] before weighting."""
 
-    file_text: float = 1.0        # BM25 over a file's compact snapshot (path, symbol names, includes)
+    # Tuned on the localization benchmark (cra eval localize, newest pokeemerald and pokeruby tasks): commit
+    # subjects are terse, so the repository's history carries the most weight, then whole-file text.
+    file_text: float = 0.5        # BM25 over a file's compact snapshot (path, symbol names, includes)
+    file_content: float = 1.5     # BM25 over a file's whole text
     symbol_text: float = 1.0      # BM25 over symbol documents, best symbol per file
-    file_vector: float = 0.3      # cosine of the query to the file snapshot
-    symbol_vector: float = 0.3    # cosine of the query to symbol documents, best per file
-    neighborhood: float = 0.2     # within two graph hops of the top text hits
-    pagerank: float = 0.05        # structural prior
-    history: float = 0.6          # files changed by past commits with similar descriptions
-    cochange: float = 0.2         # files that change together with the top candidates
-    header_pair: float = 0.3      # foo.h given foo.c ranks high, and the other way round
+    file_vector: float = 0.5      # cosine of the query to the file snapshot
+    symbol_vector: float = 0.5    # cosine of the query to symbol documents, best per file
+    neighborhood: float = 0.3     # within two graph hops of the top text hits
+    pagerank: float = 0.2         # structural prior
+    history: float = 2.0          # files changed by past commits with similar descriptions
+    cochange: float = 1.0         # files that change together with the top candidates
+    header_pair: float = 0.5      # foo.h given foo.c ranks high, and the other way round
 
 
 WEIGHTS = Weights()
 CANDIDATES = 200        # hits taken from each text or vector list before fusion
 SEED_HITS = 10          # top text hits whose graph neighbourhood is boosted
 PAIR_SEEDS = 10         # top files whose header/source partner is boosted
+MAX_PARTNERS = 4        # a name shared by more .c/.h files than this (main.c, ...) pairs nothing
 RANKERS = ("hybrid", "bm25")
+HIDDEN_KINDS = frozenset({PROTOTYPE})  # declarations repeat their definitions; shown only when asked for by --kind
 
 
 @dataclass
@@ -92,14 +98,22 @@ def _best_per_file(scores: dict[str, float], path_of: dict[str, str]) -> dict[st
     return best
 
 
-def _partner(path: str) -> str | None:
-    stem, ext = os.path.splitext(path)
-    name = os.path.basename(stem)
-    if ext == ".c":
-        return f"include/{name}.h"
-    if ext == ".h":
-        return f"src/{name}.c"
-    return None
+def _partners(paths: Iterable[str]) -> dict[str, list[str]]:
+    """Header/source partners by file name alone (foo.c and foo.h wherever they live), for unambiguous names."""
+    by_stem: dict[str, dict[str, list[str]]] = defaultdict(lambda: {".c": [], ".h": []})
+    for path in paths:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext in (".c", ".h"):
+            by_stem[stem][ext].append(path)
+    partners: dict[str, list[str]] = {}
+    for group in by_stem.values():
+        sources, headers = group[".c"], group[".h"]
+        if sources and headers and len(sources) * len(headers) <= MAX_PARTNERS:
+            for path in sources:
+                partners[path] = headers
+            for path in headers:
+                partners[path] = sources
+    return partners
 
 
 class Searcher:
@@ -125,6 +139,7 @@ class Searcher:
         self.path_of = {r[0]: r[3] for r in rows}
         self.symbol_pagerank = _normalise({r[0]: r[5] for r in rows})
         self.file_pagerank = _normalise(self.file_pagerank)
+        self.partners = _partners(self.files)
 
     def search(
         self,
@@ -160,13 +175,16 @@ class Searcher:
         vector = self.tables.embed_query(query) if self.state.embedder else None
         sym_text = _normalise(dict(self.tables.search_symbols(terms, limit=CANDIDATES, kinds=kinds, **file_filter)))
         file_text = _normalise(dict(self.tables.search_files(terms, limit=CANDIDATES, **file_filter)))
+        file_content = _normalise(dict(self.tables.search_content(terms, limit=CANDIDATES, **file_filter)))
         sym_vec: dict[str, float] = {}
         file_vec: dict[str, float] = {}
         if vector is not None:
             sym_vec = dict(self.tables.nearest_symbols(vector, limit=CANDIDATES, kinds=kinds, **file_filter))
             file_vec = dict(self.tables.nearest_files(vector, limit=CANDIDATES, **file_filter))
         seeds = sorted(sym_text, key=sym_text.get, reverse=True)[:SEED_HITS]
-        near = {sid: 1.0 / (1 + d) for sid, d in graph.neighbors(self.graph, seeds, hops=2).items() if sid in self.meta}
+        # Seeds already carry their text score; their neighbours (one hop: 1/2, two hops: 1/3) get the boost.
+        near = {sid: 1.0 / (1 + d) for sid, d in graph.neighbors(self.graph, seeds, hops=2).items()
+                if d > 0 and sid in self.meta}
 
         # Symbols: text, vector, neighbourhood and prior.
         symbol_scores: dict[str, dict[str, float]] = defaultdict(dict)
@@ -185,6 +203,7 @@ class Searcher:
         file_scores: dict[str, dict[str, float]] = defaultdict(dict)
         for name, signal, weight in (
             ("text", file_text, weights.file_text),
+            ("content", file_content, weights.file_content),
             ("symbols", _best_per_file(sym_text, self.path_of), weights.symbol_text),
             ("vector", file_vec, weights.file_vector),
             ("symbol_vector", _best_per_file(sym_vec, self.path_of), weights.symbol_vector),
@@ -199,9 +218,10 @@ class Searcher:
             if fpath in allowed:
                 file_scores[fpath]["cochange"] = weights.cochange * value
         for rank, fpath in enumerate(leaders):
-            partner = _partner(fpath)
-            if partner in allowed:
-                file_scores[partner]["pair"] = max(file_scores[partner].get("pair", 0.0), weights.header_pair / (1 + rank))
+            for partner in self.partners.get(fpath, ()):
+                if partner in allowed:
+                    pair = max(file_scores[partner].get("pair", 0.0), weights.header_pair / (1 + rank))
+                    file_scores[partner]["pair"] = pair
         for fpath, why in file_scores.items():
             why["pagerank"] = weights.pagerank * self.file_pagerank.get(fpath, 0.0)
 
@@ -211,7 +231,8 @@ class Searcher:
         symbols = []
         for sid, why in symbol_scores.items():
             name, kind, spath, line = self.meta[sid]
-            if spath in allowed and (not kinds or kind in kinds):
+            wanted = kind in kinds if kinds else kind not in HIDDEN_KINDS
+            if spath in allowed and wanted:
                 symbols.append(SymbolHit(sid, name, kind, spath, line, sum(why.values()), why))
         symbols.sort(key=lambda h: (-h.score, h.id))
         return SearchResults(query, files, symbols[:k], (time.perf_counter() - start) * 1000)

@@ -18,7 +18,7 @@ import duckdb
 from agent import repo as git_repo
 from agent import store
 from agent.config import ProjectPaths, project_paths
-from agent.errors import MissingObjects
+from agent.errors import MissingObjects, NotIndexed
 from agent.index import catalog, graph, history
 from agent.index.lock import index_lock
 from agent.index.parse import language_of, parse_file
@@ -253,8 +253,6 @@ def index_repo(
 
 def open_index(repo: Path, home: Path | str | None = None) -> tuple[ProjectPaths, IndexState]:
     """The project's paths and recorded index state; NotIndexed when there is none."""
-    from agent.errors import NotIndexed
-
     top = git_repo.require_repo(repo)
     paths = project_paths(top, home)
     if not paths.store.exists():

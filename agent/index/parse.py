@@ -35,6 +35,7 @@ from agent.index.symbols import (
     Symbol,
     assign_ids,
 )
+from agent.repo import blob_sha
 
 C_LANGUAGE = Language(tree_sitter_c.language())
 _PARSER = Parser(C_LANGUAGE)
@@ -242,11 +243,6 @@ def language_of(path: str) -> str | None:
     return _LANG_BY_SUFFIX.get(splitext(name)[1])
 
 
-def git_blob_sha(data: bytes) -> str:
-    """The git blob id of `data`."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def parse_file(path: str, data: bytes) -> ParsedFile | Skipped:
     """Parse one file (repo-relative posix `path`, raw `data`) into symbols, references and includes."""
     lang = language_of(path)
@@ -257,7 +253,7 @@ def parse_file(path: str, data: bytes) -> ParsedFile | Skipped:
         return Skipped(path, reason)
     text = data.decode("utf-8", errors="replace")
     n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    pf = ParsedFile(path, lang, git_blob_sha(data), len(data), n_lines, text)
+    pf = ParsedFile(path, lang, blob_sha(data), len(data), n_lines, text)
     if lang == "asm":
         fill_asm(pf, data)
     elif lang == "text":

@@ -115,3 +115,29 @@ def m001_index(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     con.execute("CREATE TABLE file_metrics (path TEXT PRIMARY KEY, pagerank DOUBLE, in_degree INTEGER, out_degree INTEGER)")
+
+
+@migration
+def m002_history(con: duckdb.DuckDBPyConnection) -> None:
+    """The repository's history as a search signal: the commits reachable from the indexed HEAD."""
+    con.execute("CREATE TABLE history_state (id INTEGER PRIMARY KEY, head TEXT NOT NULL, n_commits INTEGER, updated_at TIMESTAMP)")
+    con.execute(
+        """
+        CREATE TABLE commits (
+            sha TEXT PRIMARY KEY,
+            committed_at BIGINT NOT NULL,    -- committer date, unix seconds
+            seq INTEGER,                     -- 1 = oldest; renumbered on every update
+            subject TEXT NOT NULL,
+            body_title TEXT,                 -- first line of the body that is not a trailer
+            tokens TEXT[] NOT NULL,          -- search terms of subject and body title
+            n_files INTEGER NOT NULL,        -- for a merge: the files its branch changed (diff to the first parent)
+            is_merge BOOLEAN NOT NULL
+        )
+        """
+    )
+    con.execute(
+        "CREATE TABLE commit_files (sha TEXT NOT NULL, path TEXT NOT NULL, status TEXT NOT NULL, old_path TEXT)"
+    )  # status: git's letter (M, A, D, R, ...); old_path: the path before a rename
+    con.execute("CREATE INDEX commit_files_path ON commit_files(path)")
+    con.execute("CREATE TABLE commit_terms (sha TEXT NOT NULL, term TEXT NOT NULL, tf INTEGER NOT NULL)")
+    con.execute("CREATE INDEX commit_terms_term ON commit_terms(term)")

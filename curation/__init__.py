@@ -1,0 +1,1 @@
+"""Curation: SFT and DPO rounds from logged runs with replay, training, and the adapter registry."""
