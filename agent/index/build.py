@@ -20,6 +20,7 @@ from agent import store
 from agent.config import ProjectPaths, project_paths
 from agent.errors import MissingObjects, NotIndexed
 from agent.index import catalog, graph, history
+from agent.index.embed import embedder_name as recorded_embedder_name
 from agent.index.lock import index_lock
 from agent.index.parse import language_of, parse_file
 from agent.index.symbols import PARSER_VERSION, ParsedFile, Skipped
@@ -173,9 +174,7 @@ def index_repo(
         with store.opened(paths.store, read_only=True) as con:
             state = read_state(con)
             old_shas = catalog.indexed_shas(con) if state else {}
-        from agent.index import tables  # heavy imports (lancedb) only once we know there is work
-
-        embedder_name = tables.embedder_name(embedder) if embed else None
+        embedder_name = recorded_embedder_name(embedder) if embed else None
         full = full or state is None or state.parser_version != PARSER_VERSION or (state.embedder != embedder_name)
         report = IndexReport(repo=top, commit=head, full=full)
         candidates = _candidates(top, state, full, set(old_shas))
@@ -209,6 +208,8 @@ def index_repo(
             timings["total"] = round(time.perf_counter() - t0, 3)
             report.timings = timings
             return report
+
+        from agent.index import tables  # lancedb is imported after the parse pool has forked, and only when needed
 
         search = tables.SearchTables(paths.lance, embedder_name, repo=str(top), on_progress=say)
         docs = search.prepare(parsed)  # compact texts and vectors, before the store is locked

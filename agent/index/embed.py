@@ -117,3 +117,11 @@ def _set_threads() -> None:
 
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def embedder_name(name: str | None) -> str:
+    """The name an index records for embedder `name`: 'minilm' for the default, an absolute path for a directory."""
+    if not name or name == DEFAULT_EMBEDDER:
+        return DEFAULT_EMBEDDER
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

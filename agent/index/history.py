@@ -133,7 +133,9 @@ def _add_line(rec: CommitRecord, line: str, by_path: dict[str, FileChange]) -> N
 
 
 def _diff_args(numstat: bool, renames: bool) -> list[str]:
-    return ["--raw", "--no-abbrev", "--diff-merges=first-parent", "-M" if renames else "--no-renames",
+    # Exact renames only: found from blob ids alone, so no blob is read (6x faster on pokeemerald, and old
+    # commits with missing blobs stay readable); pret's file moves are nearly all exact.
+    return ["--raw", "--no-abbrev", "--diff-merges=first-parent", "--find-renames=100%" if renames else "--no-renames",
             *(["--numstat"] if numstat else [])]
 
 

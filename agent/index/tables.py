@@ -24,7 +24,7 @@ from lancedb.index import FTS, BTree, IvfFlat
 
 from agent.errors import InvalidInput, NotIndexed
 from agent.index.catalog import module_of
-from agent.index.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
+from agent.index.embed import DEFAULT_EMBEDDER, Embedder, embedder_name, load_embedder
 from agent.index.symbols import (
     ASM_MACRO,
     ASM_USE,
@@ -129,14 +129,6 @@ def vector_field(dim: int) -> pa.Field:
 def symbols_schema() -> pa.Schema:
     """Columns of the symbols table."""
     return pa.schema(_SYMBOL_FIELDS + list(GRAPH_SCHEMA)[1:])
-
-
-def embedder_name(name: str | None) -> str:
-    """The name an index records for embedder `name`: 'minilm' for the default, an absolute path for a directory."""
-    if not name or name == DEFAULT_EMBEDDER:
-        return DEFAULT_EMBEDDER
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
 
 
 def table_name(kind: str, generation: int) -> str:
