@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from agent import store
 from agent.config import ProjectPaths
 from agent.errors import InvalidInput, UnknownSymbol
 from agent.index import graph, history
-from agent.index.build import IndexState, open_index, read_state
+from agent.index.build import IndexState, open_index
 from agent.index.symbols import PROTOTYPE, SYMBOL_KINDS
 from agent.index.tokens import code_tokens
 

@@ -24,7 +24,7 @@ from lancedb.index import FTS, BTree, IvfFlat
 
 from agent.errors import InvalidInput, NotIndexed
 from agent.index.catalog import module_of
-from agent.index.embed import DEFAULT_EMBEDDER, Embedder, embedder_name, load_embedder
+from agent.index.embed import Embedder, load_embedder
 from agent.index.symbols import (
     ASM_MACRO,
     ASM_USE,
