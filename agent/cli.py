@@ -173,7 +173,7 @@ def eval_localize(
         table.add_column(col)
     for name, summary in report["summary"].items():
         if isinstance(summary, dict) and "file_acc@5" in summary:
-            table.add_row(name, *(f"{summary[key]:.3f}" for key in (
+            table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (
                 "file_acc@1", "file_acc@5", "file_acc@10", "recall@5", "mrr", "function_acc@5")))
     out.print(table)
     out.print(f"report written to {escape(str(json_out))}")

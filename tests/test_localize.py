@@ -248,3 +248,41 @@ def test_commits_with_missing_blobs_are_skipped_with_a_reason(tmp_path: Path) ->
 def test_unknown_rankers_are_rejected(small: GitRepo) -> None:
     with pytest.raises(InvalidInput):
         L.run_localize(small.root, [], ["bm25", "grep"])
+
+
+def test_cli_writes_the_report_and_prints_the_table(decomp_repo, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    root = decomp_repo.path
+    status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True).stdout
+    out = tmp_path / "loc.json"
+    result = CliRunner().invoke(
+        app, ["eval", "localize", "--repo", str(root), "--last", "3", "--ranker", "hybrid", "--ranker", "bm25",
+              "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["summary"]) >= {"hybrid", "bm25"}
+    assert report["summary"]["hybrid"]["tasks"] == 3
+    assert "Acc@5" in result.output and "hybrid" in result.output
+    assert subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                          text=True).stdout == status
+
+
+def test_cli_rejects_both_last_and_commits(decomp_repo, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    listing = tmp_path / "shas.txt"
+    listing.write_text(decomp_repo.head + "\n")
+    result = CliRunner().invoke(app, ["eval", "localize", "--repo", str(decomp_repo.path), "--last", "2",
+                                      "--commits", str(listing), "--json", str(tmp_path / "x.json")])
+    assert result.exit_code == 2
+    assert "exactly one" in result.output
+    assert not (tmp_path / "x.json").exists()
