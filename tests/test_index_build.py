@@ -467,11 +467,15 @@ def test_build_with_default_embedder(decomp_repo: DecompRepo, isolated_cra_home:
     assert any(h.why.get("vector", 0) > 0 or h.why.get("symbol_vector", 0) > 0 for h in found.files)
     assert any(h.why.get("vector", 0) > 0 for h in found.symbols)
 
-    # An incremental update embeds only the rows of the changed file.
+    # An incremental update embeds only what changed: the new function and the file's snapshot text;
+    # the file's unchanged symbols keep their vectors.
     append(repo, "src/wallclock.c", SELF_TEST_FN)
     update = index_repo(repo)
     assert not update.full and update.parsed == 1
-    assert 0 < update.embedded < report.embedded
+    assert update.embedded == 2
+    near = retrieval.search(repo, "wall clock window", k=5)
+    assert [(h.path, round(h.why.get("vector", 0), 4)) for h in near.files if h.path == "src/wallclock.c"]
+    assert any(h.why.get("vector", 0) > 0 for h in near.symbols if h.path == "src/wallclock.c")
     assert ("WallClockSelfTest", "src/wallclock.c") in symbol_names(retrieval.search(repo, "clock self test", k=10))
 
     # Switching to a text-only index is a full rebuild without vectors.

@@ -212,7 +212,11 @@ def index_repo(
         from agent.index import tables  # lancedb is imported after the parse pool has forked, and only when needed
 
         search = tables.SearchTables(paths.lance, embedder_name, repo=str(top), on_progress=say)
-        docs = search.prepare(parsed)  # compact texts and vectors, before the store is locked
+        known = {}
+        if not full:
+            search.open(state.generation, state.symbols_version, state.files_version)
+            known = search.known_vectors(pf.path for pf in parsed)
+        docs = search.prepare(parsed, known)  # compact texts and vectors, before the store is locked
         report.embedded = docs.embedded
         t = lap("embed", t)
 
@@ -232,7 +236,6 @@ def index_repo(
             if full:
                 versions = search.build(generation, con, docs)
             else:
-                search.open(generation, state.symbols_version, state.files_version)
                 versions = search.replace_paths(con, touched, docs)
             t = lap("tables", t)
             new_state = IndexState(

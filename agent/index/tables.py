@@ -245,8 +245,29 @@ class SearchTables:
             raise InvalidInput("this index was built without embeddings; vector search is unavailable")
         return self.embedder.embed([query])[0]
 
-    def prepare(self, parsed: Iterable[ParsedFile]) -> Prepared:
-        """Compact texts, tokens and vectors (by the embed rule) of the symbols and files of `parsed`."""
+    def known_vectors(self, paths: Iterable[str]) -> dict[str, np.ndarray]:
+        """Embedded text → vector for the rows of `paths` in the open tables, so unchanged texts skip the model."""
+        paths = sorted(set(paths))
+        if not paths or VECTORS not in self._read:
+            return {}
+        in_paths = f"IN ({_quote_list(paths)})"
+        texts = self._table(SYMBOLS).search().where(f"file_path {in_paths}").select(["id", "name", "text"])
+        texts = texts.limit(None).to_arrow().to_pylist()
+        vectors = self._table(VECTORS).search().where(f"file_path {in_paths}").select(["id", "vector"])
+        by_id = {row["id"]: row["vector"] for row in vectors.limit(None).to_arrow().to_pylist()}
+        known = {embed_input(r["name"], r["text"]): np.asarray(by_id[r["id"]], np.float32)
+                 for r in texts if r["id"] in by_id}
+        files = self._table(FILES).search().where(f"path {in_paths}").select(["text", "vector"]).limit(None)
+        for row in files.to_arrow().to_pylist():
+            if row["vector"] is not None:
+                known[row["text"]] = np.asarray(row["vector"], np.float32)
+        return known
+
+    def prepare(self, parsed: Iterable[ParsedFile], known: dict[str, np.ndarray] | None = None) -> Prepared:
+        """Compact texts, tokens and vectors (by the embed rule) of the symbols and files of `parsed`.
+
+        Texts in `known` (see known_vectors) keep their vector; only the others go through the embedder.
+        """
         sym_rows: list[dict] = []
         file_rows: list[dict] = []
         wanted: list[int] = []
@@ -274,14 +295,18 @@ class SearchTables:
         if embedder is None:
             return Prepared(symbols, files, None, 0)
         to_embed += [row["text"] for row in file_rows]
-        self.say(f"embedding {len(to_embed)} texts")
-        vectors = embedder.embed(to_embed)
+        known = known or {}
+        fresh = list(dict.fromkeys(t for t in to_embed if t not in known))
+        self.say(f"embedding {len(fresh)} texts ({len(to_embed) - len(fresh)} unchanged)")
+        if fresh:
+            known = {**known, **dict(zip(fresh, embedder.embed(fresh), strict=True))}
+        vectors = np.stack([known[t] for t in to_embed]) if to_embed else np.zeros((0, embedder.dim), np.float32)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), embedder.dim)
         n_sym = len(wanted)
         sym_vectors = symbols.select(_VECTOR_KEYS).take(pa.array(wanted, pa.int64()))
         sym_vectors = sym_vectors.append_column(vector_field(embedder.dim), column[:n_sym])
         files = files.append_column(vector_field(embedder.dim), column[n_sym:])
-        return Prepared(symbols, files, sym_vectors, len(to_embed))
+        return Prepared(symbols, files, sym_vectors, len(fresh))
 
     # ------------------------------------------------------------------ writing
     def build(self, generation: int, con: duckdb.DuckDBPyConnection | None, docs: Prepared) -> tuple[int, int]:
