@@ -134,11 +134,14 @@ def _parse_all(jobs: list[tuple[str, bytes]], workers: int) -> list[ParsedFile |
         return list(pool.map(_parse_or_skip, [p for p, _ in jobs], [d for _, d in jobs], chunksize=8))
 
 
-def _candidates(top: Path, state: IndexState | None, full: bool, indexed: set[str]) -> set[str]:
+def _candidates(
+    top: Path, state: IndexState | None, full: bool, indexed: set[str], head: str, dirty: set[str]
+) -> set[str]:
     if full or state is None:
         return set(git_repo.work_tree_files(top))
     try:
-        return git_repo.changed_since(top, state.commit) | set(state.dirty_paths)
+        since = dirty if state.commit == head else git_repo.changed_since(top, state.commit)
+        return since | set(state.dirty_paths)
     except (MissingObjects, git_repo.GitError):
         # The indexed commit is gone (history rewritten, gc'd): every file now here, and every file indexed before.
         return set(git_repo.work_tree_files(top)) | indexed
@@ -177,7 +180,8 @@ def index_repo(
         embedder_name = recorded_embedder_name(embedder) if embed else None
         full = full or state is None or state.parser_version != PARSER_VERSION or (state.embedder != embedder_name)
         report = IndexReport(repo=top, commit=head, full=full)
-        candidates = _candidates(top, state, full, set(old_shas))
+        dirty = git_repo.dirty_files(top)
+        candidates = _candidates(top, state, full, set(old_shas), head, dirty)
         report.files_seen = len(candidates)
         t = lap("list", t0)
 
@@ -203,7 +207,7 @@ def index_repo(
 
         touched = {p for p, _ in jobs} | {s.path for s in read_skips} | removed
         report.parsed, report.skipped, report.removed = len(parsed), len(skipped), len(removed)
-        report.dirty = sorted(p for p in git_repo.dirty_files(top) if language_of(p) is not None)
+        report.dirty = sorted(p for p in dirty if language_of(p) is not None)
         if not full and not touched and state.commit == head and state.dirty_paths == report.dirty:
             timings["total"] = round(time.perf_counter() - t0, 3)
             report.timings = timings
