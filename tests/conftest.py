@@ -26,6 +26,7 @@ os.environ["GIT_COMMITTER_NAME"] = "cra tests"
 os.environ["GIT_COMMITTER_EMAIL"] = "cra-tests@example.invalid"
 
 from tests.fixtures.decomp import DecompRepo, host_build_missing, make_decomp_repo  # noqa: E402
+from tests.fixtures.models import TinyModels, make_tiny_models  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,7 @@ def isolated_cra_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     """Every test gets its own empty CRA_HOME, so no test touches the user's cra state."""
     home = tmp_path_factory.mktemp("cra-home")
     monkeypatch.setenv("CRA_HOME", str(home))
+    monkeypatch.setenv("CRA_CONFIG", str(home / "user-config.toml"))  # never the user's own config
     return home
 
 
@@ -63,3 +65,9 @@ def host_build() -> None:
     reason = host_build_missing()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """The tiny model, a smaller model of another shape, and random adapters on each, built once per session."""
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))

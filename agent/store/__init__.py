@@ -1,4 +1,4 @@
-"""The project's DuckDB store: one file, ordered migrations applied on open."""
+"""cra's DuckDB files (a project's index store, the home ledger): ordered migrations applied on open."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from agent.errors import StoreBusy
-from agent.store.migrations import migrate
+from agent.store.migrations import INDEX, Schema
 
 DEFAULT_WAIT_S = 30.0
 
@@ -19,8 +19,10 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
     return "lock" in str(exc).lower()
 
 
-def connect(path: Path, *, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """Open the store, waiting while another process holds it; migrations run on every writable open."""
+def connect(
+    path: Path, *, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S, schema: Schema = INDEX,
+) -> duckdb.DuckDBPyConnection:
+    """Open a store, waiting while another process holds it; `schema`'s migrations run on every writable open."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if read_only and not path.exists():
         read_only = False  # a first open must create the file and its schema
@@ -40,14 +42,16 @@ def connect(path: Path, *, read_only: bool = False, wait_s: float = DEFAULT_WAIT
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     if not read_only:
-        migrate(con)
+        schema.migrate(con)
     return con
 
 
 @contextmanager
-def opened(path: Path, *, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the store for the length of a `with` block, closing it (and its file lock) after."""
-    con = connect(path, read_only=read_only, wait_s=wait_s)
+def opened(
+    path: Path, *, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S, schema: Schema = INDEX,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open a store for the length of a `with` block, closing it (and its file lock) after."""
+    con = connect(path, read_only=read_only, wait_s=wait_s, schema=schema)
     try:
         yield con
     finally:

@@ -1,4 +1,4 @@
-"""Schema history of the DuckDB store, top to bottom; applied names are recorded in `_migrations`."""
+"""Schema histories of cra's DuckDB files, top to bottom; applied names are recorded in `_migrations`."""
 
 from __future__ import annotations
 
@@ -7,28 +7,42 @@ from collections.abc import Callable
 import duckdb
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
-MIGRATIONS: list[Migration] = []
-migration = MIGRATIONS.append
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply every migration not yet recorded, in order, each in its own transaction; return their names."""
-    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())")
-    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
-    applied = []
-    for step in MIGRATIONS:
-        if step.__name__ in done:
-            continue
-        con.begin()
-        try:
-            step(con)
-            con.execute("INSERT INTO _migrations (name) VALUES (?)", [step.__name__])
-        except BaseException:
-            con.rollback()
-            raise
-        con.commit()
-        applied.append(step.__name__)
-    return applied
+class Schema:
+    """An ordered list of migrations for one kind of DuckDB file."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps: list[Migration] = []
+
+    def migration(self, step: Migration) -> Migration:
+        """Register `step` as the next migration (a decorator)."""
+        self.steps.append(step)
+        return step
+
+    def migrate(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        """Apply every migration not yet recorded, in order, each in its own transaction; return their names."""
+        con.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())")
+        done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+        applied = []
+        for step in self.steps:
+            if step.__name__ in done:
+                continue
+            con.begin()
+            try:
+                step(con)
+                con.execute("INSERT INTO _migrations (name) VALUES (?)", [step.__name__])
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+            applied.append(step.__name__)
+        return applied
+
+
+INDEX = Schema("project index")
+migration = INDEX.migration
 
 
 @migration

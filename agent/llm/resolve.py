@@ -1,0 +1,85 @@
+"""Which model answers each stage: explicit override, then the stage's active adapter, the role's default, the base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from agent.config import Config, RoleModels
+from agent.llm.adapters import BaseModel, describe_base
+from agent.llm.names import check_name
+from agent.llm.roles import ROLES, STAGE_ROLES, Role
+from curation.registry import Adapter, active_adapters, list_adapters
+
+Source = Literal["override", "adapter", "role-default", "base"]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The model one stage will ask for, and why."""
+
+    stage: str
+    role: Role
+    model: str
+    source: Source
+    reason: str
+    base: BaseModel
+    server: RoleModels
+    adapter: Adapter | None = None
+    passed_over: tuple[str, ...] = field(default=())
+
+    @property
+    def base_name(self) -> str:
+        """The base model's name on its server: what a fallback asks for."""
+        return self.base.served_name
+
+
+def trained_on(adapter: Adapter, base: BaseModel) -> bool:
+    """Whether `adapter` was trained on `base`: same fingerprint when both are known, else the same name."""
+    if adapter.base_fingerprint and base.fingerprint:
+        return adapter.base_fingerprint == base.fingerprint
+    return Path(adapter.base_model.rstrip("/")).name.lower() == Path(base.name.rstrip("/")).name.lower()
+
+
+def resolve_stage(stage: str, config: Config, registry: list[Adapter], bases: dict[Role, BaseModel]) -> Resolution:
+    """Resolve one stage from the config, the registered adapters and the described bases."""
+    role = STAGE_ROLES[stage]
+    server = config.models.role(role)
+    base = bases[role]
+    by_name = {a.name: a for a in registry}
+    passed: list[str] = []
+
+    def chosen(model: str, source: Source, reason: str, adapter: Adapter | None = None) -> Resolution:
+        return Resolution(stage, role, model, source, reason, base, server, adapter, tuple(passed))
+
+    override = config.models.overrides.get(stage)
+    if override:
+        check_name(override, what=f"override for {stage}")
+        adapter = by_name.get(override)
+        if adapter is None:
+            return chosen(override, "override", f"[models.overrides] {stage} = {override}")
+        if trained_on(adapter, base):
+            return chosen(adapter.name, "override", f"[models.overrides] {stage} = adapter {adapter.name}", adapter)
+        passed.append(f"override {override}: trained on {adapter.base_model}, but the {role} server serves {base.name}")
+    active = [a for a in registry if a.status == "active" and a.stage == stage]
+    for adapter in active:
+        if trained_on(adapter, base):
+            return chosen(adapter.name, "adapter", f"active {stage} adapter (rank {adapter.rank})", adapter)
+        passed.append(f"active adapter {adapter.name}: trained on {adapter.base_model}, not {base.name}")
+    if server.default:
+        check_name(server.default, what=f"[models.{role}] default")
+        return chosen(server.default, "role-default", f"[models.{role}] default")
+    return chosen(base.served_name, "base", f"{role} base model" + (" (no usable adapter)" if passed else ""))
+
+
+def describe_bases(config: Config) -> dict[Role, BaseModel]:
+    """Each role's base model, with its fingerprint where its files are local."""
+    return {role: describe_base(config.models.role(role).base) for role in ROLES}
+
+
+def resolve_all(config: Config, home: str | Path | None) -> list[Resolution]:
+    """Every stage's resolution, in pipeline order."""
+    registry = [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
+    bases = describe_bases(config)
+    return [resolve_stage(stage, config, registry, bases) for stage in STAGE_ROLES]

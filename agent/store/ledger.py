@@ -1,0 +1,69 @@
+"""The cra home's ledger: one DuckDB file for what spans projects (model calls, adapters)."""
+
+from __future__ import annotations
+
+import duckdb
+
+from agent.store.migrations import Schema
+
+LEDGER = Schema("cra ledger")
+
+
+@LEDGER.migration
+def l001_llm_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Every model call, success or failure, with what was asked, what answered and what came back."""
+    con.execute(
+        """
+        CREATE TABLE llm_calls (
+            id TEXT PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            run_id TEXT,
+            stage TEXT NOT NULL,
+            call_type TEXT NOT NULL,         -- structured | text
+            provider TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model_requested TEXT NOT NULL,   -- what resolution chose (an adapter or a model)
+            model_answered TEXT,             -- what the server says answered
+            adapter TEXT,                    -- the adapter asked for, if any
+            base_model TEXT NOT NULL,
+            resolution TEXT NOT NULL,        -- why that model: override | adapter | role-default | base
+            fallback_reason TEXT,            -- set when the adapter could not be used and the base answered
+            messages JSON NOT NULL,
+            params JSON NOT NULL,            -- request parameters (never keys or headers)
+            output_schema JSON,
+            raw_response TEXT,               -- the last answer's text
+            attempts JSON NOT NULL,          -- every request made: model, outcome, text or error
+            parsed JSON,
+            schema_ok BOOLEAN NOT NULL,
+            repairs INTEGER NOT NULL,
+            retries INTEGER NOT NULL,
+            latency_ms DOUBLE NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            error_type TEXT,
+            error TEXT
+        )
+        """
+    )
+    con.execute("CREATE INDEX llm_calls_run ON llm_calls (run_id)")
+
+
+@LEDGER.migration
+def l002_adapters(con: duckdb.DuckDBPyConnection) -> None:
+    """The adapter registry: every adapter with its stage, base, status and metrics."""
+    con.execute(
+        """
+        CREATE TABLE adapters (
+            name TEXT PRIMARY KEY,
+            stage TEXT NOT NULL,
+            base_model TEXT NOT NULL,        -- the base it was trained on, as configured
+            base_fingerprint TEXT,           -- hash of the base's architecture config
+            path TEXT NOT NULL,              -- inside the cra home's adapter store
+            rank INTEGER NOT NULL,
+            status TEXT NOT NULL,            -- candidate | active | retired
+            created_at TIMESTAMP NOT NULL,
+            promoted_at TIMESTAMP,
+            metadata JSON
+        )
+        """
+    )

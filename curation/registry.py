@@ -1,0 +1,138 @@
+"""The adapter registry: every adapter in the cra home's adapter store, with its stage, base and status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import adapter_store, ledger_path
+from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
+from agent.llm.adapters import describe_base, read_adapter
+from agent.llm.names import check_name
+from agent.llm.roles import STAGE_ROLES
+from agent.store import opened, transaction
+from agent.store.ledger import LEDGER
+
+STATUSES = ("candidate", "active", "retired")
+_COLUMNS = "name, stage, base_model, base_fingerprint, path, rank, status, created_at, promoted_at, metadata"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One registered adapter."""
+
+    name: str
+    stage: str
+    base_model: str
+    base_fingerprint: str | None
+    path: Path
+    rank: int
+    status: str
+    created_at: datetime
+    promoted_at: datetime | None
+    metadata: dict = field(default_factory=dict)
+
+
+def _adapter(row: tuple) -> Adapter:
+    *head, metadata = row
+    return Adapter(*head[:4], Path(head[4]), *head[5:], metadata=json.loads(metadata) if metadata else {})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
+    """The adapter's folder, refused if the registry points outside the adapter store."""
+    store = adapter_store(home).resolve()
+    path = adapter.path.resolve()
+    if not path.is_relative_to(store):
+        raise UnsafeName(f"adapter {adapter.name} points at {path}, outside the adapter store {store}; register it again")
+    return path
+
+
+def register(
+    home: str | Path | None, source: Path, *, name: str, stage: str, base_model: str, metadata: dict | None = None,
+) -> Adapter:
+    """Copy the adapter at `source` into the adapter store and record it as a candidate for `stage`."""
+    check_name(name, what="adapter name")
+    if stage not in STAGE_ROLES:
+        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    files = read_adapter(source)
+    base = describe_base(base_model)
+    store = adapter_store(home)
+    target = store / name
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        if con.execute("SELECT 1 FROM adapters WHERE name = ?", [name]).fetchone() or target.exists():
+            raise InvalidInput(f"an adapter named {name} is already registered; choose another name")
+        store.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=store))
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            con.execute(
+                f"INSERT INTO adapters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, NULL, ?)",
+                [name, stage, base_model, base.fingerprint, str(target), files.rank, _now(), json.dumps(metadata or {})],
+            )
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+    return get(home, name)
+
+
+def get(home: str | Path | None, name: str) -> Adapter:
+    """The adapter called `name`."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        row = con.execute(f"SELECT {_COLUMNS} FROM adapters WHERE name = ?", [name]).fetchone()
+    if row is None:
+        raise UnknownAdapter(f"no adapter named {name} in the registry; `cra adapters list` shows them")
+    return _adapter(row)
+
+
+def list_adapters(home: str | Path | None, *, stage: str | None = None, status: str | None = None) -> list[Adapter]:
+    """Registered adapters, newest first, optionally of one stage or status."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute(
+            f"SELECT {_COLUMNS} FROM adapters WHERE (? IS NULL OR stage = ?) AND (? IS NULL OR status = ?)"
+            " ORDER BY created_at DESC, name",
+            [stage, stage, status, status],
+        ).fetchall()
+    return [_adapter(row) for row in rows]
+
+
+def active_adapters(home: str | Path | None) -> list[Adapter]:
+    """Every active adapter (at most one per stage and base)."""
+    return list_adapters(home, status="active")
+
+
+def promote(home: str | Path | None, name: str) -> Adapter:
+    """Make `name` the active adapter of its stage on its base; the one it replaces is retired."""
+    adapter = get(home, name)
+    stored_path(home, adapter)
+    if adapter.status == "active":
+        return adapter
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        con.execute(
+            "UPDATE adapters SET status = 'retired' WHERE stage = ? AND base_model = ? AND status = 'active'",
+            [adapter.stage, adapter.base_model],
+        )
+        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [_now(), name])
+    return get(home, name)
+
+
+def require_files(home: str | Path | None, adapter: Adapter) -> Path:
+    """The adapter's folder, checked to be inside the store and to hold a LoRA adapter."""
+    path = stored_path(home, adapter)
+    try:
+        read_adapter(path)
+    except BadAdapter as exc:
+        raise BadAdapter(f"registered adapter {adapter.name}: {exc}") from exc
+    return path
