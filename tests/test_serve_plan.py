@@ -1,0 +1,100 @@
+"""What `cra serve` decides before it starts anything: the vLLM command, adapter checks, LoRA limits."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.llm.serve import plan_serve
+from curation.registry import promote, register
+
+runner = CliRunner()
+
+
+def project(tmp_path: Path, tiny_models, *, provider: str = "vllm", rank_limit: int = 64) -> Path:
+    (tmp_path / "cra.toml").write_text(f"""
+[models.reasoning]
+base = "{tiny_models.base}"
+endpoint = "http://127.0.0.1:18123/v1"
+provider = "{provider}"
+[serve]
+python = "/bin/sh"
+max_lora_rank_limit = {rank_limit}
+max_model_len = 512
+extra_args = ["--kv-cache-memory-bytes", "256M"]
+""")
+    return tmp_path
+
+
+def active(tiny_models, name: str, stage: str, path: Path, base: Path | None = None) -> None:
+    register(None, path, name=name, stage=stage, base_model=str(base or tiny_models.base))
+    promote(None, name)
+
+
+def test_command_has_one_lora_module_per_stage_adapter_and_derived_limits(tmp_path: Path, tiny_models) -> None:
+    active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
+    active(tiny_models, "plan-r1", "plan", tiny_models.rank16)
+    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning")
+    cmd = plan.command
+    assert cmd[:3] == ["/bin/sh", "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--model") + 1] == str(tiny_models.base)
+    assert cmd[cmd.index("--served-model-name") + 1] == "tiny"
+    assert cmd[cmd.index("--port") + 1] == "18123"
+    assert cmd[cmd.index("--max-loras") + 1] == "2"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "16"
+    start = cmd.index("--lora-modules") + 1
+    modules = [json.loads(arg) for arg in cmd[start:start + 2]]
+    assert {m["name"] for m in modules} == {"scope-r1", "plan-r1"}
+    assert all(m["base_model_name"] == "tiny" and Path(m["path"]).is_dir() for m in modules)
+    assert json.loads(cmd[cmd.index("--structured-outputs-config") + 1])["disable_any_whitespace"] is True
+    assert cmd[-2:] == ["--kv-cache-memory-bytes", "256M"]
+    assert plan.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_bad_adapters_are_set_aside_with_reasons_and_the_rest_served(tmp_path: Path, tiny_models) -> None:
+    active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
+    active(tiny_models, "plan-r16", "plan", tiny_models.rank16)
+    (tmp_path / "broken").mkdir()
+    plan = plan_serve(load_config(project(tmp_path, tiny_models, rank_limit=8)), "reasoning")
+    assert [a.name for a in plan.adapters] == ["scope-r1"]
+    assert plan.rejected[0][0] == "plan-r16" and "above the limit of 8" in plan.rejected[0][1]
+    assert plan.command[plan.command.index("--max-lora-rank") + 1] == "8"
+
+
+def test_no_adapters_still_serves_the_base(tmp_path: Path, tiny_models) -> None:
+    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning")
+    assert plan.adapters == [] and "--lora-modules" not in plan.command and "--enable-lora" in plan.command
+
+
+def test_dry_run_prints_the_command_and_the_refusals(tmp_path: Path, tiny_models) -> None:
+    active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
+    active(tiny_models, "plan-r16", "plan", tiny_models.rank16)
+    result = runner.invoke(app, ["serve", "--dry-run", "--repo", str(project(tmp_path, tiny_models, rank_limit=8))])
+    assert result.exit_code == 0, result.output
+    assert "not serving plan-r16" in result.output
+    line = next(line for line in result.output.splitlines() if "vllm.entrypoints" in line)
+    assert "--lora-modules" in shlex.split(line)
+
+
+def test_ollama_serves_adapters_as_model_names(tmp_path: Path, tiny_models) -> None:
+    active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
+    plan = plan_serve(load_config(project(tmp_path, tiny_models, provider="ollama")), "reasoning")
+    assert plan.steps == [["ollama", "create", "scope-r1", "-f", str(plan.adapters[0].path / "Modelfile")]]
+    result = runner.invoke(app, ["serve", "--repo", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    modelfile = (plan.adapters[0].path / "Modelfile").read_text()
+    assert modelfile == f"FROM {tiny_models.base}\nADAPTER {plan.adapters[0].path}\n"
+
+
+def test_missing_vllm_interpreter_is_a_config_error(tmp_path: Path, tiny_models) -> None:
+    cfg = project(tmp_path, tiny_models)
+    (cfg / "cra.toml").write_text((cfg / "cra.toml").read_text().replace('"/bin/sh"', '"/nowhere/python"'))
+    with pytest.raises(ConfigError, match="/nowhere/python does not exist"):
+        plan_serve(load_config(cfg), "reasoning")
