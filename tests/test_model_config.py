@@ -128,3 +128,9 @@ def test_cra_models_prints_each_stage_with_why(tmp_path: Path, tiny_models) -> N
     assert rows["plan"]["reason"] == "[models.overrides] plan = plan-x"
     table = runner.invoke(app, ["models", "--repo", str(tmp_path)])
     assert "[models.overrides]" in table.output and "plan-x" in table.output  # markup-like text is escaped
+
+
+def test_the_documented_example_is_a_valid_config() -> None:
+    example = Path(__file__).resolve().parents[1] / "docs" / "cra.example.toml"
+    config = load_config(path=example)
+    assert config.models.reasoning.base == "Qwen/Qwen3-4B" and config.serve.max_lora_rank_limit == 64

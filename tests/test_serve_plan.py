@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -98,3 +99,21 @@ def test_missing_vllm_interpreter_is_a_config_error(tmp_path: Path, tiny_models)
     (cfg / "cra.toml").write_text((cfg / "cra.toml").read_text().replace('"/bin/sh"', '"/nowhere/python"'))
     with pytest.raises(ConfigError, match="/nowhere/python does not exist"):
         plan_serve(load_config(cfg), "reasoning")
+
+
+def test_ollama_create_runs_for_each_adapter_when_ollama_is_installed(
+    tmp_path: Path, tiny_models, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "ollama-calls.txt"
+    fake = bin_dir / "ollama"  # records its arguments as the real CLI would receive them
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = runner.invoke(app, ["serve", "--repo", str(project(tmp_path, tiny_models, provider="ollama"))])
+    assert result.exit_code == 0, result.output
+    assert "now has scope-r1" in result.output
+    (line,) = calls.read_text().splitlines()
+    assert line.startswith("create scope-r1 -f ") and line.endswith("/scope-r1/Modelfile")

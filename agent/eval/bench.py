@@ -32,18 +32,22 @@ QUERIES = (
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and its children in a thread; `peak` is the maximum seen."""
+    """Samples the summed RSS of a process (default: this one) and its children in a thread; `peak` is the maximum seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: psutil.Process | None = None) -> None:
+        self.root = root or psutil.Process()
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            for proc in tree:
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:

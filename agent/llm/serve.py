@@ -144,6 +144,16 @@ def write_modelfiles(plan: ServePlan) -> None:
         (adapter.path / "Modelfile").write_text(f"FROM {plan.base.name}\nADAPTER {adapter.path}\n", encoding="utf-8")
 
 
+def create_ollama_models(plan: ServePlan) -> list[str]:
+    """Write the Modelfiles and run `ollama create` for each adapter; return the model names created."""
+    write_modelfiles(plan)
+    for step in plan.steps:
+        done = subprocess.run(step, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ServeFailed(f"`{' '.join(step)}` failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    return [a.name for a in plan.adapters]
+
+
 def state_file(home: str | Path | None, role: Role) -> Path:
     """Where a started server's pid, endpoint and log are recorded."""
     return cra_home(home) / "serve" / f"{role}.json"

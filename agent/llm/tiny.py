@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from agent.errors import InvalidInput
@@ -83,10 +85,18 @@ def build_tiny_model(out: Path, *, vocab_size: int = 2048, seed: int = 0) -> Pat
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "cra_tiny.json").write_text(json.dumps({"seed": seed, "vocab_size": len(tokenizer), **ARCHITECTURE}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "cra_tiny.json").write_text(json.dumps({"seed": seed, "vocab_size": len(tokenizer), **ARCHITECTURE}))
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 

@@ -1,0 +1,111 @@
+"""Serving benchmark: the tiny model on vLLM with no adapter, one adapter, and four in rotation; start time, memory."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import psutil
+
+from agent.config import Config, ModelsConfig, RoleModels, ServeConfig
+from agent.eval.bench import PeakMemory
+from agent.llm.roles import stages_of
+from agent.llm.serve import plan_serve, start
+from agent.llm.tiny import build_tiny_model, random_adapter
+from curation.registry import promote, register
+
+PROMPT = [{"role": "user", "content": "Rename sub_80A1234 to CB2_InitWallClock in src/wallclock.c"}]
+Progress = Callable[[str], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _mode(client: openai.OpenAI, models: list[str], *, requests: int, concurrency: int, tokens: int) -> dict:
+    """Sequential latency, then throughput at `concurrency`, asking `models` in rotation."""
+    def one(i: int) -> tuple[float, int]:
+        began = time.perf_counter()
+        response = client.chat.completions.create(
+            model=models[i % len(models)], messages=PROMPT, max_tokens=tokens, temperature=0,
+            extra_body={"ignore_eos": True, "min_tokens": tokens},
+        )
+        return time.perf_counter() - began, response.usage.completion_tokens if response.usage else 0
+
+    for i in range(len(models)):  # warm each adapter once
+        one(i)
+    latencies = sorted(one(i)[0] for i in range(requests))
+    began = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        produced = sum(n for _, n in pool.map(one, range(requests * 2)))
+    wall = time.perf_counter() - began
+    return {
+        "models": models, "latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "latency_p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))] * 1000, 1),
+        "throughput_tok_s": round(produced / wall, 1), "requests_per_s": round(requests * 2 / wall, 2),
+    }
+
+
+def bench_serving(
+    python: str, *, requests: int = 32, concurrency: int = 8, tokens: int = 32, extra_args: list[str] | None = None,
+    on_progress: Progress = lambda _: None,
+) -> dict:
+    """Build the tiny model and four adapters, serve them, and time the three modes in one server run."""
+    with tempfile.TemporaryDirectory(prefix="cra-bench-serving-") as scratch:
+        work = Path(scratch)
+        on_progress("building the tiny model and four adapters")
+        base = build_tiny_model(work / "tiny")
+        stages = stages_of("reasoning")
+        for i, stage in enumerate(stages):
+            random_adapter(base, work / f"a{i}", seed=i + 1)
+            register(work / "home", work / f"a{i}", name=f"{stage}-bench", stage=stage, base_model=str(base))
+            promote(work / "home", f"{stage}-bench")
+        endpoint = f"http://127.0.0.1:{_free_port()}/v1"
+        config = Config(
+            models=ModelsConfig(reasoning=RoleModels(base=str(base), endpoint=endpoint)),
+            serve=ServeConfig(python=python, max_model_len=512,
+                              extra_args=extra_args if extra_args is not None else ["--kv-cache-memory-bytes", "256M"]),
+        )
+        plan = plan_serve(config, "reasoning", work / "home")
+        on_progress("starting vLLM")
+        server = start(plan, work / "home")
+        try:
+            process = psutil.Process(server.process.pid)
+            idle_rss = _tree_rss(process)
+            client = openai.OpenAI(base_url=endpoint, api_key="unused", timeout=120)
+            adapters = [a.name for a in plan.adapters]
+            modes = {}
+            with PeakMemory(process) as peak:
+                for label, models in (("base", [plan.base.served_name]), ("one_adapter", adapters[:1]),
+                                      ("four_adapters_rotating", adapters)):
+                    on_progress(f"timing {label}")
+                    modes[label] = _mode(client, models, requests=requests, concurrency=concurrency, tokens=tokens)
+        finally:
+            server.stop()
+    base_mode = modes["base"]
+    for mode in modes.values():
+        mode["latency_ratio_to_base"] = round(mode["latency_p50_ms"] / base_mode["latency_p50_ms"], 2)
+        mode["throughput_ratio_to_base"] = round(mode["throughput_tok_s"] / base_mode["throughput_tok_s"], 2)
+    return {
+        "server_start_s": round(server.started_s, 1), "server_rss_idle_mib": round(idle_rss / 2**20),
+        "server_rss_peak_mib": round(peak.peak / 2**20), "requests_per_mode": requests * 3, "concurrency": concurrency,
+        "completion_tokens": tokens, "modes": modes, "command": plan.command,
+    }
