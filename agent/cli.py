@@ -25,6 +25,8 @@ adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
+runs_app = typer.Typer(help="Task runs: list, show, mark.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 out = Console()
 err = Console(stderr=True)
@@ -250,6 +252,194 @@ def _role(role: str):
     if role not in ROLES:
         _fail(InvalidInput(f"unknown role {role!r}; roles are {', '.join(ROLES)}"))
     return role
+
+
+def _prefect_defaults() -> None:
+    """Quiet, patient Prefect defaults for an ephemeral server, unless the user set their own."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="The change to make, e.g. \"Rename sub_80A1234 to CB2_InitWallClock\".")],
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Task analysis, scope and precision by index rules; no model.")] = False,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+    include_dirty: Annotated[bool, typer.Option("--include-dirty", help="Start from the working state, uncommitted changes included.")] = False,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (artifacts in the Prefect UI).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Run the staged agent on a task: the result is a validated branch and patch; your checkout is not touched."""
+    from agent.pipeline import RunOptions, TaskRun
+
+    try:
+        run_ = TaskRun(task, repo, config=_config(repo, config), home=home,
+                       options=RunOptions(retrieval_only=retrieval_only, until=until, include_dirty=include_dirty))
+        with err.status("preparing…") as status:
+            run_.say = lambda msg: status.update(escape(msg))
+            if prefect:
+                _prefect_defaults()
+                from flows.run import run_with_prefect
+
+                outcome = run_with_prefect(run_)
+            else:
+                from agent.pipeline import drive
+
+                outcome = drive(run_)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "run_id": outcome.run_id, "status": outcome.status, "success": outcome.success, "branch": outcome.branch,
+            "patch": str(outcome.patch) if outcome.patch else None, "notes": outcome.notes, "timings": outcome.timings,
+            "stages": {name: {"source": r.source, "output": r.output.model_dump(mode="json"), "notes": r.notes}
+                       for name, r in outcome.results.items()},
+            "validation": outcome.validation.model_dump(mode="json") if outcome.validation else None,
+        }, indent=2) + "\n")
+        return
+    for note in outcome.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    for name, result in outcome.results.items():
+        _print_decisions(name, result.source, [d.model_dump() for d in result.decisions], result.notes)
+    if outcome.validation:
+        _print_checks(outcome.validation.model_dump())
+    colour = "green" if outcome.status == "succeeded" else "red"
+    out.print(f"run [bold]{outcome.run_id}[/]: [{colour}]{outcome.status}[/]"
+              + (f"; branch {escape(outcome.branch)}, patch {escape(str(outcome.patch))}" if outcome.branch else ""))
+    if outcome.branch:
+        out.print(f"[dim]apply it with `cra apply {outcome.run_id} --repo {escape(str(repo))}`[/]")
+    if outcome.success is False:
+        raise typer.Exit(1)
+
+
+def _print_decisions(stage: str, source: str, decisions: list[dict], notes: list[str], limit: int = 15) -> None:
+    table = Table(title=f"{stage} ({source})", title_justify="left")
+    for col in ("candidate", "decision", "score", "reason"):
+        table.add_column(col)
+    for d in decisions[:limit]:
+        table.add_row(escape(d["candidate"]), d["decision"], "" if d["score"] is None else f"{d['score']:.2f}", escape(d["reason"] or ""))
+    if len(decisions) > limit:
+        table.add_row(f"… {len(decisions) - limit} more", "", "", "")
+    out.print(table)
+    for note in notes:
+        out.print(f"  [yellow]{escape(note)}[/]")
+
+
+def _print_checks(validation: dict) -> None:
+    table = Table(title=f"validation (keep ROM: {validation['keep_rom']}, ROM changed: {validation['rom_changed']})", title_justify="left")
+    for col in ("check", "result", "exit", "seconds"):
+        table.add_column(col)
+    for check in validation["checks"]:
+        result = "[green]pass[/]" if check["passed"] else ("[red]timed out[/]" if check["timed_out"] else
+                                                           f"[dim]skipped: {escape(check['skipped_reason'])}[/]" if check.get("skipped_reason") else "[red]fail[/]")
+        table.add_row(check["name"], result, str(check["exit_code"]), f"{check['seconds']:.1f}")
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(
+    limit: Annotated[int, typer.Option("-n", "--limit", help="How many runs.")] = 20,
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Task runs, newest first."""
+    from agent.runs import list_runs
+
+    try:
+        found = list_runs(home, limit=limit)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps([vars(r) for r in found], indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"runs ({len(found)})")
+    for col in ("id", "started", "status", "success", "verdict", "kind", "task"):
+        table.add_column(col)
+    for r in found:
+        table.add_row(r.id, f"{r.started_at:%Y-%m-%d %H:%M}", r.status, str(r.success), r.verdict or "", r.kind or "",
+                      escape(r.task[:60]))
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="A run id or its first characters.")],
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Each stage's inputs, decisions and outputs, the diff and the validation log."""
+    from agent.runs import get_run
+
+    try:
+        found = get_run(home, run_id)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(vars(found), indent=2, default=str) + "\n")
+        return
+    out.print(f"[bold]run {found.id}[/] {found.status} (success {found.success}, verdict {found.verdict or '-'}) "
+              f"on {escape(found.repo)} @ {found.base_commit[:10]}")
+    out.print(f"task: {escape(found.task)}")
+    if found.error:
+        out.print(f"[red]{escape(found.error)}[/]")
+    for stage in found.stages:
+        out.rule(f"{stage['stage']} ({stage['source']}, {stage['seconds']:.2f} s)")
+        if stage["error"]:
+            out.print(f"[red]{escape(stage['error'])}[/]")
+        decisions = [d for d in found.decisions if d["stage"] == stage["stage"]]
+        _print_decisions(stage["stage"], stage["source"], decisions, stage["notes"] or [], limit=40)
+        if stage["output"] is not None:
+            out.print_json(json.dumps(stage["output"]))
+    if found.validation:
+        out.rule("validation")
+        _print_checks(found.validation)
+        for check in found.validation["checks"]:
+            if check["log_tail"] and not check["passed"]:
+                out.print(f"[bold]{check['name']}[/] log tail:\n{escape(check['log_tail'])}")
+    if found.patch and Path(found.patch).exists():
+        out.rule(f"diff (branch {escape(found.branch or '-')})")
+        out.print(escape(Path(found.patch).read_text(errors="replace")))
+
+
+@runs_app.command("mark")
+def runs_mark(
+    run_id: Annotated[str, typer.Argument(help="A run id or its first characters.")],
+    success: Annotated[bool | None, typer.Option("--success/--failure", help="Your verdict on the run.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Record a human verdict on a run, for curation."""
+    from agent.runs import mark_run
+
+    try:
+        if success is None:
+            raise InvalidInput("give --success or --failure")
+        found = mark_run(home, run_id, "success" if success else "failure")
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"run {found.id} marked {found.verdict}")
+
+
+@app.command("apply")
+def apply_run(
+    run_id: Annotated[str, typer.Argument(help="The run whose patch to apply.")],
+    repo: RepoOpt = Path("."), home: HomeOpt = None,
+) -> None:
+    """Apply a run's patch to your working tree, refusing if it conflicts with your changes."""
+    from agent.runs import get_run
+    from agent.workspace import apply_patch
+
+    try:
+        found = get_run(home, run_id)
+        if not found.patch:
+            raise InvalidInput(f"run {found.id} has no patch ({found.status}); nothing to apply")
+        changed = apply_patch(repo, Path(found.patch))
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"applied run {found.id} to {escape(str(repo))}: {escape(', '.join(changed))}")
 
 
 @app.command()

@@ -118,11 +118,22 @@ class ServeConfig(_Strict):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class ValidationSettings(_Strict):
+    """`[validation]`: the checks a run's edits must pass."""
+
+    build: list[str] = Field(default_factory=lambda: ["make"], description="the build check")
+    compare: list[str] = Field(default_factory=lambda: ["make", "compare"], description="the match check (ROM SHA-1)")
+    timeout_s: float = Field(900.0, gt=0)
+    carry: list[str] = Field(default_factory=lambda: ["tools/agbcc"],
+                             description="ignored paths of the checkout the build needs, linked into the run's worktree")
+
+
 class Config(_Strict):
     """The merged settings: defaults, then the user file, then the project file."""
 
     models: ModelsConfig = ModelsConfig()
     serve: ServeConfig = ServeConfig()
+    validation: ValidationSettings = ValidationSettings()
     sources: list[str] = Field(default_factory=list, exclude=True)
 
 

@@ -73,3 +73,45 @@ class BadAdapter(CraError):
 
 class UnknownAdapter(CraError):
     """No adapter of that name is in the registry."""
+
+
+class PatchConflict(CraError):
+    """A run's patch does not apply to the user's working tree as it is now; nothing was changed."""
+
+
+class EditError(CraError):
+    """An edit block could not be applied; the message is written to be shown to the model as it is."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.block: int | None = None  # 1-based position of the failing block in its call, set by apply_edits
+        self.blocks: int | None = None  # how many blocks that call had
+
+
+class PathOutsideRepo(EditError):
+    """An edit names a path outside the repository, or inside its .git."""
+
+
+class BinaryFile(EditError):
+    """An edit targets a file that is binary or not UTF-8 text."""
+
+
+class MissingFile(EditError):
+    """An edit targets a file that does not exist."""
+
+
+class FileAlreadyExists(EditError):
+    """An edit with an empty SEARCH block would create a file that already exists."""
+
+
+class NoMatch(EditError):
+    """A SEARCH block matches nothing in its file, even ignoring whitespace."""
+
+
+class AmbiguousMatch(EditError):
+    """A SEARCH block matches more than one place in its file."""
+
+    def __init__(self, message: str, *, path: str, lines: list[int]) -> None:
+        super().__init__(message, path=path)
+        self.lines = lines

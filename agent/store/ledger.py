@@ -67,3 +67,65 @@ def l002_adapters(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@LEDGER.migration
+def l003_runs(con: duckdb.DuckDBPyConnection) -> None:
+    """Task runs, each stage's input and output, and every retrieval decision."""
+    con.execute(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            repo TEXT NOT NULL,
+            base_commit TEXT NOT NULL,
+            branch TEXT,
+            patch TEXT,                      -- path of the run's patch file, when it changed something
+            status TEXT NOT NULL,            -- running | succeeded | failed | error | killed
+            success BOOLEAN,
+            verdict TEXT,                    -- a human's mark: success | failure
+            kind TEXT,                       -- the task analysis' kind
+            keep_rom BOOLEAN,
+            rom_changed BOOLEAN,
+            options JSON NOT NULL,           -- retrieval_only, until, include_dirty
+            timings JSON,
+            validation JSON,
+            error TEXT,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE run_stages (
+            run_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            ordinal INTEGER NOT NULL,
+            source TEXT NOT NULL,            -- model | rules
+            input JSON,
+            output JSON,
+            notes JSON,
+            detail JSON,
+            call_ids TEXT[],
+            seconds DOUBLE NOT NULL,
+            error TEXT,
+            PRIMARY KEY (run_id, stage)
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE decisions (
+            run_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            ordinal INTEGER NOT NULL,
+            candidate TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            score DOUBLE,
+            reason TEXT
+        )
+        """
+    )

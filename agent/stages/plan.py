@@ -1,0 +1,79 @@
+"""Plan: ordered steps naming files, symbols and the change, from the scope and precision results."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, Field
+
+from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, inside, system
+from agent.stages.precision import PrecisionOutput
+from agent.stages.scope import ScopeOutput, scoped
+from agent.stages.task_analysis import TaskAnalysis
+
+
+class PlanInput(BaseModel):
+    """The task, its analysis, the scoped files and the primary and supporting symbols."""
+
+    task: str
+    analysis: TaskAnalysis
+    files: list[str]
+    primary: list[str]
+    supporting: list[str]
+
+
+class PlanStep(BaseModel):
+    """One change to one file."""
+
+    file: RepoPath
+    symbols: list[Short] = Field(max_length=6)
+    change: Reason
+
+
+class Plan(BaseModel):
+    """What to change, in order."""
+
+    summary: Reason
+    steps: list[PlanStep] = Field(min_length=1, max_length=8)
+
+
+class PlanStage(Stage[PlanInput, Plan]):
+    """Ordered steps for the code stage."""
+
+    name = "plan"
+    Input = PlanInput
+    Output = Plan
+
+    def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PlanInput:
+        """Scoped files and tiered symbols."""
+        scope: ScopeOutput = done["scope"]
+        precision: PrecisionOutput = done["precision"]
+        return PlanInput(
+            task=ctx.task, analysis=done["task_analysis"], files=scoped(scope, "relevant", "supporting"),
+            primary=[f"{v.path}:{v.name}" for v in precision.symbols if v.tier == "primary"],
+            supporting=[f"{v.path}:{v.name}" for v in precision.symbols if v.tier == "supporting"],
+        )
+
+    def prompt(self, ctx: StageContext, inp: PlanInput) -> list[dict[str, str]]:
+        """The task with the files and symbols to work from."""
+        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\nFiles: {', '.join(inp.files)}\n"
+                f"Primary symbols: {', '.join(inp.primary) or '-'}\nSupporting symbols: {', '.join(inp.supporting) or '-'}\n\n"
+                "Write the plan: a one-line summary and ordered steps, each naming one file, the symbols it changes and "
+                "the change in one sentence. Keep the ROM byte-identical when the analysis says so.")
+        return [system("planner"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+
+    def check(self, ctx: StageContext, inp: PlanInput, out: Plan) -> tuple[Plan, list[str]]:
+        """Drop steps whose file would leave the repository."""
+        root = ctx.worktree or ctx.repo
+        steps, notes = [], []
+        for step in out.steps:
+            if not inside(root, step.file):
+                notes.append(f"dropped a step on {step.file!r}: outside the repository")
+            else:
+                steps.append(step)
+        return Plan.model_construct(summary=out.summary, steps=steps), notes
+
+    def decisions(self, inp: PlanInput, out: Plan) -> list[Decision]:
+        """One row per step, in order."""
+        return [Decision(candidate=step.file, decision=f"step {i}", reason=f"{step.change} [{', '.join(step.symbols)}]"[:200])
+                for i, step in enumerate(out.steps, 1)]

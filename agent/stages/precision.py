@@ -1,0 +1,132 @@
+"""Precision: the symbols of the scoped files, in tiers primary, supporting and excluded."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent import retrieval
+from agent.index.query import symbols_in_files
+from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, system
+from agent.stages.scope import ScopeOutput, scoped
+from agent.stages.task_analysis import TaskAnalysis
+
+Tier = Literal["primary", "supporting", "excluded"]
+MAX_SYMBOLS = 40
+PRIMARY_SHARE = 0.5
+MAX_PRIMARY = 4
+
+
+class SymbolCandidate(BaseModel):
+    """A symbol of a scoped file, with how well it matches the task."""
+
+    name: str
+    kind: str
+    path: str
+    line: int
+    score: float
+
+
+class PrecisionInput(BaseModel):
+    """The task, its analysis, the scope and the candidate symbols."""
+
+    task: str
+    analysis: TaskAnalysis
+    relevant_files: list[str]
+    candidates: list[SymbolCandidate]
+
+
+class SymbolVerdict(BaseModel):
+    """One symbol's tier and the reason for it."""
+
+    name: Short
+    path: RepoPath
+    tier: Tier
+    reason: Reason
+
+
+class PrecisionOutput(BaseModel):
+    """The symbols the change touches, those it reads, and the rest."""
+
+    symbols: list[SymbolVerdict] = Field(max_length=MAX_SYMBOLS)
+
+
+class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
+    """Which symbols the change needs."""
+
+    name = "precision"
+    Input = PrecisionInput
+    Output = PrecisionOutput
+    has_rules = True
+
+    def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PrecisionInput:
+        """The symbols of relevant and supporting files, scored by symbol search and names in the task."""
+        analysis: TaskAnalysis = done["task_analysis"]
+        scope: ScopeOutput = done["scope"]
+        files = scoped(scope, "relevant", "supporting")
+        hits = retrieval.search(ctx.repo, " ".join([ctx.task, *analysis.symbols]), home=ctx.home, k=200)
+        score = {(h.name, h.path): h.score for h in hits.symbols if h.path in files}
+        top = max(score.values(), default=1.0) or 1.0
+        named = set(analysis.symbols)
+        terms = {t.lower() for t in analysis.key_terms}
+        cands = []
+        for sym in symbols_in_files(ctx.repo, files, home=ctx.home):
+            value = score.get((sym.name, sym.path), 0.0) / top
+            if sym.name in named:
+                value = max(value, 1.0) + 1.0
+            elif terms and any(t in sym.name.lower() for t in terms):
+                value += 0.25
+            cands.append(SymbolCandidate(name=sym.name, kind=sym.kind, path=sym.path, line=sym.start_line, score=round(value, 3)))
+        cands.sort(key=lambda c: (-c.score, c.path, c.line))
+        return PrecisionInput(task=ctx.task, analysis=analysis, relevant_files=scoped(scope, "relevant"),
+                              candidates=cands[:MAX_SYMBOLS])
+
+    def rules(self, ctx: StageContext, inp: PrecisionInput) -> PrecisionOutput:
+        """Named symbols and the best matches in relevant files are primary; other matches support."""
+        best = max((c.score for c in inp.candidates), default=0.0)
+        verdicts, primary = [], 0
+        for cand in inp.candidates:
+            if cand.score >= 2.0:
+                tier, reason = "primary", "named in the task"
+            elif (cand.path in inp.relevant_files and best > 0 and cand.score >= PRIMARY_SHARE * best
+                  and primary < MAX_PRIMARY and cand.kind in ("function", "global", "macro_function")):
+                tier, reason = "primary", f"best match in a relevant file ({cand.score:.2f})"
+            elif cand.score > 0:
+                tier, reason = "supporting", f"matches the task ({cand.score:.2f})"
+            else:
+                tier, reason = "excluded", "no match"
+            primary += tier == "primary"
+            verdicts.append(SymbolVerdict(name=cand.name, path=cand.path, tier=tier, reason=reason))
+        return PrecisionOutput(symbols=verdicts)
+
+    def prompt(self, ctx: StageContext, inp: PrecisionInput) -> list[dict[str, str]]:
+        """The task and each candidate symbol with its file and score."""
+        lines = [f"- {c.name} ({c.kind}, {c.path}:{c.line}, score {c.score:.2f})" for c in inp.candidates]
+        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
+                f"Relevant files: {', '.join(inp.relevant_files)}\n\nCandidate symbols:\n" + "\n".join(lines)
+                + "\n\nPut each symbol in a tier: primary (the change edits it), supporting (the change reads or calls it) "
+                  "or excluded, with a short reason. Use only the symbols listed.")
+        return [system("symbol selector"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+
+    def check(self, ctx: StageContext, inp: PrecisionInput, out: PrecisionOutput) -> tuple[PrecisionOutput, list[str]]:
+        """Keep verdicts on listed symbols only; the rest are excluded."""
+        allowed = {(c.name, c.path) for c in inp.candidates}
+        kept: dict[tuple[str, str], SymbolVerdict] = {}
+        notes = []
+        for verdict in out.symbols:
+            if (verdict.name, verdict.path) in allowed:
+                kept.setdefault((verdict.name, verdict.path), verdict)
+            else:
+                notes.append(f"dropped {verdict.name!r} in {verdict.path!r}: not a candidate")
+        for cand in inp.candidates:
+            kept.setdefault((cand.name, cand.path), SymbolVerdict(name=cand.name, path=cand.path, tier="excluded",
+                                                                   reason="not placed by the model"))
+        return PrecisionOutput(symbols=list(kept.values())), notes
+
+    def decisions(self, inp: PrecisionInput, out: PrecisionOutput) -> list[Decision]:
+        """One row per candidate symbol."""
+        score = {(c.name, c.path): c.score for c in inp.candidates}
+        return [Decision(candidate=f"{v.path}:{v.name}", decision=v.tier, score=score.get((v.name, v.path)), reason=v.reason)
+                for v in out.symbols]

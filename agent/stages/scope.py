@@ -1,0 +1,165 @@
+"""Scope: candidate files from hybrid retrieval plus graph expansion, each classified relevant, supporting or irrelevant."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent import retrieval
+from agent.errors import UnknownSymbol
+from agent.index.query import indexed_files, symbols_in_files
+from agent.stages.base import Decision, Reason, RepoPath, Stage, StageContext, clip, system
+from agent.stages.task_analysis import TaskAnalysis
+
+Label = Literal["relevant", "supporting", "irrelevant"]
+CANDIDATES = 20
+RELEVANT_SHARE = 0.6   # of the best score, among the top three
+SUPPORTING_SHARE = 0.3
+
+
+class Candidate(BaseModel):
+    """A file the index proposes, with its score, why, and what it defines."""
+
+    path: str
+    score: float
+    why: str
+    symbols: list[str]
+    origin: str  # search | named | graph | header
+
+
+class ScopeInput(BaseModel):
+    """The task, its analysis and the candidate files."""
+
+    task: str
+    analysis: TaskAnalysis
+    candidates: list[Candidate]
+
+
+class FileVerdict(BaseModel):
+    """One file's label and the reason for it."""
+
+    path: RepoPath
+    label: Label
+    reason: Reason
+
+
+class ScopeOutput(BaseModel):
+    """The files the change needs, and the ones it does not."""
+
+    files: list[FileVerdict] = Field(max_length=CANDIDATES + 5)
+
+
+def _partner(path: str, known: set[str]) -> str | None:
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    if path.endswith(".c"):
+        options = [f"include/{stem}.h", path[:-2] + ".h"]
+    elif path.endswith(".h"):
+        options = [f"src/{stem}.c", path[:-2] + ".c"]
+    else:
+        return None
+    return next((p for p in options if p in known and p != path), None)
+
+
+def _why(why: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(why.items(), key=lambda kv: -kv[1])[:3] if v > 0)
+
+
+class ScopeStage(Stage[ScopeInput, ScopeOutput]):
+    """Which files the change needs."""
+
+    name = "scope"
+    Input = ScopeInput
+    Output = ScopeOutput
+    has_rules = True
+
+    def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> ScopeInput:
+        """Search hits, the files defining named symbols and their callers, and header/source partners."""
+        analysis = done["task_analysis"]
+        query = " ".join([ctx.task, *analysis.symbols])
+        hits = retrieval.search(ctx.repo, query, home=ctx.home, k=CANDIDATES, langs=["c", "h"])
+        found: dict[str, tuple[float, str, str]] = {h.path: (h.score, _why(h.why), "search") for h in hits.files}
+        top = max((score for score, _, _ in found.values()), default=1.0) or 1.0
+        known = indexed_files(ctx.repo, home=ctx.home)
+        for path in analysis.files:
+            if path in known:
+                found[path] = (top, "named in the task", "named")
+        for name in analysis.symbols:
+            try:
+                infos = retrieval.lookup_symbol(ctx.repo, name, home=ctx.home)
+            except UnknownSymbol:
+                continue
+            for info in infos:
+                found[info.path] = (max(found.get(info.path, (0,))[0], top), f"defines {name}", "named")
+                for caller in info.callers[:5]:
+                    site = caller["site_path"]
+                    if site not in found:
+                        found[site] = (0.25 * top, f"calls {name}", "graph")
+        for path, (score, _, _) in list(found.items()):
+            partner = _partner(path, known)
+            if partner and partner not in found:
+                found[partner] = (0.5 * score, f"header/source partner of {path}", "header")
+        ranked = sorted(found.items(), key=lambda kv: -kv[1][0])[: CANDIDATES + 5]
+        defs: dict[str, list[str]] = {}
+        for sym in symbols_in_files(ctx.repo, [p for p, _ in ranked], home=ctx.home, kinds=("function", "global")):
+            defs.setdefault(sym.path, []).append(sym.name)
+        return ScopeInput(task=ctx.task, analysis=analysis, candidates=[
+            Candidate(path=p, score=round(s / top, 3), why=w, symbols=defs.get(p, [])[:6], origin=o)
+            for p, (s, w, o) in ranked
+        ])
+
+    def rules(self, ctx: StageContext, inp: ScopeInput) -> ScopeOutput:
+        """Named files and definitions of named symbols, then the clear leaders, are relevant; their partners support."""
+        verdicts: dict[str, FileVerdict] = {}
+        named = [c for c in inp.candidates if c.origin == "named"]
+        for cand in named or [c for c in inp.candidates[:3] if c.score >= RELEVANT_SHARE]:
+            reason = cand.why if named else f"top search hit ({cand.why})"
+            verdicts[cand.path] = FileVerdict(path=cand.path, label="relevant", reason=reason[:200])
+        for cand in inp.candidates:
+            if cand.path in verdicts:
+                continue
+            if cand.origin == "header" and any(cand.why.endswith(p) for p in verdicts):
+                label, reason = "supporting", cand.why
+            elif cand.score >= SUPPORTING_SHARE:
+                label, reason = "supporting", f"related search hit ({cand.why})"
+            else:
+                label, reason = "irrelevant", f"weak match ({cand.score:.2f} of the best)"
+            verdicts[cand.path] = FileVerdict(path=cand.path, label=label, reason=reason[:200])
+        if not any(v.label == "relevant" for v in verdicts.values()) and inp.candidates:
+            first = inp.candidates[0].path
+            verdicts[first] = FileVerdict(path=first, label="relevant", reason="best search hit")
+        return ScopeOutput(files=list(verdicts.values()))
+
+    def prompt(self, ctx: StageContext, inp: ScopeInput) -> list[dict[str, str]]:
+        """The task, its analysis and each candidate with its score and definitions."""
+        lines = [f"- {c.path} (score {c.score:.2f}; {c.why}; defines {', '.join(c.symbols) or '-'})" for c in inp.candidates]
+        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n" + "\n".join(lines)
+                + "\n\nLabel every candidate relevant (must change), supporting (needed to understand the change) or "
+                  "irrelevant, with a short reason. Use only the paths listed.")
+        return [system("scope selector"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+
+    def check(self, ctx: StageContext, inp: ScopeInput, out: ScopeOutput) -> tuple[ScopeOutput, list[str]]:
+        """Keep verdicts on listed candidates only; candidates the model skipped are irrelevant."""
+        allowed = {c.path for c in inp.candidates}
+        kept, notes = {}, []
+        for verdict in out.files:
+            if verdict.path not in allowed:
+                notes.append(f"dropped {verdict.path!r}: not a candidate")
+            else:
+                kept.setdefault(verdict.path, verdict)
+        for cand in inp.candidates:
+            kept.setdefault(cand.path, FileVerdict(path=cand.path, label="irrelevant", reason="not labelled by the model"))
+        return ScopeOutput(files=list(kept.values())), notes
+
+    def decisions(self, inp: ScopeInput, out: ScopeOutput) -> list[Decision]:
+        """One row per candidate file."""
+        score = {c.path: c.score for c in inp.candidates}
+        return [Decision(candidate=v.path, decision=v.label, score=score.get(v.path), reason=v.reason) for v in out.files]
+
+
+def scoped(out: ScopeOutput, *labels: Label) -> list[str]:
+    """The paths with one of `labels`."""
+    return [v.path for v in out.files if v.label in labels]
+
+

@@ -1,0 +1,86 @@
+"""`cra run` as a Prefect flow: one task per stage, each publishing its decisions as artifacts."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from agent.pipeline import RunOutcome, TaskRun
+from agent.stages.base import Stage, StageResult
+from agent.validation import ValidationResult
+
+MAX_ROWS = 60
+
+
+def artifact_key(run_id: str, what: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) for one run's artifact."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"cra-{run_id}-{what}".lower()).strip("-")
+
+
+def publish_stage(run: TaskRun, stage: Stage, result: StageResult) -> None:
+    """The stage's decisions as a table, and its output (with notes) as markdown."""
+    rows = [{"candidate": d.candidate, "decision": d.decision, "score": "" if d.score is None else f"{d.score:.3f}",
+             "reason": d.reason} for d in result.decisions[:MAX_ROWS]]
+    create_table_artifact(key=artifact_key(run.run_id, f"{stage.name}-decisions"), table=rows or [{"decision": "(none)"}],
+                          description=f"{stage.name}: {len(result.decisions)} decisions ({result.source})")
+    notes = "".join(f"- {note}\n" for note in result.notes)
+    body = f"### {stage.name} ({result.source})\n\n{notes}\n```json\n{result.output.model_dump_json(indent=2)}\n```\n"
+    if stage.name == "plan":
+        steps = "".join(f"{i}. `{s.file}` {', '.join(s.symbols)}: {s.change}\n" for i, s in enumerate(result.output.steps, 1))
+        body = f"### Plan\n\n{result.output.summary}\n\n{steps}\n{notes}"
+    create_markdown_artifact(key=artifact_key(run.run_id, stage.name), markdown=body, description=f"{stage.name} output")
+
+
+def publish_outcome(run: TaskRun, outcome: RunOutcome) -> None:
+    """The validation checks, the diff and the run's status."""
+    validation: ValidationResult | None = outcome.validation
+    if validation is not None:
+        create_table_artifact(key=artifact_key(run.run_id, "validation"), description=f"validation: success={validation.success}",
+                              table=[{"check": c.name, "passed": c.passed, "exit": c.exit_code, "timed out": c.timed_out,
+                                      "seconds": round(c.seconds, 2)} for c in validation.checks])
+    diff = outcome.patch.read_text(errors="replace") if outcome.patch else "(no change)"
+    notes = "".join(f"- {note}\n" for note in outcome.notes)
+    create_markdown_artifact(
+        key=artifact_key(run.run_id, "result"), description=f"run {outcome.run_id}: {outcome.status}",
+        markdown=f"### Run {outcome.run_id}: {outcome.status}\n\n{notes}\nbranch: `{outcome.branch or '-'}`\n\n```diff\n{diff}\n```\n",
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{stage_name}")
+def stage_task(run: TaskRun, stage: Stage, stage_name: str) -> StageResult:
+    """Run one stage and publish what it decided."""
+    result = run.run_stage(stage)
+    publish_stage(run, stage, result)
+    return result
+
+
+@task(cache_policy=NO_CACHE, task_run_name="validation")
+def validation_task(run: TaskRun) -> ValidationResult | None:
+    """Parse, build and match checks on the run's worktree."""
+    return run.validate()
+
+
+@flow(name="cra-run", flow_run_name="{run_name}", validate_parameters=False)
+def run_flow(run: TaskRun, run_name: str) -> RunOutcome:
+    """The staged agent on one task: each stage a task, every decision an artifact."""
+    run.prepare()
+    try:
+        for stage in run.plan:
+            run.say(f"{stage.name}…")
+            stage_task(run, stage, stage.name)
+        outcome = run.finish(validation_task(run) if run.edits else None)
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    publish_outcome(run, outcome)
+    return outcome
+
+
+def run_with_prefect(run: TaskRun) -> RunOutcome:
+    """Execute `run` as a Prefect flow run (ephemeral Prefect unless PREFECT_API_URL points at a server)."""
+    return run_flow(run, run_name=f"{run.run_id}: {run.task.splitlines()[0][:60]}")
+
+

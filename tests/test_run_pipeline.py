@@ -1,0 +1,225 @@
+"""`cra run` end to end on the fixture decomp: stages, worktree, edits, real validation (make, make compare), the run log.
+
+The model here is a scripted stand-in server answering per stage; tests/test_run_vllm.py runs the real tiny model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.config import ledger_path, load_config
+from agent.errors import InvalidInput
+from agent.index.build import index_repo
+from agent.llm.roles import STAGE_ROLES
+from agent.pipeline import RunOptions, TaskRun, drive
+from agent.runs import get_run, list_runs
+from agent.stages import STAGE_NAMES
+from tests.fixtures.decomp import DecompRepo, host_build_missing
+from tests.fixtures.models import chat_reply, standin_server
+
+runner = CliRunner()
+OLD, NEW = "CalcNewMinHandAngle", "CalcMinuteHandAngle"
+WALLCLOCK = "src/wallclock.c"
+
+
+def tree_digest(root: Path) -> str:
+    """A hash of every file in the checkout (not .git), to prove a run leaves it untouched."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def indexed(decomp_repo: DecompRepo) -> DecompRepo:
+    index_repo(decomp_repo.path, embed=False)
+    return decomp_repo
+
+
+def rename_edits(text: str, old: str, new: str) -> list[dict]:
+    """One search/replace block per line mentioning `old`, each grown upwards until it matches one place only."""
+    lines = text.splitlines()
+    edits = []
+    for i, line in enumerate(lines):
+        if old not in line:
+            continue
+        start = i
+        while text.count("\n".join(lines[start:i + 1])) > 1:
+            start -= 1
+        block = "\n".join(lines[start:i + 1])
+        edits.append({"path": WALLCLOCK, "search": block, "replace": block.replace(old, new)})
+    return edits
+
+
+def scripted(answers: dict[str, object]):
+    """A stand-in model answering each stage (told apart by the schema's name) with a fixed JSON value."""
+    def respond(body: dict) -> tuple[int, dict]:
+        name = body["response_format"]["json_schema"]["name"]
+        value = answers[name]
+        return chat_reply(json.dumps(value(body) if callable(value) else value))
+    return respond
+
+
+def answers_for(kind: str, keep_rom: bool, edits: list[dict]) -> dict[str, object]:
+    return {
+        "TaskAnalysis": {"kind": kind, "key_terms": ["minute", "hand"], "symbols": [OLD], "files": [WALLCLOCK],
+                         "subsystems": ["wallclock"], "keep_rom": keep_rom},
+        "ScopeOutput": {"files": [{"path": WALLCLOCK, "label": "relevant", "reason": f"defines {OLD}"},
+                                  {"path": "../../etc/passwd", "label": "relevant", "reason": "escape attempt"}]},
+        "PrecisionOutput": {"symbols": [{"name": OLD, "path": WALLCLOCK, "tier": "primary", "reason": "the task names it"}]},
+        "Plan": {"summary": "change the minute hand code", "steps": [
+            {"file": WALLCLOCK, "symbols": [OLD], "change": "edit it"},
+            {"file": "../outside.c", "symbols": [], "change": "should be dropped"}]},
+        "CodeEdits": {"edits": edits},
+    }
+
+
+def run_with(tmp_path: Path, repo: DecompRepo, task: str, answers: dict, **options) -> tuple:
+    with standin_server(scripted(answers)) as server:
+        (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           f'[models.coding]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           '[validation]\ntimeout_s = 120\n')
+        run = TaskRun(task, repo.path, config=load_config(tmp_path), options=RunOptions(**options))
+        return drive(run), server
+
+
+def test_stage_names_agree_with_model_roles() -> None:
+    assert STAGE_NAMES == tuple(STAGE_ROLES)
+
+
+def test_rename_passes_build_and_compare_and_leaves_the_checkout_untouched(tmp_path: Path, indexed: DecompRepo) -> None:
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    before = tree_digest(indexed.path)
+    text = (indexed.path / WALLCLOCK).read_text()
+    outcome, server = run_with(tmp_path, indexed, f"Rename {OLD} to {NEW}", answers_for("rename", True, rename_edits(text, OLD, NEW)))
+    assert outcome.status == "succeeded" and outcome.success is True, outcome.validation
+    checks = {c.name: c for c in outcome.validation.checks}
+    assert checks["parse"].passed and checks["build"].passed and checks["compare"].passed
+    assert outcome.validation.rom_changed is False
+    assert tree_digest(indexed.path) == before  # the user's checkout is untouched
+    assert "../../etc/passwd" in " ".join(outcome.results["scope"].notes)  # a path outside the repo is dropped
+    assert [s.file for s in outcome.results["plan"].output.steps] == [WALLCLOCK]
+    patch = outcome.patch.read_text()
+    assert f"+static u16 {NEW}(u16 angle" in patch and outcome.branch == f"cra/run-{outcome.run_id}"
+    assert {r["model"] for r in server.requests} == {"tiny"}
+    run = get_run(None, outcome.run_id)
+    assert (run.status, run.success, run.kind, run.keep_rom, run.rom_changed) == ("succeeded", True, "rename", True, False)
+    assert [s["stage"] for s in run.stages] == list(STAGE_NAMES)
+    assert all(s["source"] == "model" and s["call_ids"] for s in run.stages)
+    scope_rows = {(d["candidate"], d["decision"]) for d in run.decisions if d["stage"] == "scope"}
+    assert (WALLCLOCK, "relevant") in scope_rows
+    applied = runner.invoke(app, ["apply", outcome.run_id, "--repo", str(indexed.path)])
+    assert applied.exit_code == 0, applied.output
+    assert NEW in (indexed.path / WALLCLOCK).read_text() and OLD not in (indexed.path / WALLCLOCK).read_text()
+
+
+def test_behaviour_change_builds_but_fails_compare(tmp_path: Path, indexed: DecompRepo) -> None:
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    edit = [{"path": WALLCLOCK, "search": "        delta = 1;", "replace": "        delta = 2;"}]
+    documented, _ = run_with(tmp_path, indexed, f"Document {OLD}", answers_for("documentation", True, edit))
+    assert documented.status == "failed" and documented.validation.rom_changed is True
+    assert documented.validation.check("build").passed and not documented.validation.check("compare").passed
+    fixed, _ = run_with(tmp_path, indexed, f"Fix {OLD} step", answers_for("bug_fix", False, edit))
+    assert fixed.status == "succeeded" and fixed.validation.rom_changed is True  # a fix may change the ROM
+
+
+def test_broken_edit_fails_parse_and_build_and_is_recorded(tmp_path: Path, indexed: DecompRepo) -> None:
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    edit = [{"path": WALLCLOCK, "search": "    u8 delta;\n", "replace": "    u8 delta = (;\n"}]
+    outcome, _ = run_with(tmp_path, indexed, f"Refactor {OLD}", answers_for("refactor", True, edit))
+    assert outcome.status == "failed"
+    assert not outcome.validation.check("parse").passed and not outcome.validation.check("build").passed
+    stored = get_run(None, outcome.run_id)
+    assert stored.validation["checks"][1]["exit_code"] != 0 and stored.validation["checks"][1]["log_tail"]
+
+
+def test_edits_that_never_apply_are_fed_back_then_the_run_fails(tmp_path: Path, indexed: DecompRepo) -> None:
+    attempts = []
+
+    def bad_edits(body: dict) -> dict:
+        attempts.append(body["messages"][-1]["content"])
+        return {"edits": [{"path": "../../escape.c", "search": "", "replace": "int x;"},
+                          {"path": WALLCLOCK, "search": "no such text", "replace": "x"}]}
+
+    outcome, _ = run_with(tmp_path, indexed, f"Refactor {OLD}", answers_for("refactor", True, []) | {"CodeEdits": bad_edits})
+    assert outcome.status == "failed" and outcome.validation is None and outcome.patch is None
+    assert len(attempts) == 3  # the first ask and two retries, each retry carrying the error
+    assert "escape.c" in attempts[1] and "Send all the edits again" in attempts[1]
+    assert not (indexed.path.parent / "escape.c").exists()
+    assert get_run(None, outcome.run_id).stages[-1]["detail"]["failed"] is True
+
+
+def test_retrieval_only_needs_no_model_and_logs_decisions(indexed: DecompRepo) -> None:
+    before = tree_digest(indexed.path)
+    result = runner.invoke(app, ["run", f"Rename {OLD} to {NEW}", "--repo", str(indexed.path), "--retrieval-only",
+                                 "--no-prefect", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert list(data["stages"]) == ["task_analysis", "scope", "precision"]
+    analysis = data["stages"]["task_analysis"]["output"]
+    assert (analysis["kind"], analysis["keep_rom"], analysis["symbols"]) == ("rename", True, [OLD])
+    relevant = [f["path"] for f in data["stages"]["scope"]["output"]["files"] if f["label"] == "relevant"]
+    assert relevant == [WALLCLOCK]
+    primary = [s["name"] for s in data["stages"]["precision"]["output"]["symbols"] if s["tier"] == "primary"]
+    assert primary[0] == OLD
+    assert tree_digest(indexed.path) == before
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    counts = dict(con.execute("SELECT stage, count(*) FROM decisions WHERE run_id = ? GROUP BY stage", [data["run_id"]]).fetchall())
+    con.close()
+    assert set(counts) == {"task_analysis", "scope", "precision"} and counts["scope"] >= 3
+    shown = runner.invoke(app, ["runs", "show", data["run_id"][:12]])
+    assert shown.exit_code == 0 and "precision (rules)" in shown.output
+    marked = runner.invoke(app, ["runs", "mark", data["run_id"], "--failure"])
+    assert marked.exit_code == 0 and get_run(None, data["run_id"]).verdict == "failure"
+
+
+def test_a_stale_index_is_brought_forward_and_dirty_work_is_left_out(indexed: DecompRepo) -> None:
+    target = indexed.path / "src" / "extra_clock.c"
+    target.write_text('#include "global.h"\n\nvoid ShowExtraClockFace(void)\n{\n}\n')
+    subprocess.run(["git", "add", "-A"], cwd=indexed.path, check=True)
+    subprocess.run(["git", "commit", "-qm", "Add extra clock face"], cwd=indexed.path, check=True)
+    (indexed.path / "README.md").write_text("uncommitted\n")
+    run = TaskRun("Document ShowExtraClockFace", indexed.path, config=load_config(indexed.path),
+                  options=RunOptions(retrieval_only=True))
+    outcome = drive(run)
+    assert any("index updated first" in note for note in outcome.notes)
+    assert any("1 uncommitted file(s) are not included" in note for note in outcome.notes)
+    assert outcome.results["task_analysis"].output.symbols == ["ShowExtraClockFace"]
+    assert [v.path for v in outcome.results["scope"].output.files if v.label == "relevant"] == ["src/extra_clock.c"]
+
+
+@pytest.mark.parametrize(("task", "options", "needle"), [
+    ("   ", {}, "the task is empty"),
+    ("x" * 5000, {}, "keep it under"),
+    ("Document it", {"until": "scoping"}, "unknown stage"),
+    ("Document it", {"retrieval_only": True, "until": "plan"}, "cannot go on to plan"),
+])
+def test_bad_run_requests_are_refused_before_anything_is_logged(indexed: DecompRepo, task: str, options: dict, needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        TaskRun(task, indexed.path, config=load_config(indexed.path), options=RunOptions(**options))
+    assert list_runs(None) == []
+
+
+def test_two_runs_at_once_on_one_project_both_finish(indexed: DecompRepo) -> None:
+    env_cmd = ["run", "Document InitWallClock", "--repo", str(indexed.path), "--retrieval-only", "--no-prefect", "--json"]
+    import os
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-m", "agent.cli", *env_cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-500:] for r in results]
+    ids = {json.loads(out)["run_id"] for out, _ in results}
+    assert len(ids) == 2
+    assert {r.status for r in list_runs(None)} == {"succeeded"}
