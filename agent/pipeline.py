@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from agent import repo as git_repo
 from agent import runs, workspace
 from agent.config import Config
-from agent.errors import CraError, InvalidInput
+from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.index.build import index_repo, open_index
 from agent.llm.client import LLM
 from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES
@@ -84,6 +84,7 @@ class TaskRun:
         self.ws: workspace.Workspace | None = None
         self.ctx: StageContext | None = None
         self.base_commit = ""
+        self.failed_stage: str | None = None
 
     @property
     def needs_model(self) -> bool:
@@ -115,7 +116,8 @@ class TaskRun:
             self.fail(exc)
             raise
         self.ctx = StageContext(task=self.task, repo=self.repo, home=self.home, llm=llm,
-                                worktree=self.ws.path if self.ws else None, run_id=self.run_id)
+                                worktree=self.ws.path if self.ws else None, run_id=self.run_id,
+                                max_prompt_chars=self.config.models.max_prompt_chars)
         self.timings["prepare"] = time.perf_counter() - started
 
     def _refresh_index(self) -> None:
@@ -143,6 +145,9 @@ class TaskRun:
         except BaseException as exc:
             runs.record_stage(self.home, self.run_id, len(self.results), stage.name, inp, None,
                               time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, InvalidModelOutput):
+                self.failed_stage = stage.name
+                self.notes.append(f"the {stage.name} stage failed: {exc}")
             raise
         seconds = time.perf_counter() - started
         self.timings[stage.name] = seconds
@@ -186,7 +191,9 @@ class TaskRun:
                 patch = workspace.finish(self.ws, f"cra: {self.task.splitlines()[0][:72]}")
             finally:
                 workspace.remove_worktree(self.ws)
-        if code is None:
+        if self.failed_stage:
+            status, success = "failed", False
+        elif code is None:
             status, success = "succeeded", None
         elif code.detail.get("failed"):
             status, success = "failed", False
@@ -219,7 +226,10 @@ def drive(run: TaskRun) -> RunOutcome:
     try:
         for stage in run.plan:
             run.say(f"{stage.name}…")
-            run.run_stage(stage)
+            try:
+                run.run_stage(stage)
+            except InvalidModelOutput:
+                return run.finish()  # a model that cannot answer fails the run; the log has why
         return run.finish(run.validate())
     except BaseException as exc:
         run.fail(exc)

