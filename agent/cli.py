@@ -240,6 +240,33 @@ def eval_serving(
     out.print(f"figures written to {escape(str(json_out))}")
 
 
+@eval_app.command("overhead")
+def eval_overhead(
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    tasks: Annotated[int, typer.Option(help="How many of the newest commit subjects to run as tasks.")] = 5,
+    full: Annotated[bool, typer.Option("--full", help="All five stages with the configured models (default: --retrieval-only).")] = False,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("overhead.json"),
+) -> None:
+    """The agent's own time per run, model time and build time excluded, on real tasks from the history."""
+    from agent.eval.overhead import bench_overhead
+
+    try:
+        with err.status("timing runs…") as status:
+            figures = bench_overhead(repo, config=_config(repo, config), home=home, tasks=tasks, retrieval_only=not full,
+                                     on_progress=lambda msg: status.update(escape(msg)))
+    except CraError as exc:
+        _fail(exc)
+    _write_json(json_out, figures)
+    table = Table(title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})")
+    for col in ("task", "status", "wall s", "model s", "build s", "overhead s"):
+        table.add_column(col)
+    for row in figures["runs"]:
+        table.add_row(escape(row["task"][:50]), escape(row["status"][:30]), f"{row['wall_s']:.2f}", f"{row['model_s']:.2f}",
+                      f"{row['validation_s']:.2f}", f"{row['overhead_s']:.2f}")
+    out.print(table)
+    out.print(f"median overhead {figures['overhead_median_s']} s, max {figures['overhead_max_s']} s; written to {escape(str(json_out))}")
+
+
 def _config(repo: Path | None, config: Path | None):
     from agent.config import load_config
 
