@@ -8,11 +8,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from agent.errors import InvalidModelOutput
 from agent.pipeline import RunOutcome, TaskRun
-from agent.stages.base import Stage, StageResult
+from agent.stages.base import Decision, Stage, StageResult
 from agent.validation import ValidationResult
 
 MAX_ROWS = 60
+NAMED_PER_DECISION = 3  # a decision taken for this many candidates or fewer names them in the summary
 
 
 def artifact_key(run_id: str, what: str) -> str:
@@ -20,12 +22,21 @@ def artifact_key(run_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"cra-{run_id}-{what}".lower()).strip("-")
 
 
+def decision_summary(decisions: list[Decision]) -> str:
+    """The decisions in one line, e.g. "relevant: src/wallclock.c · supporting: 6 · irrelevant: 16"."""
+    by_decision: dict[str, list[str]] = {}
+    for d in decisions:
+        by_decision.setdefault(d.decision, []).append(d.candidate)
+    return " · ".join(f"{decision}: {', '.join(names) if len(names) <= NAMED_PER_DECISION else len(names)}"
+                      for decision, names in by_decision.items()) or "no decisions"
+
+
 def publish_stage(run: TaskRun, stage: Stage, result: StageResult) -> None:
     """The stage's decisions as a table, and its output (with notes) as markdown."""
     rows = [{"candidate": d.candidate, "decision": d.decision, "score": "" if d.score is None else f"{d.score:.3f}",
              "reason": d.reason} for d in result.decisions[:MAX_ROWS]]
     create_table_artifact(key=artifact_key(run.run_id, f"{stage.name}-decisions"), table=rows or [{"decision": "(none)"}],
-                          description=f"{stage.name}: {len(result.decisions)} decisions ({result.source})")
+                          description=f"{stage.name} ({result.source}): {decision_summary(result.decisions)}"[:500])
     notes = "".join(f"- {note}\n" for note in result.notes)
     body = f"### {stage.name} ({result.source})\n\n{notes}\n```json\n{result.output.model_dump_json(indent=2)}\n```\n"
     if stage.name == "plan":
@@ -70,8 +81,14 @@ def run_flow(run: TaskRun, run_name: str) -> RunOutcome:
     try:
         for stage in run.plan:
             run.say(f"{stage.name}…")
-            stage_task(run, stage, stage.name)
-        outcome = run.finish(validation_task(run) if run.edits else None)
+            try:
+                stage_task(run, stage, stage.name)
+            except InvalidModelOutput:
+                break  # the stage's task run shows the failure; the run ends as failed
+        if run.failed_stage:
+            outcome = run.finish()
+        else:
+            outcome = run.finish(validation_task(run) if run.edits else None)
     except BaseException as exc:
         run.fail(exc)
         raise
