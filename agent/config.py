@@ -129,12 +129,28 @@ class ValidationSettings(_Strict):
                              description="ignored paths of the checkout the build needs, linked into the run's worktree")
 
 
+class TeacherConfig(_Strict):
+    """`[teacher]`: an OpenAI-compatible model that labels bootstrapped pairs (off unless an endpoint is set)."""
+
+    name: str = "teacher"
+    endpoint: str | None = None
+    model: str = "Qwen/Qwen3.5-397B-A17B"
+    api_key_env: str | None = Field(None, description="environment variable holding the key; never logged")
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(300.0, gt=0)
+    max_tokens: int = Field(2048, gt=0)
+    price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens, for the cost figure")
+    price_out_per_mtok: float = Field(0.0, ge=0)
+    judge_threshold: int = Field(4, ge=1, le=5, description="a regenerated description is kept at this judge score")
+
+
 class Config(_Strict):
     """The merged settings: defaults, then the user file, then the project file."""
 
     models: ModelsConfig = ModelsConfig()
     serve: ServeConfig = ServeConfig()
     validation: ValidationSettings = ValidationSettings()
+    teacher: TeacherConfig = TeacherConfig()
     sources: list[str] = Field(default_factory=list, exclude=True)
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ from agent.config import Config
 from agent.errors import InvalidInput, InvalidModelOutput, ModelUnavailable
 from agent.llm.calls import CallRecord, log_call
 from agent.llm.resolve import Resolution, resolve_all
-from agent.llm.roles import STAGE_ROLES
 
 log = logging.getLogger("cra.llm")
 T = TypeVar("T", bound=BaseModel)
@@ -68,19 +68,26 @@ class _Attempt:
 class LLM:
     """Calls the model resolved for each stage, and logs every call in the ledger."""
 
-    def __init__(self, config: Config, *, home: str | Path | None = None, run_id: str | None = None) -> None:
+    def __init__(self, config: Config, *, home: str | Path | None = None, run_id: str | None = None,
+                 resolutions: list[Resolution] | None = None) -> None:
         self.config = config
         self.home = home
         self.run_id = run_id
-        self.resolutions = {r.stage: r for r in resolve_all(config, home)}
+        self.resolutions = {r.stage: r for r in (resolutions if resolutions is not None else resolve_all(config, home))}
         self._clients: dict[str, openai.OpenAI] = {}
         self._unavailable: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
 
     def _secrets(self, resolution: Resolution) -> list[str]:
         name = resolution.server.api_key_env
         return [os.environ[name]] if name and os.environ.get(name) else []
 
     def _client(self, resolution: Resolution) -> openai.OpenAI:
+        server = resolution.server
+        with self._lock:
+            return self._clients.get(server.endpoint) or self._new_client(resolution)
+
+    def _new_client(self, resolution: Resolution) -> openai.OpenAI:
         server = resolution.server
         if server.endpoint not in self._clients:
             key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
@@ -94,8 +101,8 @@ class LLM:
         max_tokens: int | None = None, temperature: float = 0.0,
     ) -> Answer[T]:
         """Ask `stage`'s model for an answer of type `output`; one repair attempt, then InvalidModelOutput."""
-        if stage not in STAGE_ROLES:
-            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+        if stage not in self.resolutions:
+            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(self.resolutions)}")
         resolution = self.resolutions[stage]
         schema = output.model_json_schema()
         params = {

@@ -48,16 +48,6 @@ class TaskAnalysis(BaseModel):
     keep_rom: bool = Field(description="whether the ROM must stay byte-identical")
 
 
-def _kind(task: str) -> Kind:
-    words = [w.lower() for w in _WORD.findall(task)]
-    for word in words[:3]:
-        if word in VERB_KINDS:
-            return VERB_KINDS[word]
-    if {"bug", "crash", "wrong", "incorrect"} & set(words):
-        return "bug_fix"
-    return "refactor"
-
-
 def _identifiers(task: str) -> list[str]:
     """Words shaped like code: snake_case, camelCase, sub_80A1234, CONSTANTS."""
     out = []
@@ -70,7 +60,7 @@ def _identifiers(task: str) -> list[str]:
 
 def _key_terms(task: str, skip: set[str]) -> list[str]:
     terms = []
-    for word in _WORD.findall(task):
+    for word in _WORD.findall(_IDENT.sub(lambda m: " " if m[0] in skip else m[0], task)):
         low = word.lower()
         if low in STOPWORDS or low in VERB_KINDS or word in skip or len(low) < 3:
             continue
@@ -85,6 +75,17 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
     Input = TaskInput
     Output = TaskAnalysis
     has_rules = True
+
+    @staticmethod
+    def kind_of(task: str) -> Kind:
+        """The kind a task's leading verb states (else a bug word, else refactor)."""
+        words = [w.lower() for w in _WORD.findall(task)]
+        for word in words[:3]:
+            if word in VERB_KINDS:
+                return VERB_KINDS[word]
+        if {"bug", "crash", "wrong", "incorrect"} & set(words):
+            return "bug_fix"
+        return "refactor"
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> TaskInput:
         """The task text."""
@@ -103,9 +104,9 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
             named_files += [token] if token in files else by_name.get(token.rsplit("/", 1)[-1], [])
         subsystems = [p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in named_files]
         subsystems += [p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for name in named for p in known[name]]
-        kind = _kind(inp.task)
+        kind = self.kind_of(inp.task)
         return TaskAnalysis(
-            kind=kind, key_terms=_key_terms(inp.task, set(named)), symbols=named[:8],
+            kind=kind, key_terms=_key_terms(inp.task, set(_identifiers(inp.task))), symbols=named[:8],
             files=list(dict.fromkeys(named_files))[:5], subsystems=list(dict.fromkeys(subsystems))[:5],
             keep_rom=kind in ROM_PRESERVING,
         )

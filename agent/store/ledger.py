@@ -129,3 +129,60 @@ def l003_runs(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@LEDGER.migration
+def l004_training(con: duckdb.DuckDBPyConnection) -> None:
+    """Training examples per stage (bootstrapped, logged or imported), and the commits bootstrapping has done."""
+    con.execute(
+        """
+        CREATE TABLE training_examples (
+            id TEXT PRIMARY KEY,             -- hash of stage, messages and output: the same pair is stored once
+            stage TEXT NOT NULL,
+            source TEXT NOT NULL,            -- synthetic | logged | imported:<name>
+            family TEXT NOT NULL,            -- base-model family the pair is for (qwen3, qwen2.5-coder, ...)
+            repo TEXT,
+            commit_sha TEXT,
+            commit_date TIMESTAMP,
+            split TEXT NOT NULL,             -- train | eval (the newest commits are held out)
+            messages JSON NOT NULL,          -- system + user turns, as the agent sends them
+            output JSON NOT NULL,            -- the assistant's answer: the stage's schema
+            teacher JSON,                    -- teacher model, label or reasoning, tokens, cost, when labelled
+            metadata JSON,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE bootstrap_commits (
+            repo TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            status TEXT NOT NULL,            -- derived | skipped
+            reason TEXT,
+            pairs INTEGER NOT NULL,
+            facts JSON,
+            done_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (repo, commit_sha)
+        )
+        """
+    )
+
+
+@LEDGER.migration
+def l005_teacher_cache(con: duckdb.DuckDBPyConnection) -> None:
+    """Teacher answers by content hash, so a re-run costs nothing."""
+    con.execute(
+        """
+        CREATE TABLE teacher_cache (
+            key TEXT PRIMARY KEY,            -- hash of teacher model, purpose and messages
+            purpose TEXT NOT NULL,           -- plan | description | judge
+            model TEXT NOT NULL,
+            answer JSON NOT NULL,            -- validated against the purpose's schema
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )

@@ -1,0 +1,249 @@
+"""One synthetic pipeline run per mined commit: a training pair for every stage, labelled from the diff.
+
+Each pair is built with the stage's own input builder and prompt on the index as it was at the commit's parent,
+so training prompts are exactly what the agent sends at run time; the label comes from what the commit changed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agent import repo as git_repo
+from agent.edits import Edit, EditError, apply_edits
+from agent.index.query import symbols_in_files
+from agent.stages import PIPELINE
+from agent.stages.base import StageContext
+from agent.stages.code import CodeEdits, EditBlock
+from agent.stages.plan import Plan, PlanStep
+from agent.stages.precision import PrecisionOutput, SymbolVerdict
+from agent.stages.scope import FileVerdict, ScopeOutput
+from agent.stages.task_analysis import ROM_PRESERVING, TaskAnalysis, TaskAnalysisStage
+
+CODE_SUFFIXES = (".c", ".h", ".s", ".inc")
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_COMMENT = re.compile(r"^\s*(//|/\*|\*)")
+MAX_CONTEXT = 12
+
+
+@dataclass(frozen=True)
+class Hunk:
+    """One hunk of a `git diff -U3`: where it starts on each side and its lines with their markers."""
+
+    path: str
+    old_start: int
+    new_start: int
+    lines: tuple[str, ...]
+
+    @property
+    def old_text(self) -> list[str]:
+        """Context and removed lines."""
+        return [line[1:] for line in self.lines if line[:1] in (" ", "-")]
+
+    @property
+    def new_text(self) -> list[str]:
+        """Context and added lines."""
+        return [line[1:] for line in self.lines if line[:1] in (" ", "+")]
+
+    @property
+    def old_changed(self) -> tuple[int, int]:
+        """First and last old-side line the hunk removes or inserts before (1-based)."""
+        line, first, last = self.old_start, None, None
+        for text in self.lines:
+            if text[:1] == "-":
+                first = line if first is None else first
+                last = line
+            if text[:1] == "+" and first is None:
+                first = last = line
+            if text[:1] in (" ", "-"):
+                line += 1
+        return first or self.old_start, last or self.old_start
+
+
+@dataclass
+class CommitLabels:
+    """What a commit changed, in the stages' terms."""
+
+    files: list[str]
+    primary: list[tuple[str, str]] = field(default_factory=list)
+    supporting: list[tuple[str, str]] = field(default_factory=list)
+    hunks: list[Hunk] = field(default_factory=list)
+
+
+@dataclass
+class StagePair:
+    """One stage's training pair: the messages the agent would send, and the answer the commit implies."""
+
+    stage: str
+    messages: list[dict[str, str]]
+    output: BaseModel
+    meta: dict = field(default_factory=dict)
+
+
+def parse_hunks(patch: str) -> list[Hunk]:
+    """Every hunk of a unified diff with its file path (the old path, or the new one for added files)."""
+    hunks: list[Hunk] = []
+    path, current, start = None, None, (0, 0)
+    for line in patch.split("\n"):
+        if line.startswith("diff --git"):
+            if current is not None and path:
+                hunks.append(Hunk(path, *start, tuple(current)))
+            path, current = None, None
+        elif line.startswith("--- "):
+            path = line[6:] if line.startswith("--- a/") else None
+        elif line.startswith("+++ ") and path is None:
+            path = line[6:] if line.startswith("+++ b/") else None
+        elif line.startswith("@@ "):
+            if current is not None and path:
+                hunks.append(Hunk(path, *start, tuple(current)))
+            m = _HUNK.match(line)
+            start, current = (int(m[1]), int(m[3])), []
+        elif current is not None and line[:1] in (" ", "-", "+"):
+            current.append(line)
+        elif current is not None and line.startswith("\\"):
+            continue
+    if current is not None and path:
+        hunks.append(Hunk(path, *start, tuple(current)))
+    return hunks
+
+
+def commit_patch(repo: Path, parent: str, sha: str, paths: list[str]) -> str:
+    """The commit's diff of `paths` with three lines of context and no rename detection."""
+    return git_repo.git(repo, "diff", "-U3", "--no-renames", "--no-color", "--no-ext-diff", parent, sha, "--", *paths
+                        ).decode("utf-8", "replace")
+
+
+def kind_of(description: str, hunks: list[Hunk]) -> str:
+    """The task kind: the subject's verb, else what the diff looks like (only comments: documentation)."""
+    stated = TaskAnalysisStage.kind_of(description)
+    if stated != "refactor":
+        return stated
+    changed = [line[1:] for h in hunks for line in h.lines if line[:1] in "+-"]
+    if changed and all(_COMMENT.match(line) or not line.strip() for line in changed):
+        return "documentation"
+    return stated
+
+
+def label_commit(repo: Path, home: str | Path, files: list[str], hunks: list[Hunk]) -> CommitLabels:
+    """Modified symbols (whose spans the hunks touch) are primary; symbols they call or name are supporting."""
+    labels = CommitLabels(files=files, hunks=hunks)
+    symbols = symbols_in_files(repo, files, home=home)
+    by_file: dict[str, list] = {}
+    for sym in symbols:
+        by_file.setdefault(sym.path, []).append(sym)
+    named: set[str] = set()
+    for hunk in hunks:
+        first, last = hunk.old_changed
+        for sym in by_file.get(hunk.path, []):
+            if sym.start_line <= last and sym.end_line >= first and (sym.path, sym.name) not in labels.primary:
+                labels.primary.append((sym.path, sym.name))
+        named |= {m for line in hunk.lines if line[:1] in "+-" for m in _IDENT.findall(line[1:])}
+    primary = set(labels.primary)
+    labels.supporting = [(s.path, s.name) for s in symbols if s.name in named and (s.path, s.name) not in primary]
+    return labels
+
+
+def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
+    """Search/replace blocks reproducing the hunks, each grown with context until it matches one place only."""
+    blocks = []
+    for hunk in hunks:
+        text = (root / hunk.path).read_text(encoding="utf-8", errors="surrogateescape")
+        lines = text.split("\n")
+        old, new = hunk.old_text, hunk.new_text
+        before = after = 0
+        start = hunk.old_start - 1
+        while text.count("\n".join(old)) != 1 and before + after < MAX_CONTEXT:
+            if start - before - 1 >= 0:
+                before += 1
+                old.insert(0, lines[start - before])
+                new.insert(0, lines[start - before])
+            elif start + len(hunk.old_text) + after < len(lines):
+                old.append(lines[start + len(hunk.old_text) + after])
+                new.append(lines[start + len(hunk.old_text) + after])
+                after += 1
+            else:
+                break
+        blocks.append(EditBlock(path=hunk.path, search="\n".join(old), replace="\n".join(new)))
+    return blocks
+
+
+def edits_reapply(worktree: Path, repo: Path, sha: str, blocks: list[EditBlock], files: list[str]) -> bool:
+    """Whether the blocks, applied to the parent's files, give exactly the commit's files (then restores them)."""
+    originals = {p: (worktree / p).read_bytes() for p in files if (worktree / p).exists()}
+    try:
+        apply_edits(worktree, [Edit(path=b.path, search=b.search, replace=b.replace) for b in blocks])
+        return all((worktree / p).read_bytes() == git_repo.git(repo, "show", f"{sha}:{p}") for p in files)
+    except EditError:
+        return False
+    finally:
+        for path, data in originals.items():
+            (worktree / path).write_bytes(data)
+
+
+def _plan_for(description: str, labels: CommitLabels, kind: str) -> Plan:
+    steps = []
+    headers_first = sorted(labels.files, key=lambda p: (not p.endswith(".h"), labels.files.index(p)))
+    for path in headers_first:
+        names = [name for p, name in labels.primary if p == path][:6]
+        n = sum(1 for h in labels.hunks if h.path == path)
+        what = {"documentation": "document", "rename": "rename in"}.get(kind, "change")
+        steps.append(PlanStep(file=path, symbols=names, change=f"{what} {', '.join(names) or 'the file'} ({n} hunk{'s' * (n != 1)})"[:200]))
+    return Plan(summary=description[:200], steps=steps[:8])
+
+
+def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, description: str,
+                 files: list[str], repo: Path) -> tuple[list[StagePair], dict]:
+    """The five stage pairs for one commit, with the worktree and its index at `parent`; and facts about them."""
+    code_files = [p for p in files if p.endswith(CODE_SUFFIXES) and (worktree / p).is_file()]
+    hunks = [h for h in parse_hunks(commit_patch(repo, parent, sha, code_files)) if h.path in code_files] if code_files else []
+    facts = {"files": len(files), "code_files": len(code_files), "hunks": len(hunks), "code_exact": False}
+    if not hunks:
+        return [], {**facts, "skipped": "no existing code file changed"}
+    ctx = StageContext(task=description, repo=worktree, home=home, llm=None, worktree=worktree)
+    stages = {s.name: s for s in PIPELINE}
+    labels = label_commit(worktree, home, code_files, hunks)
+    kind = kind_of(description, hunks)
+    rules = stages["task_analysis"].rules(ctx, stages["task_analysis"].build_input(ctx, {}))
+    analysis = TaskAnalysis(
+        kind=kind, key_terms=rules.key_terms, symbols=[n for _, n in labels.primary][:8], files=files[:5],
+        subsystems=list(dict.fromkeys(Path(p).stem for p in files))[:5], keep_rom=kind in ROM_PRESERVING,
+    )
+    pairs = [StagePair("task_analysis", stages["task_analysis"].prompt(ctx, stages["task_analysis"].build_input(ctx, {})), analysis)]
+    scope_in = stages["scope"].build_input(ctx, {"task_analysis": rules})
+    support_files = {p for p, _ in labels.supporting} - set(files)
+    scope = ScopeOutput(files=[
+        FileVerdict(path=c.path, label="relevant" if c.path in files else "supporting" if c.path in support_files else "irrelevant",
+                    reason="the commit changed it" if c.path in files else "defines symbols the change uses"
+                    if c.path in support_files else "the commit did not need it")
+        for c in scope_in.candidates])
+    found = {c.path for c in scope_in.candidates}
+    pairs.append(StagePair("scope", stages["scope"].prompt(ctx, scope_in), scope,
+                           {"gold_in_candidates": sum(p in found for p in files), "gold": len(files)}))
+    gold_scope = ScopeOutput(files=[FileVerdict(path=p, label="relevant", reason="the commit changed it") for p in code_files])
+    precision_in = stages["precision"].build_input(ctx, {"task_analysis": rules, "scope": gold_scope})
+    primary, supporting = set(labels.primary), set(labels.supporting)
+    precision = PrecisionOutput(symbols=[
+        SymbolVerdict(name=c.name, path=c.path, tier="primary" if (c.path, c.name) in primary else "supporting"
+                      if (c.path, c.name) in supporting else "excluded",
+                      reason="the commit modified it" if (c.path, c.name) in primary else "the modified code uses it"
+                      if (c.path, c.name) in supporting else "not touched")
+        for c in precision_in.candidates])
+    pairs.append(StagePair("precision", stages["precision"].prompt(ctx, precision_in), precision))
+    plan = _plan_for(description, labels, kind)
+    plan_in = stages["plan"].build_input(ctx, {"task_analysis": analysis, "scope": gold_scope, "precision": precision})
+    pairs.append(StagePair("plan", stages["plan"].prompt(ctx, plan_in), plan))
+    facts["kind"] = kind
+    listed = git_repo.git(repo, "ls-tree", "--name-only", "-z", sha, "--", *code_files).decode("utf-8", "surrogateescape")
+    if set(code_files) - set(listed.split("\0")):
+        facts["code_skipped"] = "the commit deletes or renames a file; search/replace cannot express it"
+    elif plan.steps:
+        blocks = unique_edits(worktree, hunks)
+        if blocks and len(blocks) <= 12 and edits_reapply(worktree, repo, sha, blocks, code_files):
+            code_in = stages["code"].build_input(ctx, {"plan": plan, "precision": precision})
+            pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in), CodeEdits(edits=blocks)))
+            facts["code_exact"] = True
+    return pairs, facts

@@ -1,0 +1,121 @@
+"""The teacher: a large OpenAI-compatible model that writes plan reasoning and better task descriptions.
+
+Answers are validated against schemas, cached by content hash (a re-run costs nothing), made with a concurrency
+limit, and their tokens and cost recorded; the key comes from the environment and is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, Field
+
+from agent.config import Config, RoleModels, ledger_path
+from agent.errors import ConfigError
+from agent.llm.adapters import BaseModel as ServedBase
+from agent.llm.calls import get_call
+from agent.llm.client import LLM
+from agent.llm.resolve import Resolution
+from agent.stages.plan import Plan
+from agent.store import opened
+from agent.store.ledger import LEDGER
+
+T = TypeVar("T", bound=BaseModel)
+DIFF_CHARS = 6000
+
+
+class PlanLabel(BaseModel):
+    """The teacher's reasoning towards a change it has seen, and the plan it implies."""
+
+    reasoning: str = Field(max_length=3000)
+    plan: Plan
+
+
+class Description(BaseModel):
+    """A task description written from a diff."""
+
+    description: str = Field(max_length=200)
+
+
+class Judgement(BaseModel):
+    """How well a description states the change (1 poor to 5 exact)."""
+
+    score: int = Field(ge=1, le=5)
+    reason: str = Field(max_length=300)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A validated teacher answer and what it cost."""
+
+    value: BaseModel
+    cached: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+class Teacher:
+    """Asks the configured teacher, through cra's model layer (so every call is also in the call log)."""
+
+    def __init__(self, config: Config, home: str | Path | None = None) -> None:
+        settings = config.teacher
+        if not settings.endpoint:
+            raise ConfigError("no teacher is configured: set [teacher] endpoint and model, or run with --no-teacher")
+        self.settings, self.home = settings, home
+        server = RoleModels(base=settings.model, endpoint=settings.endpoint, provider="openai", api_key_env=settings.api_key_env)
+        local = config.model_copy(update={"models": config.models.model_copy(
+            update={"timeout_s": settings.timeout_s, "max_tokens": settings.max_tokens})})
+        resolutions = [Resolution(f"teacher:{purpose}", "reasoning", settings.model, "override", f"[teacher] {settings.name}",
+                                  ServedBase(settings.model, None, None, None), server)
+                       for purpose in ("plan", "description", "judge")]
+        self.llm = LLM(local, home=home, resolutions=resolutions)
+
+    def _key(self, purpose: str, messages: list[dict]) -> str:
+        return hashlib.sha256(json.dumps([self.settings.model, purpose, messages], sort_keys=True).encode()).hexdigest()
+
+    def ask(self, purpose: str, messages: list[dict[str, str]], output: type[T]) -> Labelled:
+        """A validated answer for `purpose`, from the cache when this exact question was asked before."""
+        key = self._key(purpose, messages)
+        with opened(ledger_path(self.home), schema=LEDGER) as con:
+            row = con.execute("SELECT answer FROM teacher_cache WHERE key = ?", [key]).fetchone()
+        if row:
+            return Labelled(output.model_validate_json(row[0]), True, 0, 0, 0.0)
+        answer = self.llm.ask(f"teacher:{purpose}", messages, output)
+        call = get_call(self.home, answer.call_id)
+        tokens_in, tokens_out = call.prompt_tokens or 0, call.completion_tokens or 0
+        cost = (tokens_in * self.settings.price_in_per_mtok + tokens_out * self.settings.price_out_per_mtok) / 1e6
+        with opened(ledger_path(self.home), schema=LEDGER) as con:
+            con.execute("INSERT OR IGNORE INTO teacher_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [key, purpose, self.settings.model, answer.value.model_dump_json(), tokens_in, tokens_out, cost,
+                         datetime.now(UTC).replace(tzinfo=None)])
+        return Labelled(answer.value, False, tokens_in, tokens_out, cost)
+
+    def plan(self, messages: list[dict[str, str]], diff: str) -> Labelled:
+        """Reasoning and a plan for a plan-stage prompt, written knowing the commit's diff."""
+        shown = diff if len(diff) <= DIFF_CHARS else diff[:DIFF_CHARS] + "\n… (cut)"
+        ask = [*messages[:-1], {"role": "user", "content": (
+            messages[-1]["content"] + "\n\nThe change that was actually made:\n```diff\n" + shown + "\n```\n"
+            "Write the reasoning a careful engineer would follow from the task to this change (without quoting "
+            "the diff), then the plan.")}]
+        return self.ask("plan", ask, PlanLabel)
+
+    def description(self, subject: str, diff: str) -> Description | None:
+        """A better task description for a weak subject, kept only if the judge scores it at the threshold."""
+        shown = diff[:DIFF_CHARS]
+        written = self.ask("description", [
+            {"role": "system", "content": "You write one-line task descriptions for commits of a C decompilation project."},
+            {"role": "user", "content": f"Commit subject: {subject}\n```diff\n{shown}\n```\nWrite the task this diff carries out, "
+                                        "as an imperative one-line description naming the symbols or files involved."},
+        ], Description).value
+        judged = self.ask("judge", [
+            {"role": "system", "content": "You judge task descriptions against diffs."},
+            {"role": "user", "content": f"Description: {written.description}\n```diff\n{shown}\n```\nScore 1-5 how exactly "
+                                        "the description states what the diff does."},
+        ], Judgement).value
+        return written if judged.score >= self.settings.judge_threshold else None

@@ -1,0 +1,159 @@
+"""Training examples in the ledger: stored once, summarised, exported as chat messages ready for TRL, imported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agent.config import Config, ledger_path
+from agent.errors import InvalidInput
+from agent.llm.roles import STAGE_ROLES
+from agent.store import opened, transaction
+from agent.store.ledger import LEDGER
+
+FORMATS = ("jsonl", "parquet")
+SPLITS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair for one stage."""
+
+    stage: str
+    source: str
+    family: str
+    messages: list[dict[str, str]]
+    output: dict
+    split: str = "train"
+    repo: str | None = None
+    commit_sha: str | None = None
+    commit_date: datetime | None = None
+    metadata: dict | None = None
+
+    @property
+    def id(self) -> str:
+        """A hash of the stage, the prompt and the answer: the same pair is never stored twice."""
+        body = json.dumps([self.stage, self.family, self.messages, self.output], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:20]
+
+    def chat(self) -> list[dict[str, str]]:
+        """The pair as one chat: the prompt's turns, then the answer as the assistant's turn."""
+        return [*self.messages, {"role": "assistant", "content": json.dumps(self.output, separators=(",", ":"))}]
+
+
+def model_family(base: str) -> str:
+    """The family of a base model's name: Qwen/Qwen3-4B -> qwen3, Qwen2.5-Coder-3B-Instruct -> qwen2.5-coder."""
+    name = Path(base.rstrip("/")).name.lower()
+    parts = [p for p in name.replace("_", "-").split("-") if p]
+    kept = []
+    for part in parts:
+        if part[:-1].replace(".", "").isdigit() and part[-1] in "bm" or part in ("instruct", "chat", "base", "it"):
+            break
+        kept.append(part)
+    return "-".join(kept) or name
+
+
+def family_for(stage: str, config: Config) -> str:
+    """The base-model family a stage's pairs are for, from the role that serves it."""
+    return model_family(config.models.role(STAGE_ROLES[stage]).base)
+
+
+def add_examples(home: str | Path | None, examples: list[Example]) -> int:
+    """Store examples not stored before; return how many were new."""
+    if not examples:
+        return 0
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [[e.id, e.stage, e.source, e.family, e.repo, e.commit_sha, e.commit_date, e.split, json.dumps(e.messages),
+             json.dumps(e.output), None, json.dumps(e.metadata or {}), now] for e in examples]
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        before = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
+        con.executemany("INSERT OR IGNORE INTO training_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        after = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
+    return after - before
+
+
+def summary(home: str | Path | None) -> list[dict]:
+    """Counts per stage, source, family, split and repo."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        cur = con.execute(
+            "SELECT stage, source, family, split, coalesce(repo, '-') AS repo, count(*) AS examples"
+            " FROM training_examples GROUP BY ALL ORDER BY stage, source, family, split, repo"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def load_examples(home: str | Path | None, *, stage: str, split: str | None = None, family: str | None = None,
+                  source: str | None = None) -> list[Example]:
+    """The stored examples of one stage, oldest commit first."""
+    if stage not in STAGE_ROLES:
+        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute(
+            "SELECT stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
+            " FROM training_examples WHERE stage = ? AND (? IS NULL OR split = ?) AND (? IS NULL OR family = ?)"
+            " AND (? IS NULL OR source = ?) ORDER BY commit_date NULLS LAST, id",
+            [stage, split, split, family, family, source, source],
+        ).fetchall()
+    return [Example(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8],
+                    json.loads(r[9]) if r[9] else None) for r in rows]
+
+
+def export(home: str | Path | None, out: Path, *, stage: str, fmt: str, split: str | None = "train",
+           family: str | None = None) -> int:
+    """Write one stage's examples as `{"messages": [...]}` rows (jsonl or parquet), atomically; return the count."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; choose {' or '.join(FORMATS)}")
+    examples = load_examples(home, stage=stage, split=split, family=family)
+    if not examples:
+        raise InvalidInput(f"no {split or 'stored'} examples for {stage}; run `cra bootstrap` or `cra datasets import` first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
+        staging = Path(tmp.name)
+    try:
+        records = [{"messages": e.chat(), "stage": e.stage, "source": e.source, "family": e.family, "split": e.split,
+                    "commit": e.commit_sha or ""} for e in examples]
+        if fmt == "jsonl":
+            staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        else:
+            pq.write_table(pa.Table.from_pylist(records), staging)
+        staging.replace(out)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return len(examples)
+
+
+def import_file(home: str | Path | None, path: Path, *, stage: str, source: str, family: str) -> tuple[int, int]:
+    """Import open cold-start pairs (rows with `messages`, the last one the assistant's answer); return (read, new)."""
+    if stage not in STAGE_ROLES:
+        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            rows = pq.read_table(path).to_pylist()
+        else:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (ValueError, pa.ArrowException) as exc:
+        raise InvalidInput(f"{path} is not JSONL or Parquet of chat rows: {exc}") from exc
+    examples = []
+    for i, row in enumerate(rows, 1):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not messages or messages[-1].get("role") != "assistant":
+            raise InvalidInput(f"{path} row {i}: needs `messages` ending with the assistant's answer; nothing was imported")
+        answer = messages[-1]["content"]
+        try:
+            output = json.loads(answer)
+        except ValueError:
+            output = {"text": answer}
+        examples.append(Example(stage, f"imported:{source}", family, messages[:-1], output,
+                                metadata={"file": path.name, "row": i}))
+    return len(examples), add_examples(home, examples)

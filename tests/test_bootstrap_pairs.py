@@ -1,0 +1,118 @@
+"""Training pairs derived from the fixture decomp's commits, and the datasets they are stored and exported as."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import InvalidInput
+from agent.index.build import index_repo
+from agent.stages import STAGE_NAMES
+from bootstrap.derive import derive_pairs, parse_hunks
+from curation.datasets import Example, add_examples, export, import_file, load_examples, model_family, summary
+from tests.fixtures.decomp import DecompRepo
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def at_parent(repo: DecompRepo, subject: str, home: Path) -> tuple[str, str, list[str]]:
+    """Check the fixture out at the parent of the commit with `subject`, indexed; return sha, parent and files."""
+    sha = repo.sha(subject)
+    parent = git(repo.path, "rev-parse", f"{sha}^").strip()
+    files = git(repo.path, "diff", "--name-only", parent, sha).split()
+    git(repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(repo.path, home=home, embed=False)
+    return sha, parent, files
+
+
+def test_rename_commit_gives_a_pair_per_stage_with_labels_from_the_diff(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    subject = "Rename sub_80A1234 to InitWallClock"
+    sha, parent, files = at_parent(decomp_repo, subject, tmp_path / "home")
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description=subject,
+                                files=files, repo=decomp_repo.path)
+    by_stage = {p.stage: p for p in pairs}
+    assert list(by_stage) == list(STAGE_NAMES) and facts["code_exact"]
+    analysis = by_stage["task_analysis"].output
+    assert (analysis.kind, analysis.keep_rom) == ("rename", True) and "sub_80A1234" in analysis.symbols
+    assert subject in by_stage["task_analysis"].messages[-1]["content"]
+    relevant = {v.path for v in by_stage["scope"].output.files if v.label == "relevant"}
+    assert relevant == set(files) & {c.path for c in by_stage["scope"].output.files}
+    primary = {(v.path, v.name) for v in by_stage["precision"].output.symbols if v.tier == "primary"}
+    assert ("src/wallclock.c", "sub_80A1234") in primary
+    assert [s.file for s in by_stage["plan"].output.steps][0] == "include/wallclock.h"  # declarations first
+    edits = by_stage["code"].output.edits
+    assert all("sub_80A1234" in e.search and "InitWallClock" in e.replace for e in edits)
+    # the code pair's prompt shows the pre-commit code the edits apply to
+    assert "sub_80A1234" in by_stage["code"].messages[-1]["content"]
+
+
+def test_documentation_by_comments_only_is_documentation(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    subject = "Document field effect tasks"
+    sha, parent, files = at_parent(decomp_repo, subject, tmp_path / "home")
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description=subject,
+                                files=files, repo=decomp_repo.path)
+    assert facts["kind"] == "documentation" and pairs[0].output.keep_rom
+
+
+def test_deleting_commit_has_no_code_pair(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    subject = "Remove leftover battle anim asm"
+    sha, parent, files = at_parent(decomp_repo, subject, tmp_path / "home")
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description=subject,
+                                files=files, repo=decomp_repo.path)
+    assert "code" not in {p.stage for p in pairs} and "deletes or renames" in facts["code_skipped"]
+
+
+def test_parse_hunks_reads_both_sides() -> None:
+    patch = ("diff --git a/src/a.c b/src/a.c\n--- a/src/a.c\n+++ b/src/a.c\n@@ -3,3 +3,3 @@ void f(void)\n"
+             " {\n-    x = 1;\n+    x = 2;\n }\n")
+    (hunk,) = parse_hunks(patch)
+    assert (hunk.path, hunk.old_start, hunk.old_changed) == ("src/a.c", 3, (4, 4))
+    assert hunk.old_text == ["{", "    x = 1;", "}"] and hunk.new_text == ["{", "    x = 2;", "}"]
+
+
+def example(i: int, stage: str = "scope", split: str = "train") -> Example:
+    return Example(stage, "synthetic", "qwen3", [{"role": "system", "content": "s"}, {"role": "user", "content": f"task {i}"}],
+                   {"files": [{"path": "src/a.c", "label": "relevant", "reason": str(i)}]}, split, "/repo", f"{i:040x}")
+
+
+def test_examples_are_stored_once_summarised_and_exported_for_trl(tmp_path: Path) -> None:
+    assert add_examples(None, [example(1), example(2), example(3, split="eval")]) == 3
+    assert add_examples(None, [example(1), example(2)]) == 0  # idempotent
+    counts = {(r["stage"], r["split"]): r["examples"] for r in summary(None)}
+    assert counts == {("scope", "train"): 2, ("scope", "eval"): 1}
+    for fmt in ("jsonl", "parquet"):
+        out = tmp_path / f"scope.{fmt}"
+        assert export(None, out, stage="scope", fmt=fmt) == 2
+        from datasets import load_dataset
+
+        rows = load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out), split="train")
+        assert rows[0]["messages"][-1]["role"] == "assistant"
+        assert json.loads(rows[0]["messages"][-1]["content"])["files"][0]["path"] == "src/a.c"
+    with pytest.raises(InvalidInput, match="no train examples for plan"):
+        export(None, tmp_path / "plan.jsonl", stage="plan", fmt="jsonl")
+    assert not (tmp_path / "plan.jsonl").exists()
+
+
+def test_import_cold_start_pairs(tmp_path: Path) -> None:
+    source = tmp_path / "commitpack.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Fix bug {i}"},
+                          {"role": "assistant", "content": json.dumps({"edits": []})}]} for i in range(3)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert import_file(None, source, stage="code", source="commitpackft", family="qwen2.5-coder") == (3, 3)
+    assert {e.source for e in load_examples(None, stage="code")} == {"imported:commitpackft"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    with pytest.raises(InvalidInput, match="row 1"):
+        import_file(None, bad, stage="code", source="x", family="qwen2.5-coder")
+
+
+def test_model_families() -> None:
+    assert model_family("Qwen/Qwen3-4B") == "qwen3"
+    assert model_family("Qwen/Qwen2.5-Coder-3B-Instruct") == "qwen2.5-coder"
+    assert load_config(Path("/nonexistent")).models.reasoning.base == "Qwen/Qwen3-4B"
