@@ -27,6 +27,8 @@ dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 runs_app = typer.Typer(help="Task runs: list, show, mark.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+datasets_app = typer.Typer(help="Training examples per stage: list, show, export, import.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 out = Console()
 err = Console(stderr=True)
@@ -267,6 +269,86 @@ def eval_overhead(
     out.print(f"median overhead {figures['overhead_median_s']} s, max {figures['overhead_max_s']} s; written to {escape(str(json_out))}")
 
 
+StageOpt = Annotated[str, typer.Option("--stage", help="task_analysis, scope, precision, plan or code.")]
+
+
+@datasets_app.command("list")
+def datasets_list(home: HomeOpt = None, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Counts of training examples per stage, source, family, split and repo."""
+    from curation.datasets import summary
+
+    try:
+        rows = summary(home)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=f"training examples ({sum(r['examples'] for r in rows)})")
+    for col in ("stage", "source", "family", "split", "repo", "examples"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["repo"]), str(r["examples"]))
+    out.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    stage: StageOpt, home: HomeOpt = None,
+    limit: Annotated[int, typer.Option("-n", help="How many examples.")] = 2,
+    split: Annotated[str, typer.Option(help="train or eval.")] = "train",
+) -> None:
+    """A few examples of one stage, as the chat a model is trained on."""
+    from curation.datasets import load_examples
+
+    try:
+        examples = load_examples(home, stage=stage, split=split)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"{len(examples)} {split} examples for {stage}")
+    for example in examples[-limit:]:
+        out.rule(escape(f"{example.source} {example.commit_sha or ''} {example.family}"))
+        for message in example.chat():
+            out.print(f"[bold]{message['role']}[/]: {escape(message['content'][:1500])}")
+
+
+@datasets_app.command("export")
+def datasets_export(
+    stage: StageOpt,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    out_path: Annotated[Path, typer.Option("--out", help="The file to write.")] = Path("dataset.jsonl"),
+    split: Annotated[str, typer.Option(help="train or eval.")] = "train",
+    family: Annotated[str | None, typer.Option(help="Only pairs for this base-model family.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write one stage's examples as chat messages ready for TRL."""
+    from curation.datasets import export
+
+    try:
+        n = export(home, out_path, stage=stage, fmt=fmt, split=split, family=family)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"wrote {n} {stage} examples to {escape(str(out_path))}")
+
+
+@datasets_app.command("import")
+def datasets_import(
+    path: Annotated[Path, typer.Argument(help="JSONL or Parquet rows with `messages` (the last the assistant's answer).")],
+    stage: StageOpt,
+    source: Annotated[str, typer.Option(help="A name for where the pairs come from, e.g. commitpackft.")],
+    family: Annotated[str, typer.Option(help="The base-model family they are for, e.g. qwen2.5-coder.")],
+    home: HomeOpt = None,
+) -> None:
+    """Import open cold-start pairs (CommitPackFT-style, SRI-style) into the training tables."""
+    from curation.datasets import import_file
+
+    try:
+        read, new = import_file(home, path, stage=stage, source=source, family=family)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"read {read} pairs, {new} new, as source imported:{escape(source)}")
+
+
 def _config(repo: Path | None, config: Path | None):
     from agent.config import load_config
 
@@ -467,6 +549,60 @@ def apply_run(
     except CraError as exc:
         _fail(exc)
     out.print(f"applied run {found.id} to {escape(str(repo))}: {escape(', '.join(changed))}")
+
+
+@app.command()
+def bootstrap(
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Have the [teacher] model label plans and weak descriptions.")] = False,
+    last: Annotated[int | None, typer.Option("--last", help="Only the newest N mined commits.")] = None,
+    partitions: Annotated[int, typer.Option(help="Slices of history derived in parallel (each in its own worktree).")] = 1,
+    dask: Annotated[str | None, typer.Option("--dask", help="A Dask scheduler address, or 'local:N' for a local cluster of N workers.")] = None,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as the Prefect flow cra-bootstrap.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Turn the checkout's commit history into training pairs for every stage (only commits not done before)."""
+    from dataclasses import asdict
+
+    try:
+        cfg = _config(repo, config)
+        with err.status("bootstrapping…") as status:
+            if prefect:
+                _prefect_defaults()
+                from flows.bootstrap import run_bootstrap_flow
+
+                address, workers = (None, int(dask.split(":", 1)[1])) if dask and dask.startswith("local:") else (dask, 0)
+                report = run_bootstrap_flow(repo, config=cfg, home=str(home) if home else None, use_teacher=teacher,
+                                            last=last, partitions=partitions, dask_address=address, dask_workers=workers)
+            else:
+                from bootstrap.pairs import bootstrap_repo
+
+                report = bootstrap_repo(repo, config=cfg, home=home, use_teacher=teacher, last=last,
+                                        on_progress=lambda msg: status.update(escape(msg)))
+    except CraError as exc:
+        _fail(exc)
+    data = asdict(report)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    out.print(f"[bold]{escape(report.repo)}[/]: {report.seen} commits seen, {report.kept} kept "
+              f"(mining {report.mining_s:.1f} s)")
+    dropped = Table(title="dropped by the filters", title_justify="left")
+    for col in ("reason", "commits"):
+        dropped.add_column(col)
+    for reason, n in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
+        dropped.add_row(escape(reason), str(n))
+    out.print(dropped)
+    d = report.derive
+    out.print(f"derived {d.derived}/{d.commits} commits in {d.seconds:.1f} s: "
+              + ", ".join(f"{stage} {n}" for stage, n in d.pairs.items())
+              + f"; {d.new_examples} new examples; code edits re-apply exactly for {d.code_exact}/{d.code_tried}")
+    for reason, n in d.skipped.items():
+        out.print(f"  skipped {n}: {escape(reason)}")
+    if report.teacher:
+        t = report.teacher
+        out.print(f"teacher: {t.labelled} plans labelled ({t.cached} from cache), {t.prompt_tokens}+{t.completion_tokens} "
+                  f"tokens, ${t.cost_usd:.4f}" + (f", failed {dict(t.failed)} (retried next run)" if t.failed else ""))
 
 
 @app.command()

@@ -1,0 +1,236 @@
+"""Mined commits become stored training pairs: walk the history oldest first with the index at each parent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import repo as git_repo
+from agent.config import Config, ledger_path
+from agent.errors import CraError
+from agent.eval.localize import temporary_worktree
+from agent.index.build import index_repo
+from agent.store import opened, transaction
+from agent.store.ledger import LEDGER
+from bootstrap.derive import commit_patch, derive_pairs
+from bootstrap.mining import MinedCommit, mine
+from bootstrap.teacher import Teacher
+from curation.datasets import Example, add_examples, family_for
+
+Progress = Callable[[str], None]
+EVAL_SHARE = 0.1
+WEAK_WORDS = 4
+
+
+@dataclass
+class DeriveReport:
+    """What a derivation pass did."""
+
+    commits: int = 0
+    derived: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    pairs: Counter[str] = field(default_factory=Counter)
+    new_examples: int = 0
+    code_exact: int = 0
+    code_tried: int = 0
+    described_by_teacher: int = 0
+    seconds: float = 0.0
+
+
+def done_commits(home: str | Path | None, repo: Path) -> set[str]:
+    """Commits of `repo` bootstrapping already handled (derived or skipped for good)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        return {r[0] for r in con.execute("SELECT commit_sha FROM bootstrap_commits WHERE repo = ?", [str(repo)]).fetchall()}
+
+
+def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE) -> set[str]:
+    """The newest `share` of the commits by date: held out for evaluation, never trained on."""
+    ordered = sorted(commits, key=lambda c: c.author_date)
+    held = max(1, round(len(ordered) * share)) if len(ordered) >= 10 else 0
+    return {c.sha for c in ordered[len(ordered) - held:]}
+
+
+def _paths(commit: MinedCommit) -> list[str]:
+    return list(dict.fromkeys(f.new_path or f.old_path for f in commit.files))
+
+
+def weak_description(text: str) -> bool:
+    """A description too short to say what changed: the teacher may write a better one from the diff."""
+    return len(text.split()) < WEAK_WORDS
+
+
+def _checkout(worktree: Path, commit: str) -> str | None:
+    """Move the worktree to `commit`; git's last line on failure (missing blobs in old history)."""
+    try:
+        git_repo.git(worktree, "checkout", "--force", "--detach", "--quiet", commit)
+        git_repo.git(worktree, "clean", "-fdq")
+    except git_repo.GitError as exc:
+        return str(exc).splitlines()[-1]
+    return None
+
+
+def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: str | None, pairs: int, facts: dict) -> None:
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [str(repo), sha, status, reason, pairs, json.dumps(facts), datetime.now(UTC).replace(tzinfo=None)])
+
+
+def derive_commits(
+    repo: Path, commits: Sequence[MinedCommit], *, config: Config, home: str | Path | None = None,
+    teacher: Teacher | None = None, held_out: Iterable[str] = (), on_progress: Progress = lambda _: None,
+) -> DeriveReport:
+    """Derive and store every commit's pairs, oldest first; each commit's pairs and its record land together."""
+    import time
+
+    started = time.perf_counter()
+    report = DeriveReport(commits=len(commits))
+    held = set(held_out)
+    top = git_repo.require_repo(repo)
+    scratch = Path(tempfile.mkdtemp(prefix="cra-bootstrap-"))
+    try:
+        with temporary_worktree(top, scratch / "worktree") as worktree:
+            for i, commit in enumerate(sorted(commits, key=lambda c: c.author_date), 1):
+                on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
+                problem = _checkout(worktree, commit.parent)
+                if problem:
+                    report.skipped["missing objects"] += 1
+                    _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {})
+                    continue
+                try:
+                    index_repo(worktree, home=scratch / "home", embed=False)
+                    description = commit.description
+                    if teacher is not None and weak_description(description):
+                        better = teacher.description(description, commit_patch(top, commit.parent, commit.sha, _paths(commit)))
+                        if better is not None:
+                            description, report.described_by_teacher = better.description, report.described_by_teacher + 1
+                    pairs, facts = derive_pairs(worktree, scratch / "home", sha=commit.sha, parent=commit.parent,
+                                                description=description, files=_paths(commit), repo=top)
+                except CraError as exc:
+                    report.skipped[type(exc).__name__] += 1
+                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {exc}", 0, {})
+                    continue
+                if not pairs:
+                    report.skipped[facts.get("skipped", "no pairs")] += 1
+                    _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts)
+                    continue
+                report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
+                report.code_exact += facts["code_exact"]
+                split = "eval" if commit.sha in held else "train"
+                examples = [Example(p.stage, "synthetic", family_for(p.stage, config), p.messages,
+                                    p.output.model_dump(mode="json"), split, str(top), commit.sha,
+                                    datetime.fromisoformat(commit.author_date).astimezone(UTC).replace(tzinfo=None),
+                                    {"description": description, "subject": commit.subject, **p.meta}) for p in pairs]
+                report.new_examples += add_examples(home, examples)
+                report.pairs.update(p.stage for p in pairs)
+                report.derived += 1
+                _record(home, top, commit.sha, "derived", None, len(pairs), facts)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class TeacherReport:
+    """What a teacher-labelling pass did."""
+
+    labelled: int = 0
+    cached: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def pending_plans(home: str | Path | None, repo: Path) -> list[tuple[str, str, str]]:
+    """Synthetic plan pairs of `repo` the teacher has not labelled yet: (id, messages, commit)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        return con.execute(
+            "SELECT id, messages, commit_sha FROM training_examples WHERE stage = 'plan' AND source = 'synthetic'"
+            " AND teacher IS NULL AND repo = ? ORDER BY commit_date", [str(repo)]).fetchall()
+
+
+def label_plan(home: str | Path | None, teacher: Teacher, repo: Path, row: tuple[str, str, str]) -> dict:
+    """Label one plan pair with the teacher's reasoning and plan, in one write; on failure nothing is stored."""
+    example_id, messages, sha = row
+    diff = git_repo.git(repo, "diff", "-U3", "--no-color", f"{sha}^", sha).decode("utf-8", "replace")
+    try:
+        result = teacher.plan(json.loads(messages), diff)
+    except CraError as exc:
+        return {"failed": type(exc).__name__}
+    record = {"model": teacher.settings.model, "reasoning": result.value.reasoning, "cached": result.cached,
+              "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd}
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        con.execute("UPDATE training_examples SET output = ?, teacher = ? WHERE id = ?",
+                    [result.value.plan.model_dump_json(), json.dumps(record), example_id])
+    return record
+
+
+def tally(results: Iterable[dict]) -> TeacherReport:
+    """Sum what the teacher did over labelled pairs."""
+    report = TeacherReport()
+    for result in results:
+        if "failed" in result:
+            report.failed[result["failed"]] += 1
+            continue
+        report.labelled += 1
+        report.cached += result["cached"]
+        report.prompt_tokens += result["prompt_tokens"]
+        report.completion_tokens += result["completion_tokens"]
+        report.cost_usd += result["cost_usd"]
+    return report
+
+
+def label_plans(home: str | Path | None, teacher: Teacher, repo: Path, *, on_progress: Progress = lambda _: None) -> TeacherReport:
+    """Label every pending plan pair of `repo`, `concurrency` at a time; failures are left for the next run."""
+    rows = pending_plans(home, repo)
+    on_progress(f"teacher: {len(rows)} plan pairs")
+    with ThreadPoolExecutor(teacher.settings.concurrency) as pool:
+        return tally(pool.map(lambda row: label_plan(home, teacher, repo, row), rows))
+
+
+@dataclass
+class BootstrapReport:
+    """A bootstrapping pass: what mining kept and dropped, what derivation stored, what the teacher labelled."""
+
+    repo: str
+    seen: int
+    kept: int
+    dropped: dict[str, int]
+    derive: DeriveReport
+    teacher: TeacherReport | None
+    mining_s: float
+
+
+def newest(commits: Sequence[MinedCommit], last: int | None) -> list[MinedCommit]:
+    """The newest `last` commits by author date (all when `last` is None)."""
+    ordered = sorted(commits, key=lambda c: c.author_date)
+    return ordered if last is None else ordered[len(ordered) - last:] if last > 0 else []
+
+
+def bootstrap_repo(
+    repo: Path, *, config: Config, home: str | Path | None = None, use_teacher: bool = False, last: int | None = None,
+    on_progress: Progress = lambda _: None,
+) -> BootstrapReport:
+    """Mine the commits not done before, derive and store their pairs, and (optionally) have the teacher label them."""
+    import time
+
+    top = git_repo.require_repo(repo)
+    teacher = Teacher(config, home) if use_teacher else None
+    started = time.perf_counter()
+    mined = mine(top, exclude=done_commits(home, top), on_progress=on_progress)
+    mining_s = time.perf_counter() - started
+    chosen = newest(mined.commits, last)
+    for sha, reason in mined.missing.items():
+        _record(home, top, sha, "skipped", f"missing objects: {reason}", 0, {})
+    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=eval_commits(chosen),
+                             on_progress=on_progress)
+    labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None
+    return BootstrapReport(str(top), mined.seen, len(mined.commits), dict(mined.dropped), derived, labelled, mining_s)
