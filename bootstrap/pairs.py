@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,13 +34,17 @@ class DeriveReport:
 
     commits: int = 0
     derived: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    pairs: Counter[str] = field(default_factory=Counter)
+    skipped: dict[str, int] = field(default_factory=dict)
+    pairs: dict[str, int] = field(default_factory=dict)
     new_examples: int = 0
     code_exact: int = 0
     code_tried: int = 0
     described_by_teacher: int = 0
     seconds: float = 0.0
+
+
+def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
 
 
 def done_commits(home: str | Path | None, repo: Path) -> set[str]:
@@ -100,7 +103,7 @@ def derive_commits(
                 on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
                 problem = _checkout(worktree, commit.parent)
                 if problem:
-                    report.skipped["missing objects"] += 1
+                    _bump(report.skipped, "missing objects")
                     _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {})
                     continue
                 try:
@@ -113,11 +116,11 @@ def derive_commits(
                     pairs, facts = derive_pairs(worktree, scratch / "home", sha=commit.sha, parent=commit.parent,
                                                 description=description, files=_paths(commit), repo=top)
                 except CraError as exc:
-                    report.skipped[type(exc).__name__] += 1
+                    _bump(report.skipped, type(exc).__name__)
                     _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {exc}", 0, {})
                     continue
                 if not pairs:
-                    report.skipped[facts.get("skipped", "no pairs")] += 1
+                    _bump(report.skipped, facts.get("skipped", "no pairs"))
                     _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts)
                     continue
                 report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
@@ -128,7 +131,8 @@ def derive_commits(
                                     datetime.fromisoformat(commit.author_date).astimezone(UTC).replace(tzinfo=None),
                                     {"description": description, "subject": commit.subject, **p.meta}) for p in pairs]
                 report.new_examples += add_examples(home, examples)
-                report.pairs.update(p.stage for p in pairs)
+                for pair in pairs:
+                    _bump(report.pairs, pair.stage)
                 report.derived += 1
                 _record(home, top, commit.sha, "derived", None, len(pairs), facts)
     finally:
@@ -143,7 +147,7 @@ class TeacherReport:
 
     labelled: int = 0
     cached: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
+    failed: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -178,7 +182,7 @@ def tally(results: Iterable[dict]) -> TeacherReport:
     report = TeacherReport()
     for result in results:
         if "failed" in result:
-            report.failed[result["failed"]] += 1
+            _bump(report.failed, result["failed"])
             continue
         report.labelled += 1
         report.cached += result["cached"]

@@ -26,7 +26,6 @@ from agent.store import opened
 from agent.store.ledger import LEDGER
 
 T = TypeVar("T", bound=BaseModel)
-DIFF_CHARS = 6000
 
 
 class PlanLabel(BaseModel):
@@ -98,7 +97,8 @@ class Teacher:
 
     def plan(self, messages: list[dict[str, str]], diff: str) -> Labelled:
         """Reasoning and a plan for a plan-stage prompt, written knowing the commit's diff."""
-        shown = diff if len(diff) <= DIFF_CHARS else diff[:DIFF_CHARS] + "\n… (cut)"
+        limit = self.settings.diff_chars
+        shown = diff if len(diff) <= limit else diff[:limit] + "\n… (cut)"
         ask = [*messages[:-1], {"role": "user", "content": (
             messages[-1]["content"] + "\n\nThe change that was actually made:\n```diff\n" + shown + "\n```\n"
             "Write the reasoning a careful engineer would follow from the task to this change (without quoting "
@@ -107,7 +107,7 @@ class Teacher:
 
     def description(self, subject: str, diff: str) -> Description | None:
         """A better task description for a weak subject, kept only if the judge scores it at the threshold."""
-        shown = diff[:DIFF_CHARS]
+        shown = diff[: self.settings.diff_chars]
         written = self.ask("description", [
             {"role": "system", "content": "You write one-line task descriptions for commits of a C decompilation project."},
             {"role": "user", "content": f"Commit subject: {subject}\n```diff\n{shown}\n```\nWrite the task this diff carries out, "

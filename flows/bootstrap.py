@@ -54,8 +54,10 @@ def _merge(reports: list[DeriveReport]) -> DeriveReport:
     for r in reports:
         total.commits += r.commits
         total.derived += r.derived
-        total.skipped.update(r.skipped)
-        total.pairs.update(r.pairs)
+        for key, n in r.skipped.items():
+            total.skipped[key] = total.skipped.get(key, 0) + n
+        for key, n in r.pairs.items():
+            total.pairs[key] = total.pairs.get(key, 0) + n
         total.new_examples += r.new_examples
         total.code_exact += r.code_exact
         total.code_tried += r.code_tried
