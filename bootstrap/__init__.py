@@ -1,1 +1,1 @@
-"""Bootstrapping: a decomp's commit history becomes teacher-labelled training pairs for every stage."""
+"""Bootstrapping: a decomp's commit history becomes teacher-labelled training pairs (mining.py picks the commits)."""
