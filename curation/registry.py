@@ -113,10 +113,21 @@ def active_adapters(home: str | Path | None) -> list[Adapter]:
     return list_adapters(home, status="active")
 
 
-def promote(home: str | Path | None, name: str) -> Adapter:
+def record_evaluation(home: str | Path | None, name: str, evaluation: dict) -> Adapter:
+    """Keep an adapter's held-out evaluation in its metadata."""
+    adapter = get(home, name)
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        con.execute("UPDATE adapters SET metadata = ? WHERE name = ?",
+                    [json.dumps({**adapter.metadata, "evaluation": evaluation}), name])
+    return get(home, name)
+
+
+def promote(home: str | Path | None, name: str, *, require_evaluation: bool = False) -> Adapter:
     """Make `name` the active adapter of its stage on its base; the one it replaces is retired."""
     adapter = get(home, name)
     stored_path(home, adapter)
+    if require_evaluation and "evaluation" not in adapter.metadata:
+        raise InvalidInput(f"adapter {name} has no evaluation; run `cra gate {name}` first (or promote with --force)")
     if adapter.status == "active":
         return adapter
     with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
@@ -136,3 +147,18 @@ def require_files(home: str | Path | None, adapter: Adapter) -> Path:
     except BadAdapter as exc:
         raise BadAdapter(f"registered adapter {adapter.name}: {exc}") from exc
     return path
+
+
+def rollback(home: str | Path | None, stage: str, base_model: str) -> Adapter:
+    """Retire the active adapter of `stage` on `base_model` and bring back the one it replaced."""
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        current = con.execute("SELECT name FROM adapters WHERE stage = ? AND base_model = ? AND status = 'active'",
+                              [stage, base_model]).fetchone()
+        previous = con.execute(
+            "SELECT name FROM adapters WHERE stage = ? AND base_model = ? AND status = 'retired' AND promoted_at IS NOT NULL"
+            " ORDER BY promoted_at DESC LIMIT 1", [stage, base_model]).fetchone()
+        if current is None or previous is None:
+            raise InvalidInput(f"no earlier {stage} adapter to roll back to on {base_model}")
+        con.execute("UPDATE adapters SET status = 'retired' WHERE name = ?", [current[0]])
+        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [_now(), previous[0]])
+    return get(home, previous[0])

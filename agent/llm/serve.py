@@ -272,6 +272,19 @@ def _lora_call(endpoint: str, action: str, body: dict) -> None:
         )
 
 
+def load_adapter(endpoint: str, name: str, path: Path) -> None:
+    """Load an adapter into a running vLLM server under `name` (for evaluation before promotion)."""
+    if name in {m["id"] for m in _served_models(endpoint)}:
+        return
+    _lora_call(endpoint, "load", {"lora_name": name, "lora_path": str(path)})
+
+
+def unload_adapter(endpoint: str, name: str) -> None:
+    """Unload an adapter from a running vLLM server, if it is loaded."""
+    if name in {m["id"] for m in _served_models(endpoint) if m.get("parent")}:
+        _lora_call(endpoint, "unload", {"lora_name": name})
+
+
 def reload(config: Config, role: Role, home: str | Path | None = None) -> ReloadReport:
     """Bring a running vLLM server's adapters in line with the registry: load the new, unload the replaced."""
     plan = plan_serve(config, role, home)

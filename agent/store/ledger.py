@@ -186,3 +186,68 @@ def l005_teacher_cache(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@LEDGER.migration
+def l006_rounds(con: duckdb.DuckDBPyConnection) -> None:
+    """Preference pairs, and training rounds: immutable snapshots of which examples each round trains on."""
+    con.execute(
+        """
+        CREATE TABLE preference_pairs (
+            id TEXT PRIMARY KEY,             -- hash of stage, prompt and both answers
+            stage TEXT NOT NULL,
+            source TEXT NOT NULL,            -- logged (validated vs failed run) | synthetic (post- vs pre-commit code)
+            family TEXT NOT NULL,
+            messages JSON NOT NULL,          -- the prompt
+            chosen JSON NOT NULL,
+            rejected JSON NOT NULL,
+            split TEXT NOT NULL,
+            provenance JSON,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE rounds (
+            round INTEGER PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            snapshot_hash TEXT NOT NULL,     -- hash of every (stage, family, kind, example) row of the round
+            summary JSON NOT NULL            -- per stage and family: new, replay, dpo, pool, replay share
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE round_examples (
+            round INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            family TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- new | replay (SFT examples) | dpo (preference pairs)
+            example_id TEXT NOT NULL,
+            PRIMARY KEY (round, stage, family, kind, example_id)
+        )
+        """
+    )
+
+
+@LEDGER.migration
+def l007_gate(con: duckdb.DuckDBPyConnection) -> None:
+    """Every gate decision: a candidate's score against the active adapter's and the base's on held-out examples."""
+    con.execute(
+        """
+        CREATE TABLE gate_decisions (
+            stage TEXT NOT NULL,
+            candidate TEXT NOT NULL,
+            round INTEGER,
+            candidate_score DOUBLE NOT NULL,
+            active TEXT,
+            active_score DOUBLE,
+            base_score DOUBLE NOT NULL,
+            examples INTEGER NOT NULL,
+            promoted BOOLEAN NOT NULL,
+            reason TEXT NOT NULL,
+            decided_at TIMESTAMP NOT NULL
+        )
+        """
+    )

@@ -1,0 +1,161 @@
+"""The promotion gate: a candidate adapter, the active one and the base, scored on held-out examples per stage.
+
+Scores: scope and precision, macro F1 of the labels; task analysis, field accuracy; plan, files and their order;
+code, the share of edits that apply to the shown code and the exact-match rate. A candidate is promoted only when
+it beats both the active adapter and the base; a stage with no gain two rounds running has plateaued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+from agent.config import Config, ledger_path
+from agent.errors import InvalidInput, InvalidModelOutput
+from agent.llm.client import LLM
+from agent.llm.resolve import describe_bases, resolve_stage
+from agent.llm.roles import STAGE_ROLES
+from agent.llm.serve import load_adapter, reload, unload_adapter
+from agent.stages import PIPELINE
+from agent.store import opened
+from agent.store.ledger import LEDGER
+from curation.datasets import Example, family_for, load_examples
+from curation.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
+
+MIN_GAIN = 0.01
+PLATEAU_ROUNDS = 2
+OUTPUTS = {stage.name: stage.Output for stage in PIPELINE}
+
+
+def f1(gold: set, predicted: set) -> float:
+    """F1 of two sets (1.0 when both are empty)."""
+    if not gold and not predicted:
+        return 1.0
+    hits = len(gold & predicted)
+    return 0.0 if not hits else 2 * hits / (len(gold) + len(predicted))
+
+
+def macro_f1(gold: dict, predicted: dict, labels: tuple[str, ...], default: str) -> float:
+    """Macro F1 over `labels` of per-item labels; items the prediction leaves out get `default`."""
+    scores = []
+    for label in labels:
+        want = {k for k, v in gold.items() if v == label}
+        got = {k for k in gold if predicted.get(k, default) == label}
+        if want or got:
+            scores.append(f1(want, got))
+    return sum(scores) / len(scores) if scores else 1.0
+
+
+def order_agreement(gold: list[str], predicted: list[str]) -> float:
+    """The share of gold pairs (a before b) the prediction keeps in order."""
+    common = [p for p in gold if p in predicted]
+    pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1:]]
+    if not pairs:
+        return 1.0 if common else 0.0
+    return sum(predicted.index(a) < predicted.index(b) for a, b in pairs) / len(pairs)
+
+
+def score(stage: str, gold: dict, predicted: dict, prompt: str = "") -> float:
+    """How well one answer matches the gold answer, in [0, 1], by the stage's measure."""
+    if stage == "task_analysis":
+        return (float(gold["kind"] == predicted["kind"]) + float(gold["keep_rom"] == predicted["keep_rom"])
+                + f1(set(gold["symbols"]), set(predicted["symbols"])) + f1(set(gold["files"]), set(predicted["files"]))) / 4
+    if stage == "scope":
+        return macro_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
+                        ("relevant", "supporting", "irrelevant"), "irrelevant")
+    if stage == "precision":
+        key = lambda v: (v["path"], v["name"])  # noqa: E731
+        return macro_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
+                        ("primary", "supporting", "excluded"), "excluded")
+    if stage == "plan":
+        gold_files = list(dict.fromkeys(s["file"] for s in gold["steps"]))
+        got_files = list(dict.fromkeys(s["file"] for s in predicted["steps"]))
+        return (f1(set(gold_files), set(got_files)) + order_agreement(gold_files, got_files)) / 2
+    edits = predicted["edits"]
+    applies = sum(1 for e in edits if e["search"] and e["search"] in prompt) / len(edits) if edits else 0.0
+    exact = float(sorted(json.dumps(e, sort_keys=True) for e in edits)
+                  == sorted(json.dumps(e, sort_keys=True) for e in gold["edits"]))
+    return (applies + exact) / 2
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's mean score on a stage's held-out examples."""
+
+    model: str
+    score: float
+    examples: int
+    failures: int
+
+
+def evaluate(config: Config, home: str | Path | None, stage: str, model: str, examples: list[Example]) -> Evaluation:
+    """Ask `model` (an adapter or the base) every held-out prompt of `stage` and score the answers."""
+    bases = describe_bases(config)
+    resolution = replace(resolve_stage(stage, config, [], bases), model=model, source="override", reason="gate evaluation")
+    llm = LLM(config, home=home, run_id=f"gate:{stage}:{model}", resolutions=[resolution])
+    total, failures = 0.0, 0
+    for example in examples:
+        try:
+            answer = llm.ask(stage, example.messages, OUTPUTS[stage])
+        except InvalidModelOutput:
+            failures += 1
+            continue
+        total += score(stage, example.output, answer.value.model_dump(mode="json"), example.messages[-1]["content"])
+    return Evaluation(model, round(total / len(examples), 4) if examples else 0.0, len(examples), failures)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided for one candidate."""
+
+    stage: str
+    candidate: Evaluation
+    active: Evaluation | None
+    base: Evaluation
+    promoted: bool
+    reason: str
+
+
+def plateaued(home: str | Path | None, stage: str) -> bool:
+    """Whether the stage's last PLATEAU_ROUNDS gate decisions all promoted nothing."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute("SELECT promoted FROM gate_decisions WHERE stage = ? ORDER BY decided_at DESC LIMIT ?",
+                           [stage, PLATEAU_ROUNDS]).fetchall()
+    return len(rows) == PLATEAU_ROUNDS and not any(r[0] for r in rows)
+
+
+def gate(config: Config, home: str | Path | None, name: str, *, limit: int | None = None) -> GateDecision:
+    """Score candidate `name`, the active adapter and the base on held-out examples; promote and hot-load on a gain."""
+    candidate = get(home, name)
+    stage = candidate.stage
+    server = config.models.role(STAGE_ROLES[stage])
+    examples = load_examples(home, stage=stage, split="eval", family=family_for(stage, config))[:limit]
+    if not examples:
+        raise InvalidInput(f"no held-out {stage} examples to evaluate {name} on; bootstrap more history first")
+    load_adapter(server.endpoint, candidate.name, require_files(home, candidate))
+    active: Adapter | None = next((a for a in active_adapters(home) if a.stage == stage and a.base_model == candidate.base_model), None)
+    scored = evaluate(config, home, stage, candidate.name, examples)
+    active_eval = evaluate(config, home, stage, active.name, examples) if active and active.name != name else None
+    base_eval = evaluate(config, home, stage, describe_bases(config)[STAGE_ROLES[stage]].served_name, examples)
+    bar = max(base_eval.score, active_eval.score if active_eval else 0.0)
+    promoted = scored.score >= bar + MIN_GAIN
+    reason = (f"{scored.score:.3f} beats {bar:.3f} by {scored.score - bar:.3f}" if promoted
+              else f"{scored.score:.3f} does not beat {bar:.3f} by {MIN_GAIN}")
+    record_evaluation(home, name, {"score": scored.score, "active": active_eval.score if active_eval else None,
+                                   "base": base_eval.score, "examples": len(examples), "failures": scored.failures})
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [stage, name, candidate.metadata.get("round"), scored.score, active.name if active_eval else None,
+                     active_eval.score if active_eval else None, base_eval.score, len(examples), promoted, reason,
+                     datetime.now(UTC).replace(tzinfo=None)])
+    if promoted:
+        promote(home, name, require_evaluation=True)
+        reload(config, STAGE_ROLES[stage], home)
+    else:
+        unload_adapter(server.endpoint, name)
+    return GateDecision(stage, scored, active_eval, base_eval, promoted, reason)
+
+

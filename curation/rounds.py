@@ -1,0 +1,187 @@
+"""Curation: logged runs and bootstrapped pairs become training rounds, accumulated, with 10-20% replay.
+
+A round is an immutable snapshot. Its training mix per stage and base-model family is the examples new since the
+last round plus a replay sample from earlier rounds (15% of the mix, never outside 10-20% when earlier rounds
+exist), and the preference pairs for DPO. Evaluation examples (the time-split hold-out) never enter a round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import Config, ledger_path
+from agent.errors import InvalidInput
+from agent.store import opened, transaction
+from agent.store.ledger import LEDGER
+from curation.datasets import Example, add_examples, family_for
+
+REPLAY_SHARE = 0.15
+REPLAY_BOUNDS = (0.10, 0.20)
+SELF_GENERATED_LAST = "plan"  # the plan stage trains on the agent's own runs only once the other reasoning stages have
+EARLY_STAGES = ("task_analysis", "scope", "precision")
+
+
+@dataclass
+class StageMix:
+    """One stage's training mix in a round."""
+
+    new: list[str] = field(default_factory=list)
+    replay: list[str] = field(default_factory=list)
+    dpo: list[str] = field(default_factory=list)
+    pool: int = 0
+
+    @property
+    def replay_share(self) -> float:
+        """Replay's share of the SFT mix."""
+        total = len(self.new) + len(self.replay)
+        return len(self.replay) / total if total else 0.0
+
+
+@dataclass
+class Round:
+    """A training round: its number, snapshot hash, and the mix per (stage, family)."""
+
+    number: int
+    snapshot_hash: str
+    mixes: dict[tuple[str, str], StageMix]
+    created_at: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _pair_id(stage: str, messages: list, chosen: dict, rejected: dict) -> str:
+    return hashlib.sha256(json.dumps([stage, messages, chosen, rejected], sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _add_pairs(home: str | Path | None, rows: list[tuple]) -> int:
+    if not rows:
+        return 0
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        before = con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0]
+        con.executemany("INSERT OR IGNORE INTO preference_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0] - before
+
+
+def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
+    """SFT examples from the model calls of successful runs; DPO pairs where the same task also failed. Return (sft, dpo)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        calls = con.execute(
+            """
+            SELECT r.id, r.task, r.repo, r.base_commit, coalesce(r.verdict = 'success', r.success) AS good, c.stage,
+                   c.messages, c.parsed
+            FROM runs r JOIN llm_calls c ON c.run_id = r.id
+            WHERE c.schema_ok AND c.repairs = 0 AND r.status IN ('succeeded', 'failed')
+              AND coalesce(r.verdict = 'success', r.success) IS NOT NULL AND c.stage NOT LIKE 'teacher:%'
+            ORDER BY r.started_at
+            """
+        ).fetchall()
+    examples, good, bad = [], {}, {}
+    for run_id, task, repo, commit, ok, stage, messages, parsed in calls:
+        messages, parsed = json.loads(messages), json.loads(parsed)
+        key = (task, stage)
+        if ok:
+            examples.append(Example(stage, "logged", family_for(stage, config), messages, parsed, "train", repo, commit,
+                                    metadata={"run": run_id}))
+            good.setdefault(key, (messages, parsed, run_id))
+        else:
+            bad.setdefault(key, (parsed, run_id))
+    pairs = []
+    for key, (messages, chosen, won) in good.items():
+        if key in bad and bad[key][0] != chosen:
+            rejected, lost = bad[key]
+            stage = key[1]
+            pairs.append([_pair_id(stage, messages, chosen, rejected), stage, "logged", family_for(stage, config),
+                          json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train",
+                          json.dumps({"chosen_run": won, "rejected_run": lost}), _now()])
+    return add_examples(home, examples), _add_pairs(home, pairs)
+
+
+def code_preferences(home: str | Path | None) -> int:
+    """DPO pairs from bootstrapped code pairs: the post-commit code (chosen) over leaving the pre-commit code (rejected)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute("SELECT messages, output, family, split, commit_sha FROM training_examples"
+                           " WHERE stage = 'code' AND source = 'synthetic'").fetchall()
+    pairs = []
+    for messages, output, family, split, sha in rows:
+        chosen = json.loads(output)
+        rejected = {"edits": [{**e, "replace": e["search"]} for e in chosen["edits"]]}
+        msgs = json.loads(messages)
+        pairs.append([_pair_id("code", msgs, chosen, rejected), "code", "synthetic", family, messages, output,
+                      json.dumps(rejected), split, json.dumps({"commit": sha}), _now()])
+    return _add_pairs(home, pairs)
+
+
+def _trained_ids(con, stage: str, family: str) -> set[str]:
+    return {r[0] for r in con.execute("SELECT example_id FROM round_examples WHERE stage = ? AND family = ? AND kind = 'new'",
+                                      [stage, family]).fetchall()}
+
+
+def replay_size(new: int, earlier: int, share: float = REPLAY_SHARE) -> int:
+    """How many earlier examples to replay so they make `share` of the mix, kept within the 10-20% bounds."""
+    if not new or not earlier:
+        return 0
+    low, high = REPLAY_BOUNDS
+    wanted = round(share * new / (1 - share))
+    wanted = max(math.ceil(low * new / (1 - low)), min(wanted, math.floor(high * new / (1 - high))))
+    return min(earlier, wanted, math.floor(high * new / (1 - high)))
+
+
+def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: bool | None = None) -> Round:
+    """Snapshot the next round: per stage and family, the new train examples, a replay sample, and the DPO pairs."""
+    rng = random.Random(seed)
+    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+        number = (con.execute("SELECT max(round) FROM rounds").fetchone()[0] or 0) + 1
+        groups = con.execute("SELECT DISTINCT stage, family FROM training_examples WHERE split = 'train' ORDER BY 1, 2").fetchall()
+        if self_generated_plan is None:
+            done = {r[0] for r in con.execute("SELECT DISTINCT stage FROM adapters WHERE status = 'active'").fetchall()}
+            self_generated_plan = set(EARLY_STAGES) <= done
+        mixes: dict[tuple[str, str], StageMix] = {}
+        for stage, family in groups:
+            sources = "" if stage != SELF_GENERATED_LAST or self_generated_plan else " AND source <> 'logged'"
+            pool = [r[0] for r in con.execute(
+                f"SELECT id FROM training_examples WHERE stage = ? AND family = ? AND split = 'train'{sources} ORDER BY id",
+                [stage, family]).fetchall()]
+            seen = _trained_ids(con, stage, family)
+            mix = StageMix(new=[i for i in pool if i not in seen], pool=len(pool))
+            earlier = sorted(seen & set(pool))
+            mix.replay = sorted(rng.sample(earlier, replay_size(len(mix.new), len(earlier))))
+            used = {r[0] for r in con.execute("SELECT example_id FROM round_examples WHERE stage = ? AND family = ? AND kind = 'dpo'",
+                                              [stage, family]).fetchall()}
+            mix.dpo = [r[0] for r in con.execute(
+                "SELECT id FROM preference_pairs WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id",
+                [stage, family]).fetchall() if r[0] not in used]
+            if mix.new or mix.dpo:
+                mixes[(stage, family)] = mix
+        if not mixes:
+            raise InvalidInput("nothing new to train on since the last round: bootstrap more history or log more runs")
+        rows = [(number, stage, family, kind, i) for (stage, family), mix in mixes.items()
+                for kind, ids in (("new", mix.new), ("replay", mix.replay), ("dpo", mix.dpo)) for i in ids]
+        snapshot = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
+        summary = {f"{stage}/{family}": {"new": len(m.new), "replay": len(m.replay), "dpo": len(m.dpo), "pool": m.pool,
+                                         "replay_share": round(m.replay_share, 3)} for (stage, family), m in mixes.items()}
+        created = _now()
+        con.execute("INSERT INTO rounds VALUES (?, ?, ?, ?)", [number, created, snapshot, json.dumps(summary)])
+        con.executemany("INSERT INTO round_examples VALUES (?, ?, ?, ?, ?)", rows)
+    return Round(number, snapshot, mixes, created)
+
+
+def load_round(home: str | Path | None, number: int | None = None) -> Round:
+    """A stored round (the latest when `number` is None)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        row = con.execute("SELECT round, snapshot_hash, created_at FROM rounds WHERE round = coalesce(?, (SELECT max(round) FROM rounds))",
+                          [number]).fetchone()
+        if row is None:
+            raise InvalidInput("no training round yet; run `cra curate` first" if number is None else f"no round {number}")
+        mixes: dict[tuple[str, str], StageMix] = {}
+        for stage, family, kind, example_id in con.execute(
+                "SELECT stage, family, kind, example_id FROM round_examples WHERE round = ? ORDER BY 1, 2, 3, 4", [row[0]]).fetchall():
+            getattr(mixes.setdefault((stage, family), StageMix()), kind).append(example_id)
+    return Round(row[0], row[1], mixes, row[2])

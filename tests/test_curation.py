@@ -1,0 +1,95 @@
+"""Curation: rounds that accumulate with bounded replay, preference pairs, the gate's measures, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from agent.config import ledger_path
+from agent.errors import InvalidInput
+from curation.datasets import Example, add_examples
+from curation.gate import f1, macro_f1, order_agreement, score
+from curation.rounds import REPLAY_BOUNDS, build_round, code_preferences, load_round, replay_size
+from curation.registry import get, promote, register, rollback
+
+
+def examples(n: int, start: int = 0, stage: str = "scope", split: str = "train", source: str = "synthetic") -> list[Example]:
+    return [Example(stage, source, "qwen3", [{"role": "user", "content": f"task {i}"}],
+                    {"files": [{"path": f"src/f{i}.c", "label": "relevant", "reason": "r"}]}, split, "/repo", f"{i:040x}")
+            for i in range(start, start + n)]
+
+
+def test_rounds_accumulate_and_replay_within_bounds() -> None:
+    add_examples(None, examples(40) + examples(5, 100, split="eval"))
+    first = build_round(None)
+    mix = first.mixes[("scope", "qwen3")]
+    assert (len(mix.new), len(mix.replay), mix.pool) == (40, 0, 40)  # nothing earlier to replay; eval never enters
+    add_examples(None, examples(20, 40))
+    second = build_round(None)
+    mix = second.mixes[("scope", "qwen3")]
+    assert len(mix.new) == 20 and mix.pool == 60
+    assert REPLAY_BOUNDS[0] <= mix.replay_share <= REPLAY_BOUNDS[1]
+    assert set(mix.replay) <= set(first.mixes[("scope", "qwen3")].new)
+    assert load_round(None, 1).mixes[("scope", "qwen3")].new == first.mixes[("scope", "qwen3")].new  # immutable
+    with pytest.raises(InvalidInput, match="nothing new"):
+        build_round(None)
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    summary = json.loads(con.execute("SELECT summary FROM rounds WHERE round = 2").fetchone()[0])
+    con.close()
+    assert summary["scope/qwen3"]["replay_share"] == round(mix.replay_share, 3)
+
+
+@pytest.mark.parametrize("new", [5, 10, 40, 100, 1000])
+def test_replay_size_keeps_the_share_between_10_and_20_percent(new: int) -> None:
+    replay = replay_size(new, 10_000)
+    assert REPLAY_BOUNDS[0] <= replay / (new + replay) <= REPLAY_BOUNDS[1]
+
+
+def test_plan_trains_on_its_own_runs_only_after_the_early_stages() -> None:
+    add_examples(None, examples(10, stage="plan", source="synthetic") + examples(10, 50, stage="plan", source="logged"))
+    mix = build_round(None).mixes[("plan", "qwen3")]
+    assert mix.pool == 10  # the logged plan examples wait
+
+
+def test_code_preferences_prefer_the_commit_over_the_old_code() -> None:
+    code = Example("code", "synthetic", "qwen2.5-coder", [{"role": "user", "content": "x"}],
+                   {"edits": [{"path": "src/a.c", "search": "int a;", "replace": "int b;"}]}, "train", "/r", "0" * 40)
+    add_examples(None, [code])
+    assert code_preferences(None) == 1 and code_preferences(None) == 0
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    chosen, rejected = con.execute("SELECT chosen, rejected FROM preference_pairs").fetchone()
+    con.close()
+    assert json.loads(chosen)["edits"][0]["replace"] == "int b;"
+    assert json.loads(rejected)["edits"][0]["replace"] == "int a;"
+
+
+def test_measures() -> None:
+    assert f1({"a", "b"}, {"a"}) == pytest.approx(2 / 3)
+    assert macro_f1({"x": "relevant", "y": "irrelevant"}, {"x": "relevant"}, ("relevant", "irrelevant"), "irrelevant") == 1.0
+    assert order_agreement(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(2 / 3)
+    gold = {"kind": "rename", "keep_rom": True, "symbols": ["A"], "files": ["src/a.c"], "key_terms": [], "subsystems": []}
+    assert score("task_analysis", gold, gold) == 1.0
+    assert score("task_analysis", gold, {**gold, "kind": "feature", "files": []}) == 0.5
+    edits = {"edits": [{"path": "src/a.c", "search": "int a;", "replace": "int b;"}]}
+    assert score("code", edits, edits, prompt="... int a; ...") == 1.0
+    assert score("code", edits, {"edits": [{"path": "src/a.c", "search": "nope", "replace": "x"}]}, prompt="int a;") == 0.0
+
+
+def test_rollback_brings_back_the_previous_adapter(tiny_models) -> None:
+    base = str(tiny_models.base)
+    register(None, tiny_models.adapters[0], name="scope-r1", stage="scope", base_model=base)
+    register(None, tiny_models.adapters[1], name="scope-r2", stage="scope", base_model=base)
+    promote(None, "scope-r1")
+    promote(None, "scope-r2")
+    assert rollback(None, "scope", base).name == "scope-r1"
+    assert (get(None, "scope-r1").status, get(None, "scope-r2").status) == ("active", "retired")
+    with pytest.raises(InvalidInput, match="no evaluation"):
+        promote(None, "scope-r2", require_evaluation=True)
+
+
+def test_nothing_to_roll_back_to(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no earlier scope adapter"):
+        rollback(None, "scope", "tiny")
