@@ -842,26 +842,97 @@ def adapters_add(
 @adapters_app.command("promote")
 def adapters_promote(
     name: Annotated[str, typer.Argument(help="The adapter to make active for its stage.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote without a held-out evaluation (`cra gate` normally decides).")] = False,
     reload_server: Annotated[bool, typer.Option("--reload/--no-reload", help="Hot-load it into a running `cra serve`.")] = True,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
     """Make an adapter active for its stage (the previous one is retired) and hot-load it."""
-    from agent.errors import ModelUnavailable
-    from agent.llm.roles import STAGE_ROLES
-    from agent.llm.serve import reload
     from curation.registry import promote
 
     try:
-        adapter = promote(home, name)
+        adapter = promote(home, name, require_evaluation=not force)
         out.print(f"{escape(adapter.name)} is now the active {adapter.stage} adapter")
-        if reload_server:
-            report = reload(_config(repo, config), STAGE_ROLES[adapter.stage], home)
-            out.print(f"{escape(report.endpoint)}: loaded {escape(', '.join(report.loaded) or 'nothing')}, "
-                      f"unloaded {escape(', '.join(report.unloaded) or 'nothing')}")
-    except ModelUnavailable as exc:
-        err.print(f"[yellow]no running server to reload:[/] {escape(str(exc))}")
     except CraError as exc:
         _fail(exc)
+    if reload_server:
+        _reload_role(adapter.stage, repo, config, home)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    stage: StageOpt,
+    reload_server: Annotated[bool, typer.Option("--reload/--no-reload", help="Hot-load the change into a running `cra serve`.")] = True,
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Retire a stage's active adapter and bring back the one it replaced."""
+    from agent.llm.roles import STAGE_ROLES
+    from curation.registry import rollback
+
+    try:
+        if stage not in STAGE_ROLES:
+            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+        adapter = rollback(home, stage, _config(repo, config).models.role(STAGE_ROLES[stage]).base)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"{escape(adapter.name)} is the active {stage} adapter again")
+    if reload_server:
+        _reload_role(stage, repo, config, home)
+
+
+def _reload_role(stage: str, repo: Path, config: Path | None, home: Path | None) -> None:
+    from agent.errors import ModelUnavailable
+    from agent.llm.roles import STAGE_ROLES
+    from agent.llm.serve import reload
+
+    try:
+        report = reload(_config(repo, config), STAGE_ROLES[stage], home)
+    except ModelUnavailable as exc:
+        err.print(f"[yellow]no running server to reload:[/] {escape(str(exc))}")
+        return
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"{escape(report.endpoint)}: loaded {escape(', '.join(report.loaded) or 'nothing')}, "
+              f"unloaded {escape(', '.join(report.unloaded) or 'nothing')}")
+
+
+@app.command()
+def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = None,
+           seed: Annotated[int, typer.Option(help="Seed of the replay sample.")] = 0) -> None:
+    """Build the next training round from logged runs and bootstrapped pairs, and print what it holds."""
+    from curation.rounds import build_round, code_preferences, collect_logged
+
+    try:
+        sft, dpo = collect_logged(home, _config(repo, config))
+        code = code_preferences(home)
+        built = build_round(home, seed=seed)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"collected {sft} new examples and {dpo} preference pairs from logged runs, {code} code preference pairs")
+    table = Table(title=f"round {built.number} (snapshot {built.snapshot_hash})")
+    for col in ("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool"):
+        table.add_column(col)
+    for (stage, family), mix in built.mixes.items():
+        table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)), str(mix.pool))
+    out.print(table)
+
+
+@app.command("gate")
+def gate_cmd(
+    name: Annotated[str, typer.Argument(help="The candidate adapter.")],
+    limit: Annotated[int | None, typer.Option(help="At most this many held-out examples.")] = None,
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Score a candidate against the active adapter and the base on held-out examples; promote it on a gain."""
+    from curation.gate import gate
+
+    try:
+        decision = gate(_config(repo, config), home, name, limit=limit)
+    except CraError as exc:
+        _fail(exc)
+    active = f"{decision.active.score:.3f}" if decision.active else "-"
+    out.print(f"{escape(name)} ({decision.stage}): candidate {decision.candidate.score:.3f}, active {active}, "
+              f"base {decision.base.score:.3f} on {decision.candidate.examples} held-out examples")
+    out.print(("[green]promoted[/]: " if decision.promoted else "[yellow]not promoted[/]: ") + escape(decision.reason))
 
 
 @dev_app.command("tiny-model")

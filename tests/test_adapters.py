@@ -114,7 +114,9 @@ def test_cli_add_list_promote(tiny_models, tmp_path: Path) -> None:
     added = runner.invoke(app, ["adapters", "add", str(tiny_models.adapters[0]), "--name", "scope-r1", "--stage", "scope",
                                 "--repo", str(tmp_path)])
     assert added.exit_code == 0, added.output
-    promoted = runner.invoke(app, ["adapters", "promote", "scope-r1", "--repo", str(tmp_path)])
+    refused = runner.invoke(app, ["adapters", "promote", "scope-r1", "--repo", str(tmp_path)])
+    assert refused.exit_code == 2 and "no evaluation" in refused.output
+    promoted = runner.invoke(app, ["adapters", "promote", "scope-r1", "--force", "--repo", str(tmp_path)])
     assert promoted.exit_code == 0, promoted.output
     assert "no running server to reload" in promoted.output
     listed = runner.invoke(app, ["adapters", "list", "--json"])
