@@ -287,9 +287,12 @@ def unload_adapter(endpoint: str, name: str) -> None:
 
 def reload(config: Config, role: Role, home: str | Path | None = None) -> ReloadReport:
     """Bring a running vLLM server's adapters in line with the registry: load the new, unload the replaced."""
-    plan = plan_serve(config, role, home)
-    if plan.provider != "vllm":
-        raise ConfigError(f"[models.{role}] provider = {plan.provider}: only a vLLM server can load adapters at run time")
+    server = config.models.role(role)
+    if server.provider != "vllm":
+        raise ConfigError(f"[models.{role}] provider = {server.provider}: only a vLLM server can load adapters at run time")
+    base = describe_bases(config)[role]
+    adapters, rejected = _served_adapters(config, role, home, base)
+    plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
     served = _served_models(plan.endpoint)
     bases = [m for m in served if not m.get("parent")]
     if bases and not any(m["id"] == plan.base.served_name for m in bases):
