@@ -879,6 +879,25 @@ def adapters_rollback(
         _reload_role(stage, repo, config, home)
 
 
+@adapters_app.command("export")
+def adapters_export(
+    name: Annotated[str, typer.Argument(help="The adapter to export.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="A new folder for the merged model.")],
+    home: HomeOpt = None,
+) -> None:
+    """Merge an adapter into its base for Ollama or GGUF (export only: cra never trains on a merge)."""
+    from curation.export import export_adapter
+
+    try:
+        with err.status(f"merging {name}…"):
+            folder = export_adapter(home, name, out_dir)
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"merged model written to {escape(str(folder))}")
+    out.print(f"Ollama: `cd {escape(str(folder))} && ollama create {escape(name)} -f Modelfile`; GGUF: "
+              f"`python llama.cpp/convert_hf_to_gguf.py {escape(str(folder))} --outfile {escape(name)}.gguf`")
+
+
 def _reload_role(stage: str, repo: Path, config: Path | None, home: Path | None) -> None:
     from agent.errors import ModelUnavailable
     from agent.llm.roles import STAGE_ROLES

@@ -93,3 +93,25 @@ def test_rollback_brings_back_the_previous_adapter(tiny_models) -> None:
 def test_nothing_to_roll_back_to(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="no earlier scope adapter"):
         rollback(None, "scope", "tiny")
+
+
+def test_export_merges_for_ollama_and_the_merge_is_never_a_training_base(tiny_models, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from agent.errors import InvalidInput as Refused
+    from curation.export import export_adapter
+    from curation.training import MERGED_MARKER
+
+    register(None, tiny_models.adapters[0], name="scope-r1", stage="scope", base_model=str(tiny_models.base))
+    out = export_adapter(None, "scope-r1", tmp_path / "scope-merged")
+    assert (out / "Modelfile").read_text().endswith("FROM .\n")
+    assert MERGED_MARKER in json.loads((out / "config.json").read_text())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models.base), get(None, "scope-r1").path).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-4)
+    with pytest.raises(Refused, match="exists"):
+        export_adapter(None, "scope-r1", out)
