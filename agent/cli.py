@@ -935,6 +935,59 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
     out.print(table)
 
 
+@app.command()
+def train(
+    stage: StageOpt,
+    round_number: Annotated[int | None, typer.Option("--round", help="The round to train on (default: the latest).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Cap the optimiser steps (default: the stage's recipe).")] = None,
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Train a stage's adapter from the frozen base on a round's mix; it is registered as a candidate."""
+    from curation.retrain import train_from_round
+    from curation.rounds import load_round
+
+    try:
+        built = load_round(home, round_number)
+        with err.status(f"training {stage} on round {built.number}…"):
+            adapter = train_from_round(home, _config(repo, config), built, stage, steps=steps)
+    except CraError as exc:
+        _fail(exc)
+    meta = adapter.metadata
+    out.print(f"trained {escape(adapter.name)} (rank {adapter.rank}, {meta.get('dataset', {}).get('sft_examples')} examples, "
+              f"{meta.get('seconds', 0):.1f} s); candidate: gate it with `cra gate {escape(adapter.name)}`")
+
+
+@app.command()
+def retrain(
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Only these stages (repeatable).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Cap the optimiser steps per stage.")] = None,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as the Prefect flow cra-curate-retrain.")] = True,
+) -> None:
+    """One curate-and-retrain cycle: the next round, then train and gate every stage with something new."""
+    try:
+        if prefect:
+            _prefect_defaults()
+            from flows.retrain import curate_retrain
+
+            report = curate_retrain(str(repo), str(home) if home else None, str(config) if config else None, stage, steps)
+        else:
+            from dataclasses import asdict
+
+            from curation.retrain import retrain as run_cycle
+
+            report = asdict(run_cycle(home, _config(repo, config), stages=stage, steps=steps))
+    except CraError as exc:
+        _fail(exc)
+    out.print(f"round {report['round']} (snapshot {report['snapshot']}); collected {report['collected']}")
+    table = Table(title="stages")
+    for col in ("stage", "adapter", "promoted", "reason"):
+        table.add_column(col)
+    for o in report["stages"]:
+        table.add_row(o["stage"], escape(o["adapter"] or "-"), str(o["promoted"]), escape(o["reason"]))
+    out.print(table)
+
+
 @app.command("gate")
 def gate_cmd(
     name: Annotated[str, typer.Argument(help="The candidate adapter.")],

@@ -108,6 +108,10 @@ class ModelsConfig(_Strict):
         """The settings of `role`."""
         return getattr(self, role)
 
+    def role_of(self, stage: str) -> RoleModels:
+        """The settings of the role that answers `stage`."""
+        return self.role(STAGE_ROLES[stage])
+
 
 class ServeConfig(_Strict):
     """`[serve]`: how `cra serve` starts vLLM."""

@@ -106,6 +106,30 @@ def load_examples(home: str | Path | None, *, stage: str, split: str | None = No
                     json.loads(r[9]) if r[9] else None) for r in rows]
 
 
+def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
+    """The stored examples with these ids, in the given order."""
+    if not ids:
+        return []
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute(
+            "SELECT id, stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
+            f" FROM training_examples WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
+    found = {r[0]: Example(r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6], r[7], r[8], r[9],
+                           json.loads(r[10]) if r[10] else None) for r in rows}
+    return [found[i] for i in ids if i in found]
+
+
+def preference_pairs_by_id(home: str | Path | None, ids: list[str]) -> list[tuple[Example, Example]]:
+    """The stored preference pairs with these ids, as (chosen, rejected) examples."""
+    if not ids:
+        return []
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute("SELECT stage, source, family, messages, chosen, rejected FROM preference_pairs"
+                           f" WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids).fetchall()
+    return [(Example(stage, source, family, json.loads(m), json.loads(c)), Example(stage, source, family, json.loads(m), json.loads(r)))
+            for stage, source, family, m, c, r in rows]
+
+
 def export(home: str | Path | None, out: Path, *, stage: str, fmt: str, split: str | None = "train",
            family: str | None = None) -> int:
     """Write one stage's examples as `{"messages": [...]}` rows (jsonl or parquet), atomically; return the count."""

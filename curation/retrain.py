@@ -1,0 +1,99 @@
+"""One curate-and-retrain cycle: the next round, an adapter per stage trained from the frozen base, and the gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from agent.config import Config
+from agent.errors import CraError, InvalidInput, ModelUnavailable
+from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
+from curation.gate import gate, plateaued
+from curation.rounds import Round, build_round, code_preferences, collect_logged
+from curation.registry import Adapter
+from curation.training import MIN_DPO_PAIRS, RECIPES, train_adapter
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StageOutcome:
+    """What the cycle did for one stage."""
+
+    stage: str
+    adapter: str | None = None
+    promoted: bool | None = None
+    reason: str = ""
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class RetrainReport:
+    """A cycle: the round it built (None when nothing was new) and each stage's outcome."""
+
+    round: int | None
+    snapshot: str | None
+    collected: dict[str, int]
+    stages: list[StageOutcome]
+
+
+def train_from_round(home: str | Path | None, config: Config, built: Round, stage: str, *,
+                     steps: int | None = None) -> Adapter:
+    """Train `stage` on the round's mix (new + replay, and DPO pairs where the recipe has them) from the frozen base."""
+    family = family_for(stage, config)
+    mix = built.mixes.get((stage, family))
+    if mix is None:
+        raise InvalidInput(f"round {built.number} has nothing new for {stage} ({family})")
+    if plateaued(home, stage):
+        raise InvalidInput(f"{stage} has plateaued: no gain in the last two rounds")
+    recipe = RECIPES[stage] if steps is None else replace(RECIPES[stage], max_steps=steps)
+    pairs = preference_pairs_by_id(home, mix.dpo) if recipe.technique == "sft+dpo" else []
+    if len(pairs) < MIN_DPO_PAIRS:
+        recipe, pairs = replace(recipe, technique="sft"), []
+    return train_adapter(home, stage=stage, base=config.models.role_of(stage).base,
+                         sft=examples_by_id(home, mix.new + mix.replay), dpo=pairs or None,
+                         name=f"{stage}-r{built.number}", recipe=recipe, round=built.number,
+                         dataset_hash=built.snapshot_hash)
+
+
+def train_stage_from_round(home: str | Path | None, config: Config, built: Round, stage: str, *,
+                           steps: int | None = None) -> StageOutcome:
+    """Train `stage` on the round and gate the candidate; say why when either step does not happen."""
+    try:
+        adapter = train_from_round(home, config, built, stage, steps=steps)
+    except CraError as exc:
+        return StageOutcome(stage, reason=f"not trained: {exc}")
+    try:
+        decision = gate(config, home, adapter.name)
+    except ModelUnavailable as exc:
+        return StageOutcome(stage, adapter.name, None, f"trained; not gated (no model server): {exc}")
+    except InvalidInput as exc:
+        return StageOutcome(stage, adapter.name, None, f"trained; not gated: {exc}")
+    return StageOutcome(stage, adapter.name, decision.promoted, decision.reason, {
+        "candidate": decision.candidate.score, "active": decision.active.score if decision.active else None,
+        "base": decision.base.score})
+
+
+def curate(home: str | Path | None, config: Config, *, seed: int = 0) -> tuple[Round | None, dict[str, int]]:
+    """Collect logged runs and preference pairs, and snapshot the next round (None when nothing is new)."""
+    sft, dpo = collect_logged(home, config)
+    collected = {"logged_examples": sft, "logged_pairs": dpo, "code_pairs": code_preferences(home)}
+    try:
+        return build_round(home, seed=seed), collected
+    except InvalidInput:
+        return None, collected
+
+
+def retrain(home: str | Path | None, config: Config, *, stages: list[str] | None = None, steps: int | None = None,
+            seed: int = 0, on_progress: Progress = lambda _: None) -> RetrainReport:
+    """Collect logged runs, build the next round, and train and gate each stage that has something new."""
+    built, collected = curate(home, config, seed=seed)
+    if built is None:
+        return RetrainReport(None, None, collected, [StageOutcome(s, reason="nothing new since the last round")
+                                                     for s in (stages or RECIPES)])
+    outcomes = []
+    for stage in stages or list(RECIPES):
+        on_progress(f"round {built.number}: {stage}")
+        outcomes.append(train_stage_from_round(home, config, built, stage, steps=steps))
+    return RetrainReport(built.number, built.snapshot_hash, collected, outcomes)
