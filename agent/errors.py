@@ -115,3 +115,21 @@ class AmbiguousMatch(EditError):
     def __init__(self, message: str, *, path: str, lines: list[int]) -> None:
         super().__init__(message, path=path)
         self.lines = lines
+
+
+class TrainingRefused(CraError):
+    """An adapter cannot be trained as asked: the dataset or the base model is unfit; nothing was trained."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class DatasetTooSmall(TrainingRefused):
+    """Too few training examples or preference pairs for a stage's recipe."""
+
+
+class WrongModelFamily(TrainingRefused):
+    """Training examples written for another base-model family than the base being trained."""
+
+
+class MergedBaseModel(TrainingRefused):
+    """The base folder holds a merged (base + adapter) model; adapters are trained on the frozen base only."""

@@ -1,0 +1,368 @@
+"""Training: one LoRA adapter per stage, always on the frozen base, written atomically into the adapter registry.
+
+The recipe per stage follows the design: rank 16 (32 for the plan stage), alpha twice the rank, all seven linear
+projections, SFT on the assistant's answers only; the plan stage adds DPO after its CoT-SFT. On CPU, TRL trains in
+fp32; on a GPU, Unsloth's QLoRA (4-bit NF4 base) does.
+
+A base is refused as *merged* (adapters are never trained on a merge) when its folder holds
+`adapter_config.json`, `adapter_model.safetensors` or `cra_adapter.json` (adapter files saved with or as the model),
+or when its `config.json` carries the `cra_merged` key, which `mark_merged` writes into every merge cra exports.
+
+A run trains into a scratch folder under `$CRA_HOME/training/` and only a finished adapter is registered (the
+registry copies it in atomically); a killed run leaves at most its scratch folder, swept by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, cra_home, ledger_path
+from agent.errors import (
+    DatasetTooSmall,
+    InvalidInput,
+    MergedBaseModel,
+    TrainingRefused,
+    WrongModelFamily,
+)
+from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
+from agent.llm.names import check_name
+from agent.llm.roles import STAGE_ROLES
+from agent.store import opened
+from agent.store.ledger import LEDGER
+from curation.datasets import Example, load_examples, model_family
+from curation.registry import Adapter, list_adapters, register
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TECHNIQUES = ("sft", "sft+dpo")
+END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops
+METADATA_FILE = "cra_adapter.json"
+MERGED_MARKER = "cra_merged"
+MERGE_SIGNS = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE)
+MIN_SFT_EXAMPLES = 8
+MIN_DPO_PAIRS = 4
+_SCRATCH = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+$")  # .<adapter name>.<pid>.<random>
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """How one stage's adapter is trained; alpha is always twice the rank."""
+
+    rank: int
+    technique: str = "sft"
+    learning_rate: float = 2e-4
+    epochs: int = 2
+    max_steps: int | None = None  # caps every phase; None trains `epochs` full passes
+    max_length: int = 4096
+    batch_size: int = 4
+    grad_accum: int = 4
+    curriculum: bool = False  # shortest examples first, in order, instead of shuffled
+    dpo_learning_rate: float = 5e-6
+    dpo_beta: float = 0.1
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    @property
+    def alpha(self) -> int:
+        """LoRA alpha: twice the rank."""
+        return 2 * self.rank
+
+
+RECIPES: dict[str, StageRecipe] = {
+    "task_analysis": StageRecipe(rank=16, max_length=2048),
+    "scope": StageRecipe(rank=16),
+    "precision": StageRecipe(rank=16, curriculum=True),
+    "plan": StageRecipe(rank=32, technique="sft+dpo", learning_rate=1e-4),
+    "code": StageRecipe(rank=16),
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One logged training step."""
+
+    phase: str
+    step: int
+    max_steps: int
+    loss: float
+
+
+@dataclass
+class _Phase:
+    """What one phase (sft or dpo) did."""
+
+    examples: int
+    steps: int = 0
+    seconds: float = 0.0
+    loss: list[float] = field(default_factory=list)
+
+
+def _hash_ids(examples: list[Example]) -> str:
+    return hashlib.sha256("\n".join(sorted(e.id for e in examples)).encode()).hexdigest()[:20]
+
+
+def dataset_hash(examples: list[Example]) -> str:
+    """A stable hash of the examples' ids, whatever their order."""
+    return _hash_ids(examples)
+
+
+def mark_merged(folder: Path, *, adapter: str, base: str) -> None:
+    """Mark an exported merge (base + adapter) in its config.json, so it is never trained on as a base."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config[MERGED_MARKER] = {"adapter": adapter, "base": base}
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _frozen_base(base: str) -> tuple[Path, str]:
+    """The base's local folder and fingerprint; refused if it is not local or is a merged model."""
+    described = describe_base(base)
+    if described.path is None or described.fingerprint is None:
+        raise TrainingRefused(f"base model {base} has no local files with a config.json; download it first "
+                              f"(`huggingface-cli download {base}`) so its fingerprint can be recorded")
+    signs = [name for name in MERGE_SIGNS if (described.path / name).exists()]
+    if MERGED_MARKER in (described.config or {}):
+        signs.append(f"config.json:{MERGED_MARKER}")
+    if signs:
+        raise MergedBaseModel(f"{base} is a merged model ({', '.join(signs)}): adapters are trained on the frozen base "
+                              "only, never on a merge; train from the original base model")
+    return described.path, described.fingerprint
+
+
+def _check_dataset(stage: str, base: str, recipe: StageRecipe, sft: list[Example],
+                   dpo: list[tuple[Example, Example]] | None) -> None:
+    """Refuse a dataset too small for the recipe, or written for another stage, split or model family."""
+    if len(sft) < MIN_SFT_EXAMPLES:
+        raise DatasetTooSmall(f"{stage}: {len(sft)} SFT examples, at least {MIN_SFT_EXAMPLES} are needed; "
+                              "bootstrap more history or log more runs")
+    if recipe.technique == "sft" and dpo:
+        raise InvalidInput(f"{stage}: {len(dpo)} preference pairs given but the recipe is SFT only; "
+                           "use technique 'sft+dpo' or leave the pairs out")
+    if recipe.technique == "sft+dpo" and len(dpo or []) < MIN_DPO_PAIRS:
+        raise DatasetTooSmall(f"{stage}: {len(dpo or [])} preference pairs, at least {MIN_DPO_PAIRS} are needed for "
+                              "DPO; log more runs, or train with technique 'sft'")
+    everything = [*sft, *(e for pair in dpo or [] for e in pair)]
+    family = model_family(base)
+    others = sorted({e.family for e in everything} - {family})
+    if others:
+        raise WrongModelFamily(f"{stage}: examples for {', '.join(others)} cannot train an adapter on {base} "
+                               f"(family {family}); load the examples of family {family}")
+    wrong_stage = sorted({e.stage for e in everything} - {stage})
+    if wrong_stage:
+        raise InvalidInput(f"{stage}: examples of stage {', '.join(wrong_stage)} were given; train each stage on its own")
+    held_out = sum(e.split != "train" for e in everything)
+    if held_out:
+        raise InvalidInput(f"{stage}: {held_out} examples are from the held-out split; train on split 'train' only")
+    if any(chosen.messages != rejected.messages for chosen, rejected in dpo or []):
+        raise InvalidInput(f"{stage}: a preference pair's answers answer different prompts; pair answers to one prompt")
+
+
+def sweep_scratch(home: str | Path | None) -> list[Path]:
+    """Remove the scratch folders of training runs whose process is gone (killed mid-training); return them."""
+    swept = []
+    for folder in sorted((cra_home(home) / "training").glob(".*")):
+        match = _SCRATCH.match(folder.name)
+        if not match or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder)
+        except PermissionError:
+            continue
+    return swept
+
+
+def _progress_callback(phase: str, on_progress: Callable[[Progress], None] | None):
+    """A TrainerCallback that reports each logged loss."""
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+            if on_progress is not None and logs and "loss" in logs:
+                on_progress(Progress(phase, state.global_step, state.max_steps, float(logs["loss"])))
+
+    return Report()
+
+
+def _unsloth_model(path: Path, recipe: StageRecipe):
+    """GPU only: the base in 4-bit NF4 (QLoRA) with Unsloth's kernels, and LoRA on it."""
+    # Unsloth patches transformers and TRL as it is imported: on a GPU only, and before TRL is.
+    try:
+        from unsloth import FastLanguageModel, PatchDPOTrainer
+    except ImportError as exc:
+        raise TrainingRefused(f"a GPU is present but Unsloth cannot be imported ({exc}); `pip install unsloth`") from exc
+
+    PatchDPOTrainer()
+    model, tokenizer = FastLanguageModel.from_pretrained(str(path), max_seq_length=recipe.max_length, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0, bias="none",
+        target_modules=list(recipe.targets), use_gradient_checkpointing="unsloth",
+    )
+    return model, tokenizer
+
+
+def _torch_model(path: Path, recipe: StageRecipe):
+    """CPU: the base in fp32 with a fresh LoRA on it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lora = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=list(recipe.targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), AutoTokenizer.from_pretrained(path)
+
+
+def _common_args(recipe: StageRecipe, out: Path, gpu: bool) -> dict:
+    """Trainer settings both phases share: no checkpoints, no reporting, a loss every step."""
+    import torch
+
+    bf16 = gpu and torch.cuda.is_bf16_supported()
+    return {
+        "output_dir": str(out), "use_cpu": not gpu, "bf16": bf16, "fp16": gpu and not bf16, "report_to": [], "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
+        "per_device_train_batch_size": recipe.batch_size, "gradient_accumulation_steps": recipe.grad_accum,
+        "num_train_epochs": recipe.epochs, "max_steps": recipe.max_steps or -1, "max_length": recipe.max_length,
+        "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "weight_decay": 0.0, "activation_checkpointing": False,
+    }
+
+
+def _seconds_since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _run_phase(trainer, phase: _Phase) -> None:
+    """Train quietly (progress goes to the callback), recording steps, seconds and the loss curve."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    started = time.monotonic()
+    trainer.train()
+    phase.seconds = _seconds_since(started)
+    phase.steps = trainer.state.global_step
+    phase.loss = [round(float(row["loss"]), 6) for row in trainer.state.log_history if "loss" in row]
+
+
+def _train(path: Path, recipe: StageRecipe, sft: list[Example], dpo: list[tuple[Example, Example]] | None,
+           scratch: Path, on_progress: Callable[[Progress], None] | None) -> tuple[Any, dict[str, _Phase], str]:
+    """Train a fresh LoRA through the recipe's phases; return the PEFT model, each phase's record and the backend."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    model, tokenizer = _unsloth_model(path, recipe) if gpu else _torch_model(path, recipe)
+    # Imported after the model: on a GPU, Unsloth must patch TRL first.
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    tokenizer.eos_token = END_TOKEN  # DPOConfig has no eos_token field: TRL falls back to the tokenizer's
+
+    ordered = sorted(sft, key=lambda e: len(json.dumps(e.chat()))) if recipe.curriculum else sft
+    phases = {"sft": _Phase(len(sft))}
+    sft_args = SFTConfig(**_common_args(recipe, scratch / "sft", gpu), learning_rate=recipe.learning_rate,
+                         assistant_only_loss=True, eos_token=END_TOKEN,
+                         train_sampling_strategy="sequential" if recipe.curriculum else "random")
+    trainer = SFTTrainer(model=model, args=sft_args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"messages": e.chat()} for e in ordered]),
+                         callbacks=[_progress_callback("sft", on_progress)])
+    _run_phase(trainer, phases["sft"])
+    if recipe.technique == "sft+dpo":
+        pairs = [{"prompt": chosen.messages, "chosen": chosen.chat()[-1:], "rejected": rejected.chat()[-1:]}
+                 for chosen, rejected in dpo or []]
+        phases["dpo"] = _Phase(len(pairs))
+        dpo_args = DPOConfig(**_common_args(recipe, scratch / "dpo", gpu), learning_rate=recipe.dpo_learning_rate,
+                             beta=recipe.dpo_beta)
+        trainer = DPOTrainer(model=trainer.model, args=dpo_args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(pairs), callbacks=[_progress_callback("dpo", on_progress)])
+        _run_phase(trainer, phases["dpo"])
+    return trainer.model, phases, "unsloth-qlora" if gpu else "trl-cpu"
+
+
+def train_adapter(
+    home: str | Path | None, *, stage: str, base: str, sft: list[Example],
+    dpo: list[tuple[Example, Example]] | None = None, name: str, recipe: StageRecipe | None = None,
+    round: int | None = None, dataset_hash: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Adapter:
+    """Train `stage`'s adapter on the frozen `base` and register it as a candidate named `name`."""
+    if stage not in STAGE_ROLES:
+        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    check_name(name, what="adapter name")
+    recipe = recipe or RECIPES[stage]
+    if recipe.rank not in VLLM_RANKS:
+        raise InvalidInput(f"rank {recipe.rank} cannot be served; vLLM serves ranks {', '.join(map(str, VLLM_RANKS))}")
+    if recipe.technique not in TECHNIQUES:
+        raise InvalidInput(f"unknown technique {recipe.technique!r}; techniques are {', '.join(TECHNIQUES)}")
+    _check_dataset(stage, base, recipe, sft, dpo)
+    if any(a.name == name for a in list_adapters(home)):
+        raise InvalidInput(f"an adapter named {name} is already registered; choose another name")
+    path, base_fingerprint = _frozen_base(base)
+    snapshot = dataset_hash or _hash_ids([*sft, *(e for pair in dpo or [] for e in pair)])
+
+    root = cra_home(home) / "training"
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_scratch(home)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=root))
+    try:
+        started = time.monotonic()
+        model, phases, backend = _train(path, recipe, sft, dpo, scratch, on_progress)
+        out = scratch / "adapter"
+        model.peft_config["default"].base_model_name_or_path = base
+        model.save_pretrained(out, selected_adapters=["default"])
+        metadata = {
+            "stage": stage, "round": round, "base": {"name": base, "fingerprint": base_fingerprint},
+            "dataset": {"hash": snapshot, "sft_examples": len(sft), "dpo_pairs": len(dpo or [])},
+            "recipe": {**asdict(recipe), "alpha": recipe.alpha}, "designed_technique": RECIPES[stage].technique,
+            "backend": backend,
+            "phases": {key: asdict(phase) for key, phase in phases.items()},
+            "seconds": _seconds_since(started),
+        }
+        (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        check_adapter(out, describe_base(base), rank_limit=recipe.rank, trained_on=base_fingerprint)
+        return register(home, out, name=name, stage=stage, base_model=base, metadata=metadata)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _next_round(home: str | Path | None, stage: str) -> int:
+    """One more than the highest `<stage>-rN` adapter registered."""
+    numbers = [int(m[1]) for a in list_adapters(home, stage=stage) if (m := re.fullmatch(rf"{stage}-r(\d+)", a.name))]
+    return max(numbers, default=0) + 1
+
+
+def _load_pairs(home: str | Path | None, *, stage: str, family: str) -> list[tuple[Example, Example]]:
+    """The stage's train-split preference pairs, as (chosen, rejected) examples."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute("SELECT source, messages, chosen, rejected FROM preference_pairs"
+                           " WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id", [stage, family]).fetchall()
+    return [(Example(stage, source, family, json.loads(messages), json.loads(chosen)),
+             Example(stage, source, family, json.loads(messages), json.loads(rejected)))
+            for source, messages, chosen, rejected in rows]
+
+
+def train_stage(home: str | Path | None, config: Config, *, stage: str, round: int | None = None,
+                steps: int | None = None, on_progress: Callable[[Progress], None] | None = None) -> Adapter:
+    """Train `stage`'s adapter on its role's base from the ledger's train split, named `<stage>-r<round>`.
+
+    A DPO stage with too few preference pairs yet trains SFT only; its metadata records the designed technique.
+    """
+    if stage not in STAGE_ROLES:
+        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    base = config.models.role(STAGE_ROLES[stage]).base
+    family = model_family(base)
+    sft = load_examples(home, stage=stage, split="train", family=family)
+    recipe = RECIPES[stage] if steps is None else replace(RECIPES[stage], max_steps=steps)
+    pairs = _load_pairs(home, stage=stage, family=family) if recipe.technique == "sft+dpo" else []
+    if len(pairs) < MIN_DPO_PAIRS:
+        recipe, pairs = replace(recipe, technique="sft"), []
+    number = round if round is not None else _next_round(home, stage)
+    return train_adapter(home, stage=stage, base=base, sft=sft, dpo=pairs or None, name=f"{stage}-r{number}",
+                         recipe=recipe, round=round, on_progress=on_progress)
