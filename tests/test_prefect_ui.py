@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,83 +16,22 @@ import pytest
 
 from flows.run import artifact_key
 from tests.fixtures.decomp import DecompRepo
+from tests.fixtures.prefect_server import PrefectServer, running_prefect_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASK = "Rename InitWallClock to CB2_InitWallClock"
 NAMED_FILE, NAMED_FUNCTION = "src/wallclock.c", "InitWallClock"
 STAGES = ["task_analysis", "scope", "precision"]
-SERVER_START_S = 90
 UI_WAIT_S = 45
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@dataclass
-class PrefectServer:
-    url: str  # http://127.0.0.1:PORT
-    api: str  # the API's URL, for clients (PREFECT_API_URL)
-
-    def post(self, path: str, body: dict) -> list[dict]:
-        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def prefect_executable() -> str:
-    beside = Path(sys.executable).parent / "prefect"
-    return str(beside) if beside.exists() else shutil.which("prefect") or pytest.skip("no `prefect` executable")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End the process and everything it started (it leads its own process group)."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `prefect server start` on a free local port, with its own PREFECT_HOME; stopped after the module."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port()
-    server = PrefectServer(url=f"http://127.0.0.1:{port}", api=f"http://127.0.0.1:{port}/api")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL=server.api,
-               PREFECT_UI_API_URL=server.api, PREFECT_LOGGING_LEVEL="WARNING")
-    log = home / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prefect server exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx.get(f"{server.api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {SERVER_START_S} s:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.25)  # polling /api/health, not waiting blindly
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
         yield server
-    finally:
-        stop(process)
 
 
 def cra(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
