@@ -206,6 +206,7 @@ def test_a_store_without_history_scores_nothing(tmp_path: Path) -> None:
     assert hist.empty
     assert history.similar_commit_files(hist, "anything at all") == {}
     assert history.cochange(hist, ["src/palette.c"]) == {}
+    assert history.recent_files(hist) == {}
 
 
 def test_history_follows_renames_to_the_current_path(tmp_path: Path) -> None:
@@ -225,3 +226,27 @@ def test_history_follows_renames_to_the_current_path(tmp_path: Path) -> None:
         con.close()
     assert list(history.similar_commit_files(hist, "water berry trees")) == ["src/berry.c"]
     assert set(hist.paths) == {"src/berry.c"}
+
+
+def test_recent_files_weigh_the_last_commits_and_skip_merges_and_sweeps(tmp_path: Path) -> None:
+    r = GitRepo(tmp_path / "repo")
+    r.commit("Initial commit", {"a.c": "1\n", "b.c": "1\n", "c.c": "1\n"})
+    r.commit("Edit a", {"a.c": "2\n"})
+    r.commit("Sweep", {f"s{i}.c": "1\n" for i in range(history.MAX_COMMIT_FILES + 1)})
+    r.git("checkout", "-q", "-b", "side")
+    r.commit("Edit c on a branch", {"c.c": "2\n"})
+    r.git("checkout", "-q", "main")
+    r.clock += 3600
+    r.git("merge", "-q", "--no-ff", "-m", "Merge side", "side")
+    r.commit("Edit b", {"b.c": "2\n"})
+    con = _open(tmp_path)
+    try:
+        history.update_history(con, r.root, r.git("rev-parse", "HEAD"))
+        hist = history.load(con)
+    finally:
+        con.close()
+    scores = history.recent_files(hist, half_life=1.0)
+    # Ages, newest first: Edit b 0, the merge 1, Edit c 2, the sweep 3, Edit a 4, the initial commit 5.
+    assert sorted(scores, key=scores.get, reverse=True) == ["b.c", "c.c", "a.c"]
+    assert scores["c.c"] == pytest.approx(history.recency(2, 1.0) + history.recency(5, 1.0))  # not the merge's
+    assert not any(path.startswith("s") for path in scores)

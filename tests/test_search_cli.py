@@ -18,8 +18,10 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from agent import retrieval
 from agent.cli import app
 from agent.index.build import index_repo
+from agent.retrieval import file_name_scores, name_words, query_identifiers
 from tests.fixtures.decomp import DecompRepo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +113,55 @@ def test_search_bm25_ranker(indexed) -> None:
     data = ok_json(cra(indexed, "search", "wall clock window", "--json", "--ranker", "bm25"))
     assert "src/wallclock.c" in [hit["path"] for hit in data["files"]][:3]
     assert all("bm25" in hit["why"] for hit in data["files"])
+
+
+def test_query_identifiers_are_the_code_shaped_words() -> None:
+    query = "Use VAR_RUN_TRIGGER_IMMEDIATELY in gSoftResetDisabled, not TRUE / FALSE; u16 to u32 for the Wall"
+    assert query_identifiers(query) == ["var_run_trigger_immediately", "gsoftresetdisabled", "true", "false",
+                                        "u16", "u32"]
+    assert query_identifiers("Fix the wall clock in the intro") == []
+
+
+def test_file_name_scores_share_of_name_words() -> None:
+    assert name_words("src/battle_dome.c") == ("battle", "dome")
+    assert name_words("include/global.fieldmap.h") == ("global", "fieldmap")
+    words = {p: name_words(p) for p in ("src/battle_dome.c", "src/battle_main.c", "include/constants/trainer_types.h",
+                                        "src/wallclock.c")}
+    scores = file_name_scores("Tidy the battle dome trainer type checks", words)
+    assert scores["src/battle_dome.c"] == 1.0
+    assert scores["include/constants/trainer_types.h"] == 1.0  # "types" folds to "type"
+    assert scores["src/battle_main.c"] == 0.5
+    assert "src/wallclock.c" not in scores
+
+
+def _contains(root: Path, rel: str, text: str) -> bool:
+    return text in (root / rel).read_text(encoding="utf-8", errors="replace")
+
+
+def test_hybrid_search_uses_identifiers_file_names_and_recent_work(indexed) -> None:
+    searcher = retrieval.searcher(indexed.repo, indexed.home)
+    langs = ["c", "h"]
+
+    res = searcher.search("Use ANIM_TAG_BONE consistently", k=50, langs=langs)
+    named = [f.path for f in res.files if "identifier" in f.why]
+    assert named and set(named) == {f.path for f in res.files if _contains(indexed.repo, f.path, "ANIM_TAG_BONE")}
+    assert {f.path for f in res.files[:len(named)]} == set(named)
+    off = searcher.search("Use ANIM_TAG_BONE consistently", k=50, langs=langs,
+                          weights=replace(retrieval.WEIGHTS, identifier=0.0))
+    assert all(f.why.get("identifier", 0.0) == 0.0 for f in off.files)
+
+    res = searcher.search("Tidy field effect code", k=50, langs=langs)
+    why = {f.path: f.why for f in res.files}
+    assert why["src/field_effect.c"]["file_name"] == pytest.approx(retrieval.WEIGHTS.file_name)
+    assert why["include/constants/field_effects.h"]["file_name"] == pytest.approx(retrieval.WEIGHTS.file_name)
+    assert "file_name" not in why.get("src/wallclock.c", {})
+
+    # Nothing matches the words: the files of the newest commit that changed C code lead, by the working set.
+    last = subprocess.run(["git", "-C", str(indexed.repo), "log", "-1", "--format=", "--name-only", "--", "*.c", "*.h"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    res = searcher.search("zzqx vvqy", k=10, langs=langs)
+    assert {f.path for f in res.files[:len(last)]} == set(last)
+    assert all(f.why["recent"] > 0 for f in res.files[:len(last)])
 
 
 def test_search_table_output(indexed) -> None:

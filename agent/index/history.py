@@ -26,6 +26,8 @@ HALF_LIFE_COMMITS = 3000.0
 BM25_K1 = 1.2
 BM25_B = 0.5
 SIMILAR_COMMITS = 40  # how many of the most similar past commits vote for files
+# The working set: the weight of a commit's files halves every this many commits back (the last few commits).
+RECENT_HALF_LIFE = 3.0
 
 _TRAILER = re.compile(r"^[A-Za-z-]+-by:|^-{3,}$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -450,3 +452,17 @@ def cochange(
                 if path not in sources:
                     scores[path] = scores.get(path, 0.0) + float(wc)
     return dict(sorted(scores.items(), key=lambda kv: -kv[1])[:k])
+
+
+def recent_files(hist: History, half_life: float = RECENT_HALF_LIFE) -> dict[str, float]:
+    """The working set: per path, the recency-weighted count of the last commits (not merges or sweeps) changing it."""
+    if hist.empty:
+        return {}
+    horizon = hist.age < 20 * half_life  # older commits weigh under a millionth
+    cs = np.flatnonzero(horizon & ~hist.is_merge & (hist.n_files >= 1) & (hist.n_files <= MAX_COMMIT_FILES))
+    scores: dict[str, float] = {}
+    for c, w in zip(cs, recency(hist.age[cs], half_life)):
+        for pid in hist.commit_files[c]:
+            path = hist.paths[pid]
+            scores[path] = scores.get(path, 0.0) + float(w)
+    return scores
