@@ -149,6 +149,20 @@ class TeacherConfig(_Strict):
     diff_chars: int = Field(6000, ge=200, description="how much of a commit's diff the teacher is shown")
 
 
+class TrainingSettings(_Strict):
+    """`[training]`: overrides of every stage's recipe (rank, steps, learning rate, batch), e.g. for small models."""
+
+    rank: int | None = None
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    grad_accum: int | None = Field(None, gt=0)
+
+    def overrides(self) -> dict[str, int | float]:
+        """The recipe fields set here."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class Config(_Strict):
     """The merged settings: defaults, then the user file, then the project file."""
 
@@ -156,6 +170,7 @@ class Config(_Strict):
     serve: ServeConfig = ServeConfig()
     validation: ValidationSettings = ValidationSettings()
     teacher: TeacherConfig = TeacherConfig()
+    training: TrainingSettings = TrainingSettings()
     sources: list[str] = Field(default_factory=list, exclude=True)
 
 

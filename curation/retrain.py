@@ -47,7 +47,9 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
         raise InvalidInput(f"round {built.number} has nothing new for {stage} ({family})")
     if plateaued(home, stage):
         raise InvalidInput(f"{stage} has plateaued: no gain in the last two rounds")
-    recipe = RECIPES[stage] if steps is None else replace(RECIPES[stage], max_steps=steps)
+    recipe = replace(RECIPES[stage], **config.training.overrides())
+    if steps is not None:
+        recipe = replace(recipe, max_steps=steps)
     pairs = preference_pairs_by_id(home, mix.dpo) if recipe.technique == "sft+dpo" else []
     if len(pairs) < MIN_DPO_PAIRS:
         recipe, pairs = replace(recipe, technique="sft"), []
