@@ -37,6 +37,12 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="cra state folder (
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", help="The decomp checkout.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file to use instead of the project's cra.toml.")]
 RoleOpt = Annotated[str, typer.Option("--role", help="reasoning or coding.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+
+
+def _emit_json(data: object) -> None:
+    """Print `data` as indented JSON on stdout (dates and paths as strings)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _fail(exc: CraError) -> None:
@@ -106,7 +112,7 @@ def search(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(results.as_dict(), indent=2) + "\n")
+        _emit_json(results.as_dict())
         return
     files = Table(title=escape(f"files for {query!r}"))
     for col in ("#", "file", "score", "why"):
@@ -132,7 +138,7 @@ def symbol(
     name: Annotated[str, typer.Argument(help="A function, macro, type or data name.")],
     repo: RepoOpt = Path("."),
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Definition, prototype, callers and callees of a symbol."""
     from agent import retrieval
@@ -142,7 +148,7 @@ def symbol(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps([i.as_dict() for i in infos], indent=2) + "\n")
+        _emit_json([i.as_dict() for i in infos])
         return
     for info in infos:
         out.print(f"[bold]{escape(info.name)}[/] ({info.kind}{', static' if info.is_static else ''}) "
@@ -273,7 +279,7 @@ StageOpt = Annotated[str, typer.Option("--stage", help="task_analysis, scope, pr
 
 
 @datasets_app.command("list")
-def datasets_list(home: HomeOpt = None, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Counts of training examples per stage, source, family, split and repo."""
     from curation.datasets import summary
 
@@ -282,7 +288,7 @@ def datasets_list(home: HomeOpt = None, as_json: Annotated[bool, typer.Option("-
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        _emit_json(rows)
         return
     table = Table(title=f"training examples ({sum(r['examples'] for r in rows)})")
     for col in ("stage", "source", "family", "split", "repo", "examples"):
@@ -453,7 +459,7 @@ def _print_checks(validation: dict) -> None:
 def runs_list(
     limit: Annotated[int, typer.Option("-n", "--limit", help="How many runs.")] = 20,
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Task runs, newest first."""
     from agent.runs import list_runs
@@ -463,7 +469,7 @@ def runs_list(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps([vars(r) for r in found], indent=2, default=str) + "\n")
+        _emit_json([vars(r) for r in found])
         return
     table = Table(title=f"runs ({len(found)})")
     for col in ("id", "started", "status", "success", "verdict", "kind", "task"):
@@ -478,7 +484,7 @@ def runs_list(
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="A run id or its first characters.")],
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Each stage's inputs, decisions and outputs, the diff and the validation log."""
     from agent.runs import get_run
@@ -488,7 +494,7 @@ def runs_show(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(vars(found), indent=2, default=str) + "\n")
+        _emit_json(vars(found))
         return
     out.print(f"[bold]run {found.id}[/] {found.status} (success {found.success}, verdict {found.verdict or '-'}) "
               f"on {escape(found.repo)} @ {found.base_commit[:10]}")
@@ -583,7 +589,7 @@ def bootstrap(
         _fail(exc)
     data = asdict(report)
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        _emit_json(data)
         return
     out.print(f"[bold]{escape(report.repo)}[/]: {report.seen} commits seen, {report.kept} kept "
               f"(mining {report.mining_s:.1f} s)")
@@ -608,7 +614,7 @@ def bootstrap(
 @app.command()
 def models(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Which model answers each stage, and why."""
     from agent.llm.resolve import resolve_all
@@ -643,7 +649,7 @@ def calls_list(
     run: Annotated[str | None, typer.Option(help="Only this run's calls.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only calls that ended in an error.")] = False,
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List logged model calls, newest first."""
     if ctx.invoked_subcommand:
@@ -655,7 +661,7 @@ def calls_list(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps([vars(r) for r in records], indent=2, default=str) + "\n")
+        _emit_json([vars(r) for r in records])
         return
     table = Table(title=f"model calls ({len(records)})")
     for col in ("id", "when", "run", "stage", "asked", "answered", "ok", "repairs", "retries", "ms", "tokens", "note"):
@@ -673,7 +679,7 @@ def calls_list(
 def calls_show(
     call_id: Annotated[str, typer.Argument(help="A call id or its first characters.")],
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Everything logged about one call: messages, raw answer, parsed output, attempts."""
     from agent.llm.calls import get_call
@@ -683,7 +689,7 @@ def calls_show(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(vars(record), indent=2, default=str) + "\n")
+        _emit_json(vars(record))
         return
     out.print(f"[bold]call {record.id}[/] {record.created_at:%Y-%m-%d %H:%M:%S} stage {record.stage}, run {escape(record.run_id or '-')}")
     out.print(f"asked {escape(record.model_requested)} ({record.resolution}) at {escape(record.endpoint)}; "
@@ -795,7 +801,7 @@ def serve_stop(role: RoleOpt = "reasoning", home: HomeOpt = None) -> None:
 def adapters_list(
     stage: Annotated[str | None, typer.Option(help="Only this stage's adapters.")] = None,
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Registered adapters with their stage, base, rank and status."""
     from curation.registry import list_adapters
@@ -805,7 +811,7 @@ def adapters_list(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps([vars(a) for a in adapters], indent=2, default=str) + "\n")
+        _emit_json([vars(a) for a in adapters])
         return
     table = Table(title=f"adapters ({len(adapters)})")
     for col in ("name", "stage", "status", "base", "rank", "created", "promoted"):
