@@ -223,3 +223,60 @@ def test_two_runs_at_once_on_one_project_both_finish(indexed: DecompRepo) -> Non
     ids = {json.loads(out)["run_id"] for out, _ in results}
     assert len(ids) == 2
     assert {r.status for r in list_runs(None)} == {"succeeded"}
+
+
+def test_an_unindexed_repo_is_indexed_first(decomp_repo: DecompRepo) -> None:
+    outcome = drive(TaskRun(f"Rename {OLD} to {NEW}", decomp_repo.path, config=load_config(decomp_repo.path),
+                            options=RunOptions(retrieval_only=True)))
+    assert any("index built first" in note for note in outcome.notes)
+    assert outcome.results["task_analysis"].output.symbols == [OLD]
+
+
+def test_a_killed_run_is_recorded_as_killed(tmp_path: Path, indexed: DecompRepo) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    text = (indexed.path / WALLCLOCK).read_text()
+    answers = answers_for("rename", True, rename_edits(text, OLD, NEW))
+    with standin_server(scripted(answers)) as server:
+        (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           f'[models.coding]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           '[validation]\nbuild = ["sleep", "120"]\ntimeout_s = 300\n')
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", f"Rename {OLD} to {NEW}", "--repo",
+                                 str(indexed.path), "--config", str(tmp_path / "cra.toml"), "--no-prefect"],
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until the run is in its (endless) build check
+            runs = list_runs(None)
+            if runs and any(s["stage"] == "code" for s in get_run(None, runs[0].id).stages):
+                break
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (run,) = list_runs(None)
+    assert (run.status, run.success) == ("killed", False)
+    assert [s["stage"] for s in get_run(None, run.id).stages] == list(STAGE_NAMES)  # what it did is still there
+
+
+@pytest.mark.real_repo
+def test_real_pokeemerald_wallclock_window_task() -> None:
+    """On a real pokeemerald checkout (CRA_POKEEMERALD): the issue's retrieval-only example."""
+    import os
+
+    checkout = os.environ.get("CRA_POKEEMERALD")
+    if not checkout:
+        pytest.skip("set CRA_POKEEMERALD to a pokeemerald clone to run this")
+    repo = Path(checkout)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    outcome = drive(TaskRun("Use window constants in wallclock", repo, config=load_config(repo),
+                            options=RunOptions(retrieval_only=True, until="precision")))
+    relevant = [v.path for v in outcome.results["scope"].output.files if v.label == "relevant"]
+    primary = [(v.path, v.name) for v in outcome.results["precision"].output.symbols if v.tier == "primary"]
+    assert relevant == ["src/wallclock.c"]
+    assert primary and all(path == "src/wallclock.c" for path, _ in primary)
+    assert any("Window" in name for _, name in primary)
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout == status
