@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import CraError, EmptyRepository, MissingObjects, NotAGitRepository
@@ -87,3 +90,30 @@ def dirty_files(repo: Path) -> set[str]:
 def blob_sha(data: bytes) -> str:
     """The git blob id of `data`, as `git hash-object` computes it."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _git_quiet(repo: Path, *args: str) -> tuple[bool, str]:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env={**os.environ, **GIT_ENV}, check=False)
+    return proc.returncode == 0, proc.stderr.decode(errors="replace").strip()
+
+
+@contextmanager
+def temporary_worktree(repo: Path, where: Path) -> Iterator[Path]:
+    """A detached worktree of `repo` at `where` (nothing checked out yet), removed and pruned afterwards."""
+    _git_quiet(repo, "worktree", "prune")  # forget the worktree of an earlier run that was killed
+    git(repo, "worktree", "add", "--detach", "--no-checkout", str(where), "HEAD")
+    try:
+        yield where
+    finally:
+        _git_quiet(repo, "worktree", "remove", "--force", str(where))
+        shutil.rmtree(where, ignore_errors=True)
+        _git_quiet(repo, "worktree", "prune")
+
+
+def checkout_detached(worktree: Path, commit: str) -> str | None:
+    """Move a worktree to `commit`; git's last message on failure (missing blobs in old history), else None."""
+    ok, err = _git_quiet(worktree, "checkout", "--force", "--detach", "--quiet", commit)
+    if not ok:
+        return err.splitlines()[-1] if err else "unknown error"
+    _git_quiet(worktree, "clean", "-fdq")
+    return None

@@ -14,7 +14,6 @@ from pathlib import Path
 from agent import repo as git_repo
 from agent.config import Config, ledger_path
 from agent.errors import CraError
-from agent.eval.localize import temporary_worktree
 from agent.index.build import index_repo
 from agent.store import opened, transaction
 from agent.store.ledger import LEDGER
@@ -69,16 +68,6 @@ def weak_description(text: str) -> bool:
     return len(text.split()) < WEAK_WORDS
 
 
-def _checkout(worktree: Path, commit: str) -> str | None:
-    """Move the worktree to `commit`; git's last line on failure (missing blobs in old history)."""
-    try:
-        git_repo.git(worktree, "checkout", "--force", "--detach", "--quiet", commit)
-        git_repo.git(worktree, "clean", "-fdq")
-    except git_repo.GitError as exc:
-        return str(exc).splitlines()[-1]
-    return None
-
-
 def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: str | None, pairs: int, facts: dict) -> None:
     with opened(ledger_path(home), schema=LEDGER) as con:
         con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -98,10 +87,10 @@ def derive_commits(
     top = git_repo.require_repo(repo)
     scratch = Path(tempfile.mkdtemp(prefix="cra-bootstrap-"))
     try:
-        with temporary_worktree(top, scratch / "worktree") as worktree:
+        with git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
             for i, commit in enumerate(sorted(commits, key=lambda c: c.author_date), 1):
                 on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
-                problem = _checkout(worktree, commit.parent)
+                problem = git_repo.checkout_detached(worktree, commit.parent)
                 if problem:
                     _bump(report.skipped, "missing objects")
                     _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {})

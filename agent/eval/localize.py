@@ -7,15 +7,12 @@ comes from the task itself or its future. The user's checkout is never touched.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -374,33 +371,6 @@ class ChunkRanker:
 # Running the benchmark
 
 
-def _git_quiet(repo: Path, *args: str) -> tuple[bool, str]:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env={**os.environ, **git_repo.GIT_ENV})
-    return proc.returncode == 0, proc.stderr.decode(errors="replace").strip()
-
-
-@contextmanager
-def temporary_worktree(repo: Path, where: Path) -> Iterator[Path]:
-    """A detached worktree of `repo` at `where` (nothing checked out yet), removed and pruned afterwards."""
-    _git_quiet(repo, "worktree", "prune")  # forget the worktree of an earlier run that was killed
-    git_repo.git(repo, "worktree", "add", "--detach", "--no-checkout", str(where), "HEAD")
-    try:
-        yield where
-    finally:
-        _git_quiet(repo, "worktree", "remove", "--force", str(where))
-        shutil.rmtree(where, ignore_errors=True)
-        _git_quiet(repo, "worktree", "prune")
-
-
-def _checkout(worktree: Path, commit: str) -> str | None:
-    """Move the worktree to `commit`; git's message on failure (missing blobs in old history)."""
-    ok, err = _git_quiet(worktree, "checkout", "--force", "--detach", "--quiet", commit)
-    if not ok:
-        return err.splitlines()[-1] if err else "unknown error"
-    _git_quiet(worktree, "clean", "-fdq")
-    return None
-
-
 def _code_blobs(worktree: Path, commit: str) -> dict[str, str]:
     out = git_repo.git(worktree, "-c", "core.quotePath=false", "ls-tree", "-r", "-z", commit).decode("utf-8", "surrogateescape")
     blobs = {}
@@ -508,10 +478,10 @@ def run_localize(
         eval_home = state_dir / "home"
         needs_chunks = any(r in ("minilm", "bm25+minilm") for r in rankers)
         chunks = ChunkRanker(state_dir / "minilm-chunks-v2") if needs_chunks else None
-        with temporary_worktree(top, worktree):
+        with git_repo.temporary_worktree(top, worktree):
             for i, task in enumerate(ordered, 1):
                 say(f"[{i}/{len(ordered)}] {task.sha[:10]} {task.query[:60]}")
-                reason, detail = "checkout of the parent failed", _checkout(worktree, task.parent)
+                reason, detail = "checkout of the parent failed", git_repo.checkout_detached(worktree, task.parent)
                 if detail is None:
                     reason, detail = "indexing the parent failed", None
                     try:
