@@ -17,7 +17,7 @@ from agent.edits import Edit, EditError, apply_edits
 from agent.index.query import symbols_in_files
 from agent.stages import PIPELINE
 from agent.stages.base import StageContext
-from agent.stages.code import CodeEdits, EditBlock
+from agent.stages.code import CodeEdits, EditBlock, Excerpt
 from agent.stages.plan import Plan, PlanStep
 from agent.stages.precision import PrecisionOutput, SymbolVerdict
 from agent.stages.scope import FileVerdict, ScopeOutput
@@ -244,6 +244,10 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
         blocks = unique_edits(worktree, hunks)
         if blocks and len(blocks) <= 12 and edits_reapply(worktree, repo, sha, blocks, code_files):
             code_in = stages["code"].build_input(ctx, {"plan": plan, "precision": precision})
+            shown = "\n".join(e.text for e in code_in.excerpts)
+            for block, hunk in zip(blocks, hunks, strict=True):  # the answer may only edit code the prompt shows
+                if block.search not in shown:
+                    code_in.excerpts.append(Excerpt(path=block.path, start_line=hunk.old_start, text=block.search))
             pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in), CodeEdits(edits=blocks)))
             facts["code_exact"] = True
     return pairs, facts

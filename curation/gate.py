@@ -1,19 +1,23 @@
 """The promotion gate: a candidate adapter, the active one and the base, scored on held-out examples per stage.
 
 Scores: scope and precision, macro F1 of the labels; task analysis, field accuracy; plan, files and their order;
-code, the share of edits that apply to the shown code and the exact-match rate. A candidate is promoted only when
+code, the share of edits that apply to the shown code, the exact-match rate, and whether the edits pass validation
+(parse and build) at the commit's parent. A candidate is promoted only when
 it beats both the active adapter and the base; a stage with no gain two rounds running has plateaued.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 
+from agent import repo as git_repo
 from agent.config import Config, ledger_path
+from agent.edits import Edit, EditError, apply_edits
 from agent.errors import InvalidInput, InvalidModelOutput
 from agent.llm.client import LLM
 from agent.llm.resolve import describe_bases, resolve_stage
@@ -22,6 +26,7 @@ from agent.llm.serve import load_adapter, reload, unload_adapter
 from agent.stages import PIPELINE
 from agent.store import opened
 from agent.store.ledger import LEDGER
+from agent.validation import ValidationConfig, validate
 from curation.datasets import Example, family_for, load_examples
 from curation.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
 
@@ -58,8 +63,11 @@ def order_agreement(gold: list[str], predicted: list[str]) -> float:
     return sum(predicted.index(a) < predicted.index(b) for a, b in pairs) / len(pairs)
 
 
-def score(stage: str, gold: dict, predicted: dict, prompt: str = "") -> float:
-    """How well one answer matches the gold answer, in [0, 1], by the stage's measure."""
+def score(stage: str, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+    """How well one answer matches the gold answer, in [0, 1], by the stage's measure.
+
+    For the code stage, `validated` is whether the edits passed validation at the commit's parent, when checked.
+    """
     if stage == "task_analysis":
         return (float(gold["kind"] == predicted["kind"]) + float(gold["keep_rom"] == predicted["keep_rom"])
                 + f1(set(gold["symbols"]), set(predicted["symbols"])) + f1(set(gold["files"]), set(predicted["files"]))) / 4
@@ -78,7 +86,25 @@ def score(stage: str, gold: dict, predicted: dict, prompt: str = "") -> float:
     applies = sum(1 for e in edits if e["search"] and e["search"] in prompt) / len(edits) if edits else 0.0
     exact = float(sorted(json.dumps(e, sort_keys=True) for e in edits)
                   == sorted(json.dumps(e, sort_keys=True) for e in gold["edits"]))
-    return (applies + exact) / 2
+    return (applies + exact) / 2 if validated is None else (applies + exact + float(validated)) / 3
+
+
+def validates(example: Example, edits: list[dict], checks: ValidationConfig) -> bool | None:
+    """Whether `edits` apply at the example commit's parent and pass parse and build; None if it cannot be checked."""
+    if not example.repo or not example.commit_sha or not Path(example.repo).is_dir():
+        return None
+    repo = Path(example.repo)
+    with tempfile.TemporaryDirectory(prefix="cra-gate-") as scratch, \
+            git_repo.temporary_worktree(repo, Path(scratch) / "worktree") as worktree:
+        parent = f"{example.commit_sha}^"
+        if git_repo.checkout_detached(worktree, parent) is not None:
+            return None
+        try:
+            applied = apply_edits(worktree, [Edit(**e) for e in edits])
+        except EditError:
+            return False
+        result = validate(worktree, sorted({a.path for a in applied}), base_commit=parent, keep_rom=False, config=checks)
+        return result.success
 
 
 @dataclass(frozen=True)
@@ -89,22 +115,33 @@ class Evaluation:
     score: float
     examples: int
     failures: int
+    validation_pass_rate: float | None = None
 
 
-def evaluate(config: Config, home: str | Path | None, stage: str, model: str, examples: list[Example]) -> Evaluation:
-    """Ask `model` (an adapter or the base) every held-out prompt of `stage` and score the answers."""
+def evaluate(config: Config, home: str | Path | None, stage: str, model: str, examples: list[Example], *,
+             validate_code: bool = True) -> Evaluation:
+    """Ask `model` (an adapter or the base) every held-out prompt of `stage` and score the answers.
+
+    Code answers are also applied at their commit's parent and validated (parse and build), when the repo is here.
+    """
     bases = describe_bases(config)
     resolution = replace(resolve_stage(stage, config, [], bases), model=model, source="override", reason="gate evaluation")
     llm = LLM(config, home=home, run_id=f"gate:{stage}:{model}", resolutions=[resolution])
-    total, failures = 0.0, 0
+    checks = ValidationConfig(build=config.validation.build, compare=config.validation.compare,
+                              timeout_s=config.validation.timeout_s)
+    total, failures, validated = 0.0, 0, []
     for example in examples:
         try:
-            answer = llm.ask(stage, example.messages, OUTPUTS[stage])
+            answer = llm.ask(stage, example.messages, OUTPUTS[stage]).value.model_dump(mode="json")
         except InvalidModelOutput:
             failures += 1
             continue
-        total += score(stage, example.output, answer.value.model_dump(mode="json"), example.messages[-1]["content"])
-    return Evaluation(model, round(total / len(examples), 4) if examples else 0.0, len(examples), failures)
+        passed = validates(example, answer["edits"], checks) if stage == "code" and validate_code else None
+        if passed is not None:
+            validated.append(passed)
+        total += score(stage, example.output, answer, example.messages[-1]["content"], passed)
+    rate = round(sum(validated) / len(validated), 4) if validated else None
+    return Evaluation(model, round(total / len(examples), 4) if examples else 0.0, len(examples), failures, rate)
 
 
 @dataclass(frozen=True)
@@ -145,7 +182,8 @@ def gate(config: Config, home: str | Path | None, name: str, *, limit: int | Non
     reason = (f"{scored.score:.3f} beats {bar:.3f} by {scored.score - bar:.3f}" if promoted
               else f"{scored.score:.3f} does not beat {bar:.3f} by {MIN_GAIN}")
     record_evaluation(home, name, {"score": scored.score, "active": active_eval.score if active_eval else None,
-                                   "base": base_eval.score, "examples": len(examples), "failures": scored.failures})
+                                   "base": base_eval.score, "examples": len(examples), "failures": scored.failures,
+                                   "validation_pass_rate": scored.validation_pass_rate})
     with opened(ledger_path(home), schema=LEDGER) as con:
         con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [stage, name, candidate.metadata.get("round"), scored.score, active.name if active_eval else None,

@@ -115,3 +115,44 @@ def test_export_merges_for_ollama_and_the_merge_is_never_a_training_base(tiny_mo
         assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-4)
     with pytest.raises(Refused, match="exists"):
         export_adapter(None, "scope-r1", out)
+
+
+def test_code_answers_are_validated_at_the_commits_parent(decomp_template, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from bootstrap.pairs import bootstrap_repo
+    from curation.datasets import load_examples
+    from curation.gate import validates
+    from agent.validation import ValidationConfig
+    from tests.fixtures.decomp import host_build_missing
+
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    bootstrap_repo(decomp_template.path, config=load_config(decomp_template.path))
+    example = next(e for e in load_examples(None, stage="code") if e.output["edits"][0]["path"].endswith(".c"))
+    checks = ValidationConfig(timeout_s=120)
+    gold = example.output["edits"]
+    assert validates(example, gold, checks) is True
+    broken = [{**gold[0], "replace": gold[0]["replace"] + "\n{ broken"}] + gold[1:]
+    assert validates(example, broken, checks) is False
+    assert validates(example, [{"path": gold[0]["path"], "search": "no such text", "replace": "x"}], checks) is False
+    assert score("code", example.output, {"edits": gold}, example.messages[-1]["content"], True) == 1.0
+
+
+def test_a_stage_without_gain_two_rounds_running_has_plateaued(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from agent.config import Config
+    from curation.gate import plateaued
+    from curation.retrain import train_from_round
+
+    add_examples(None, examples(12))
+    built = build_round(None)
+    con = duckdb.connect(str(ledger_path()))
+    for i in range(2):
+        con.execute("INSERT INTO gate_decisions VALUES ('scope', ?, ?, 0.1, NULL, NULL, 0.2, 3, false, 'no gain', ?)",
+                    [f"scope-r{i}", i, datetime(2026, 1, 1 + i)])
+    con.close()
+    assert plateaued(None, "scope")
+    config = Config.model_validate({"models": {"reasoning": {"base": "qwen3", "endpoint": "http://127.0.0.1:1/v1"}}})
+    with pytest.raises(InvalidInput, match="plateaued"):
+        train_from_round(None, config, built, "scope")
