@@ -43,3 +43,34 @@ price_out_per_mtok = 0.60
     # a second pass asks only for what failed; nothing labelled is asked again or stored twice
     second = label_plans(home, Teacher(config, home), decomp_template.path)
     assert second.labelled + sum(second.failed.values()) == pending - first.labelled
+
+
+def test_tiny_teacher_rewrites_a_weak_description_only_when_its_judge_agrees(served: Served, decomp_template: DecompRepo,
+                                                                          tmp_path) -> None:
+    import json
+
+    from agent import repo as git_repo
+    from bootstrap.teacher import Judgement
+
+    (tmp_path / "cra.toml").write_text((served.project / "cra.toml").read_text() + f"""
+[teacher]
+endpoint = "{served.endpoint}"
+model = "tiny"
+max_tokens = 400
+diff_chars = 400
+judge_threshold = 3
+""")
+    config, home = load_config(tmp_path), tmp_path / "home"
+    sha = decomp_template.sha("Fix CaveTransition pals")
+    diff = git_repo.git(decomp_template.path, "diff", f"{sha}^", sha).decode()
+    teacher = Teacher(config, home)
+    written = teacher.description("Fix pals", diff)
+    con = duckdb.connect(str(ledger_path(home)), read_only=True)
+    cached = dict(con.execute("SELECT purpose, answer FROM teacher_cache").fetchall())
+    con.close()
+    assert set(cached) == {"description", "judge"}
+    judged = Judgement.model_validate_json(cached["judge"])
+    assert (written is not None) == (judged.score >= 3)
+    if written is not None:
+        assert written.description == json.loads(cached["description"])["description"]
+    assert teacher.description("Fix pals", diff) == written  # from the cache: asked once
