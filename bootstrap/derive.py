@@ -28,6 +28,7 @@ _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 _COMMENT = re.compile(r"^\s*(//|/\*|\*)")
 MAX_CONTEXT = 12
+MAX_BLOCK = 3500  # leaves room for the context a block grows by, under the code stage's 4,000 characters
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
                 after += 1
             else:
                 break
+        if max(len("\n".join(old)), len("\n".join(new))) > MAX_BLOCK + 500:
+            return []
         blocks.append(EditBlock(path=hunk.path, search="\n".join(old), replace="\n".join(new)))
     return blocks
 
@@ -240,6 +243,8 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
     listed = git_repo.git(repo, "ls-tree", "--name-only", "-z", sha, "--", *code_files).decode("utf-8", "surrogateescape")
     if set(code_files) - set(listed.split("\0")):
         facts["code_skipped"] = "the commit deletes or renames a file; search/replace cannot express it"
+    elif (longest := max(len(line) for h in hunks for line in ("\n".join(h.old_text), "\n".join(h.new_text)))) > MAX_BLOCK:
+        facts["code_skipped"] = f"a hunk of {longest} characters is longer than an edit block may be ({MAX_BLOCK})"
     elif plan.steps:
         blocks = unique_edits(worktree, hunks)
         if blocks and len(blocks) <= 12 and edits_reapply(worktree, repo, sha, blocks, code_files):

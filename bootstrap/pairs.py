@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from agent import repo as git_repo
 from agent.config import Config, ledger_path
 from agent.errors import CraError
@@ -104,9 +106,9 @@ def derive_commits(
                             description, report.described_by_teacher = better.description, report.described_by_teacher + 1
                     pairs, facts = derive_pairs(worktree, scratch / "home", sha=commit.sha, parent=commit.parent,
                                                 description=description, files=_paths(commit), repo=top)
-                except CraError as exc:
+                except (CraError, ValidationError) as exc:  # a pair that does not fit a stage's schema is skipped
                     _bump(report.skipped, type(exc).__name__)
-                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {exc}", 0, {})
+                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {})
                     continue
                 if not pairs:
                     _bump(report.skipped, facts.get("skipped", "no pairs"))
