@@ -116,3 +116,17 @@ def test_model_families() -> None:
     assert model_family("Qwen/Qwen3-4B") == "qwen3"
     assert model_family("Qwen/Qwen2.5-Coder-3B-Instruct") == "qwen2.5-coder"
     assert load_config(Path("/nonexistent")).models.reasoning.base == "Qwen/Qwen3-4B"
+
+
+def test_a_hunk_too_long_for_an_edit_block_gives_no_code_pair(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    path = decomp_repo.path / "src" / "wallclock.c"
+    path.write_text(path.read_text() + "\n// " + "x" * 4200 + "\n")
+    git(decomp_repo.path, "commit", "-qam", "Document the wall clock at length")
+    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
+    files = ["src/wallclock.c"]
+    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
+                                description="Document the wall clock at length", files=files, repo=decomp_repo.path)
+    assert "code" not in {p.stage for p in pairs} and "longer than an edit block" in facts["code_skipped"]
+    assert {p.stage for p in pairs} == {"task_analysis", "scope", "precision", "plan"}
