@@ -212,7 +212,7 @@ def newest(commits: Sequence[MinedCommit], last: int | None) -> list[MinedCommit
 
 def bootstrap_repo(
     repo: Path, *, config: Config, home: str | Path | None = None, use_teacher: bool = False, last: int | None = None,
-    on_progress: Progress = lambda _: None,
+    eval_share: float = EVAL_SHARE, on_progress: Progress = lambda _: None,
 ) -> BootstrapReport:
     """Mine the commits not done before, derive and store their pairs, and (optionally) have the teacher label them."""
     import time
@@ -225,7 +225,7 @@ def bootstrap_repo(
     chosen = newest(mined.commits, last)
     for sha, reason in mined.missing.items():
         _record(home, top, sha, "skipped", f"missing objects: {reason}", 0, {})
-    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=eval_commits(chosen),
+    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=eval_commits(chosen, eval_share),
                              on_progress=on_progress)
     labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None
     return BootstrapReport(str(top), mined.seen, len(mined.commits), dict(mined.dropped), derived, labelled, mining_s)

@@ -4,6 +4,11 @@ built from the new logged runs with replay, keeps the gain. Every step is assert
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import duckdb
 import httpx
 import pytest
@@ -22,7 +27,7 @@ from tests.fixtures.served import needs_vllm, start_served, stop_served
 
 pytestmark = needs_vllm
 STAGE = "task_analysis"
-TRAINING = "[training]\nrank = 8\nmax_steps = 200\nlearning_rate = 0.01\nbatch_size = 4\ngrad_accum = 1\n"
+TRAINING = "[training]\nrank = 8\nmax_steps = 300\nlearning_rate = 0.02\nbatch_size = 4\ngrad_accum = 1\n"
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +44,63 @@ def served_adapters(endpoint: str) -> set[str]:
     return {m["id"] for m in httpx.get(f"{endpoint}/models", timeout=10).json()["data"] if m.get("parent")}
 
 
-def test_bootstrap_train_gate_serve_run_and_a_second_round_keep_the_gain(loop_server, decomp_template: DecompRepo) -> None:
+def with_documentation_work(template: DecompRepo, where: Path) -> Path:
+    """A copy of the fixture decomp with a run of pret-style "Document the X function" commits (comment-only)."""
+    repo = where / "pokefixture"
+    shutil.copytree(template.path, repo, symlinks=True)
+    documented = 0
+    for source in sorted((repo / "src").glob("*.c")):
+        lines = source.read_text().split("\n")
+        for i, line in enumerate(lines):
+            match = re.match(r"^(?:static )?(?:void|u8|u16|u32|bool8|s32) (\w+)\(.*\)$", line)
+            if match and lines[i + 1:i + 2] == ["{"] and documented < 18:
+                name = match[1]
+                lines.insert(i, f"// {name}: what it does, for readers of the decompilation.")
+                source.write_text("\n".join(lines))
+                subprocess.run(["git", "commit", "-qam", f"Document the {name} function"], cwd=repo, check=True)
+                documented += 1
+                break
+    return repo
+
+
+def stage_passes(expected: dict, answered: dict) -> bool:
+    """Task analysis passes when its decisions are right: the kind of change and whether the ROM must not change."""
+    return (answered["kind"], answered["keep_rom"]) == (expected["kind"], expected["keep_rom"])
+
+
+def run_tasks(home, config, repo, gold: dict[str, dict]) -> dict[str, tuple[float, bool]]:
+    """`cra run --until task_analysis` on every task: run id -> (score, passed)."""
+    results = {}
+    for task, expected in gold.items():
+        outcome = drive(TaskRun(task, repo, config=config, home=home, options=RunOptions(until=STAGE)))
+        answered = outcome.results[STAGE].output.model_dump(mode="json")
+        results[outcome.run_id] = (score(STAGE, expected, answered), stage_passes(expected, answered))
+    return results
+
+
+def answered_by(home, run_ids) -> set[str]:
+    con = duckdb.connect(str(ledger_path(home)), read_only=True)
+    try:
+        return {r[0] for r in con.execute("SELECT model_answered FROM llm_calls WHERE run_id IN "
+                                          f"({', '.join('?' * len(run_ids))})", list(run_ids)).fetchall()}
+    finally:
+        con.close()
+
+
+def test_bootstrap_train_gate_serve_run_and_a_second_round_keep_the_gain(loop_server, decomp_template: DecompRepo,
+                                                                         tmp_path: Path) -> None:
     home, config = loop_server.home, load_config(loop_server.project)
-    # the base fails the stage on the fixture's tasks
-    report = bootstrap_repo(decomp_template.path, config=config, home=home)
-    assert report.derive.pairs[STAGE] >= 9
+    repo = with_documentation_work(decomp_template, tmp_path)
+    report = bootstrap_repo(repo, config=config, home=home, eval_share=0.2)
+    assert report.derive.pairs[STAGE] >= 20
     tasks = load_examples(home, stage=STAGE, split="train")
+    gold = {t.messages[-1]["content"].split("\n", 1)[0].removeprefix("Task: "): t.output for t in tasks}
+    # the base fails the stage on the fixture's tasks
+    before = run_tasks(home, config, repo, gold)
+    assert answered_by(home, before) == {"tiny"}
+    base_passes = sum(passed for _, passed in before.values())
+    assert base_passes < len(gold)
     base = evaluate(config, home, STAGE, "tiny", tasks)
-    assert base.score < 0.2
     # round 1: train from the frozen base, gate on the held-out commits, promote, hot-load
     first = build_round(home)
     adapter = train_from_round(home, config, first, STAGE)
@@ -54,22 +108,14 @@ def test_bootstrap_train_gate_serve_run_and_a_second_round_keep_the_gain(loop_se
     decision = gate(config, home, adapter.name)
     assert decision.promoted, decision.reason
     assert get(home, adapter.name).status == "active" and adapter.name in served_adapters(loop_server.endpoint)
-    # cra run on those tasks now does the stage better, through the served adapter
-    gold = {t.messages[-1]["content"].split("\n", 1)[0].removeprefix("Task: "): t.output for t in tasks}
-    scores = {}
-    for task, expected in gold.items():
-        outcome = drive(TaskRun(task, decomp_template.path, config=config, home=home, options=RunOptions(until=STAGE)))
-        result = outcome.results[STAGE]
-        scores[outcome.run_id] = score(STAGE, expected, result.output.model_dump(mode="json"))
-    con = duckdb.connect(str(ledger_path(home)), read_only=True)
-    answered = {r[0] for r in con.execute("SELECT model_answered FROM llm_calls WHERE run_id IN "
-                                          f"({', '.join('?' * len(scores))})", list(scores)).fetchall()}
-    con.close()
-    assert answered == {adapter.name}
-    assert sum(scores.values()) / len(scores) > base.score
+    # cra run on those tasks now passes the stage more often, through the served adapter
+    after = run_tasks(home, config, repo, gold)
+    assert answered_by(home, after) == {adapter.name}
+    assert sum(passed for _, passed in after.values()) > base_passes
+    assert sum(value for value, _ in after.values()) / len(after) > base.score
     # round 2: the runs people marked good come back as logged examples, mixed with replay from round 1
-    for run_id, value in scores.items():
-        mark_run(home, run_id, "success" if value > base.score else "failure")
+    for run_id, (value, passed) in after.items():
+        mark_run(home, run_id, "success" if passed else "failure")
     second, collected = curate(home, config, seed=1)
     assert second is not None and collected["logged_examples"] > 0
     mix = second.mixes[(STAGE, "tiny")]
