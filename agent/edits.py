@@ -90,7 +90,7 @@ def format_feedback(error: EditError) -> str:
 # ---------------------------------------------------------------------------------------------
 def _apply(root: Path, files: dict[str, _File], edit: Edit) -> Applied:
     """Apply one edit to `files` (loading its file first if needed) and say where it landed."""
-    rel, target = _resolve(root, edit.path)
+    rel, target = resolve_in_repo(root, edit.path)
     search, replace = _lf(edit.search), _lf(edit.replace)
     if not search:
         if rel in files or target.exists():
@@ -127,7 +127,7 @@ def _apply(root: Path, files: dict[str, _File], edit: Edit) -> Applied:
     raise NoMatch(_no_match_message(rel, search, lines, want), path=rel)
 
 
-def _resolve(root: Path, path: str) -> tuple[str, Path]:
+def resolve_in_repo(root: Path, path: str) -> tuple[str, Path]:
     """The repo-relative posix path and the real file an edit's `path` names; PathOutsideRepo if not ours."""
     hint = "Give a path relative to the repository's top level, such as src/main.c."
     if not path.strip() or Path(path).is_absolute() or PureWindowsPath(path).drive:

@@ -7,14 +7,14 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.stages.base import StageResult
-from agent.store import opened, transaction
+from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
 FINISHED = ("succeeded", "failed", "error", "killed")
@@ -50,13 +50,10 @@ class Run:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
 
 def new_run_id() -> str:
     """A short, sortable, unique run id."""
-    return f"{_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return f"{utc_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def start_run(home: str | Path | None, run_id: str, *, task: str, repo: Path, base_commit: str, options: dict) -> None:
@@ -65,7 +62,7 @@ def start_run(home: str | Path | None, run_id: str, *, task: str, repo: Path, ba
         con.execute(
             "INSERT INTO runs (id, task, repo, base_commit, status, options, pid, host, started_at)"
             " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            [run_id, task, str(repo), base_commit, json.dumps(options), os.getpid(), socket.gethostname(), _now()],
+            [run_id, task, str(repo), base_commit, json.dumps(options), os.getpid(), socket.gethostname(), utc_now()],
         )
 
 
@@ -92,7 +89,7 @@ def finish_run(home: str | Path | None, run_id: str, *, status: str, success: bo
     """Close a run with its status and whatever else is known (kind, branch, patch, timings, validation, error)."""
     if status not in FINISHED:
         raise InvalidInput(f"unknown run status {status!r}")
-    sets = {"status": status, "success": success, "finished_at": _now(), **fields}
+    sets = {"status": status, "success": success, "finished_at": utc_now(), **fields}
     for key in ("timings", "validation"):
         if key in sets and sets[key] is not None:
             sets[key] = json.dumps(sets[key], default=str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from agent import repo as git_repo
 from agent.config import Config, ledger_path
 from agent.errors import CraError
 from agent.index.build import index_repo
-from agent.store import opened, transaction
+from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 from bootstrap.derive import commit_patch, derive_pairs
 from bootstrap.mining import MinedCommit, mine
@@ -42,6 +43,20 @@ class DeriveReport:
     code_tried: int = 0
     described_by_teacher: int = 0
     seconds: float = 0.0
+
+    def absorb(self, other: DeriveReport) -> None:
+        """Add another pass's counts to this one (parallel slices: the longest slice's time)."""
+        self.commits += other.commits
+        self.derived += other.derived
+        self.new_examples += other.new_examples
+        self.code_exact += other.code_exact
+        self.code_tried += other.code_tried
+        self.described_by_teacher += other.described_by_teacher
+        for key, n in other.skipped.items():
+            _bump(self.skipped, key, n)
+        for key, n in other.pairs.items():
+            _bump(self.pairs, key, n)
+        self.seconds = max(self.seconds, other.seconds)
 
 
 def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -73,7 +88,7 @@ def weak_description(text: str) -> bool:
 def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: str | None, pairs: int, facts: dict) -> None:
     with opened(ledger_path(home), schema=LEDGER) as con:
         con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [str(repo), sha, status, reason, pairs, json.dumps(facts), datetime.now(UTC).replace(tzinfo=None)])
+                    [str(repo), sha, status, reason, pairs, json.dumps(facts), utc_now()])
 
 
 def derive_commits(
@@ -81,8 +96,6 @@ def derive_commits(
     teacher: Teacher | None = None, held_out: Iterable[str] = (), on_progress: Progress = lambda _: None,
 ) -> DeriveReport:
     """Derive and store every commit's pairs, oldest first; each commit's pairs and its record land together."""
-    import time
-
     started = time.perf_counter()
     report = DeriveReport(commits=len(commits))
     held = set(held_out)
@@ -215,8 +228,6 @@ def bootstrap_repo(
     eval_share: float = EVAL_SHARE, on_progress: Progress = lambda _: None,
 ) -> BootstrapReport:
     """Mine the commits not done before, derive and store their pairs, and (optionally) have the teacher label them."""
-    import time
-
     top = git_repo.require_repo(repo)
     teacher = Teacher(config, home) if use_teacher else None
     started = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,7 +21,7 @@ from agent.llm.calls import get_call
 from agent.llm.client import LLM
 from agent.llm.resolve import Resolution
 from agent.stages.plan import Plan
-from agent.store import opened
+from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
 
 T = TypeVar("T", bound=BaseModel)
@@ -92,7 +91,7 @@ class Teacher:
         with opened(ledger_path(self.home), schema=LEDGER) as con:
             con.execute("INSERT OR IGNORE INTO teacher_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [key, purpose, self.settings.model, answer.value.model_dump_json(), tokens_in, tokens_out, cost,
-                         datetime.now(UTC).replace(tzinfo=None)])
+                         utc_now()])
         return Labelled(answer.value, False, tokens_in, tokens_out, cost)
 
     def plan(self, messages: list[dict[str, str]], diff: str) -> Labelled:

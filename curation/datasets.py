@@ -6,7 +6,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from agent.config import Config, ledger_path
 from agent.errors import InvalidInput
 from agent.llm.roles import STAGE_ROLES
-from agent.store import opened, transaction
+from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
 FORMATS = ("jsonl", "parquet")
@@ -69,7 +69,7 @@ def add_examples(home: str | Path | None, examples: list[Example]) -> int:
     """Store examples not stored before; return how many were new."""
     if not examples:
         return 0
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = utc_now()
     rows = [[e.id, e.stage, e.source, e.family, e.repo, e.commit_sha, e.commit_date, e.split, json.dumps(e.messages),
              json.dumps(e.output), None, json.dumps(e.metadata or {}), now] for e in examples]
     with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):

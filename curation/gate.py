@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -24,7 +23,7 @@ from agent.llm.resolve import describe_bases, resolve_stage
 from agent.llm.roles import STAGE_ROLES
 from agent.llm.serve import load_adapter, reload, unload_adapter
 from agent.stages import PIPELINE
-from agent.store import opened
+from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
 from agent.validation import ValidationConfig, validate
 from curation.datasets import Example, family_for, load_examples
@@ -188,7 +187,7 @@ def gate(config: Config, home: str | Path | None, name: str, *, limit: int | Non
         con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [stage, name, candidate.metadata.get("round"), scored.score, active.name if active_eval else None,
                      active_eval.score if active_eval else None, base_eval.score, len(examples), promoted, reason,
-                     datetime.now(UTC).replace(tzinfo=None)])
+                     utc_now()])
     if promoted:
         promote(home, name, require_evaluation=True)
         reload(config, STAGE_ROLES[stage], home)

@@ -6,7 +6,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent.config import adapter_store, ledger_path
@@ -14,7 +14,7 @@ from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
 from agent.llm.adapters import describe_base, read_adapter
 from agent.llm.names import check_name
 from agent.llm.roles import STAGE_ROLES
-from agent.store import opened, transaction
+from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
 STATUSES = ("candidate", "active", "retired")
@@ -41,9 +41,6 @@ def _adapter(row: tuple) -> Adapter:
     *head, metadata = row
     return Adapter(*head[:4], Path(head[4]), *head[5:], metadata=json.loads(metadata) if metadata else {})
 
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
@@ -80,7 +77,7 @@ def register(
         try:
             con.execute(
                 f"INSERT INTO adapters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, NULL, ?)",
-                [name, stage, base_model, base.fingerprint, str(target), files.rank, _now(), json.dumps(metadata or {})],
+                [name, stage, base_model, base.fingerprint, str(target), files.rank, utc_now(), json.dumps(metadata or {})],
             )
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -135,7 +132,7 @@ def promote(home: str | Path | None, name: str, *, require_evaluation: bool = Fa
             "UPDATE adapters SET status = 'retired' WHERE stage = ? AND base_model = ? AND status = 'active'",
             [adapter.stage, adapter.base_model],
         )
-        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [_now(), name])
+        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [utc_now(), name])
     return get(home, name)
 
 
@@ -160,5 +157,5 @@ def rollback(home: str | Path | None, stage: str, base_model: str) -> Adapter:
         if current is None or previous is None:
             raise InvalidInput(f"no earlier {stage} adapter to roll back to on {base_model}")
         con.execute("UPDATE adapters SET status = 'retired' WHERE name = ?", [current[0]])
-        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [_now(), previous[0]])
+        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [utc_now(), previous[0]])
     return get(home, previous[0])

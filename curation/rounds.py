@@ -12,12 +12,12 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent.config import Config, ledger_path
 from agent.errors import InvalidInput
-from agent.store import opened, transaction
+from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 from curation.datasets import Example, add_examples, family_for
 
@@ -52,9 +52,6 @@ class Round:
     mixes: dict[tuple[str, str], StageMix]
     created_at: datetime
 
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _pair_id(stage: str, messages: list, chosen: dict, rejected: dict) -> str:
@@ -100,7 +97,7 @@ def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
             stage = key[1]
             pairs.append([_pair_id(stage, messages, chosen, rejected), stage, "logged", family_for(stage, config),
                           json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train",
-                          json.dumps({"chosen_run": won, "rejected_run": lost}), _now()])
+                          json.dumps({"chosen_run": won, "rejected_run": lost}), utc_now()])
     return add_examples(home, examples), _add_pairs(home, pairs)
 
 
@@ -115,7 +112,7 @@ def code_preferences(home: str | Path | None) -> int:
         rejected = {"edits": [{**e, "replace": e["search"]} for e in chosen["edits"]]}
         msgs = json.loads(messages)
         pairs.append([_pair_id("code", msgs, chosen, rejected), "code", "synthetic", family, messages, output,
-                      json.dumps(rejected), split, json.dumps({"commit": sha}), _now()])
+                      json.dumps(rejected), split, json.dumps({"commit": sha}), utc_now()])
     return _add_pairs(home, pairs)
 
 
@@ -167,7 +164,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
         snapshot = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
         summary = {f"{stage}/{family}": {"new": len(m.new), "replay": len(m.replay), "dpo": len(m.dpo), "pool": m.pool,
                                          "replay_share": round(m.replay_share, 3)} for (stage, family), m in mixes.items()}
-        created = _now()
+        created = utc_now()
         con.execute("INSERT INTO rounds VALUES (?, ?, ?, ?)", [number, created, snapshot, json.dumps(summary)])
         con.executemany("INSERT INTO round_examples VALUES (?, ?, ?, ?, ?)", rows)
     return Round(number, snapshot, mixes, created)

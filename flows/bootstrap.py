@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -57,18 +58,8 @@ def label_task(repo: str, row: tuple[str, str, str], config: Config, home: str |
 
 def _merge(reports: list[DeriveReport]) -> DeriveReport:
     total = DeriveReport()
-    for r in reports:
-        total.commits += r.commits
-        total.derived += r.derived
-        for key, n in r.skipped.items():
-            total.skipped[key] = total.skipped.get(key, 0) + n
-        for key, n in r.pairs.items():
-            total.pairs[key] = total.pairs.get(key, 0) + n
-        total.new_examples += r.new_examples
-        total.code_exact += r.code_exact
-        total.code_tried += r.code_tried
-        total.described_by_teacher += r.described_by_teacher
-        total.seconds = max(total.seconds, r.seconds)
+    for report in reports:
+        total.absorb(report)
     return total
 
 
@@ -76,8 +67,6 @@ def _merge(reports: list[DeriveReport]) -> DeriveReport:
 def bootstrap_flow(repo: str, config: Config, home: str | None = None, use_teacher: bool = False,
                    last: int | None = None, partitions: int = 1) -> BootstrapReport:
     """Mine, derive (in `partitions` parallel slices of history) and label; re-running only does new commits."""
-    import time
-
     top = git_repo.require_repo(Path(repo))
     started = time.perf_counter()
     mined = mine_task(str(top), sorted(done_commits(home, top)))

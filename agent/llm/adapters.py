@@ -17,6 +17,7 @@ ARCH_KEYS = (
 )
 _LORA_KEY = re.compile(r"layers\.(\d+)\..*?\b(\w+)\.lora_(A|B)\.weight$")
 _EDGE_BYTES = 1 << 20
+_described: dict[tuple, BaseModel] = {}
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,16 @@ def fingerprint(folder: Path) -> str:
 
 
 def describe_base(name: str) -> BaseModel:
-    """The base model `name`, with its config and fingerprint when its files are local."""
+    """The base model `name`, with its config and fingerprint when its files are local (read once per file state)."""
     folder = locate_base(name)
     if folder is None or not (folder / "config.json").is_file():
         return BaseModel(name=name, path=folder, config=None, fingerprint=None)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return BaseModel(name=name, path=folder, config=config, fingerprint=fingerprint(folder))
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    stamp = (name, str(folder), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _described:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        _described[stamp] = BaseModel(name=name, path=folder, config=config, fingerprint=fingerprint(folder))
+    return _described[stamp]
 
 
 def read_adapter(path: Path) -> AdapterFiles:

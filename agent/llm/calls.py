@@ -6,13 +6,13 @@ import json
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
-from agent.store import opened
+from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
 
 REDACTED = "[REDACTED]"
@@ -49,7 +49,7 @@ class CallRecord:
     error_type: str | None = None
     error: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    created_at: datetime = field(default_factory=utc_now)
 
 
 _JSON_FIELDS = ("messages", "params", "output_schema", "attempts", "parsed")

@@ -85,16 +85,12 @@ class LLM:
     def _client(self, resolution: Resolution) -> openai.OpenAI:
         server = resolution.server
         with self._lock:
-            return self._clients.get(server.endpoint) or self._new_client(resolution)
-
-    def _new_client(self, resolution: Resolution) -> openai.OpenAI:
-        server = resolution.server
-        if server.endpoint not in self._clients:
-            key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
-            self._clients[server.endpoint] = openai.OpenAI(
-                base_url=server.endpoint, api_key=key or "unused", timeout=self.config.models.timeout_s, max_retries=0,
-            )
-        return self._clients[server.endpoint]
+            if server.endpoint not in self._clients:
+                key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
+                self._clients[server.endpoint] = openai.OpenAI(
+                    base_url=server.endpoint, api_key=key or "unused", timeout=self.config.models.timeout_s, max_retries=0,
+                )
+            return self._clients[server.endpoint]
 
     def ask(
         self, stage: str, messages: list[dict[str, str]], output: type[T], *,

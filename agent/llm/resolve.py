@@ -78,8 +78,13 @@ def describe_bases(config: Config) -> dict[Role, BaseModel]:
     return {role: describe_base(config.models.role(role).base) for role in ROLES}
 
 
+def candidate_adapters(config: Config, home: str | Path | None) -> list[Adapter]:
+    """The registered adapters resolution may choose: the active ones, and any not retired an override may name."""
+    return [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
+
+
 def resolve_all(config: Config, home: str | Path | None) -> list[Resolution]:
     """Every stage's resolution, in pipeline order."""
-    registry = [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
+    registry = candidate_adapters(config, home)
     bases = describe_bases(config)
     return [resolve_stage(stage, config, registry, bases) for stage in STAGE_ROLES]

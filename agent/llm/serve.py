@@ -19,9 +19,9 @@ import httpx
 from agent.config import Config, cra_home
 from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
 from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
-from agent.llm.resolve import describe_bases, resolve_stage
+from agent.llm.resolve import candidate_adapters, describe_bases, resolve_stage
 from agent.llm.roles import Role, stages_of
-from curation.registry import active_adapters, list_adapters, require_files
+from curation.registry import require_files
 
 PYTHON_ENV = "CRA_VLLM_PYTHON"
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -77,10 +77,11 @@ def vllm_python(config: Config) -> str:
     )
 
 
-def _served_adapters(config: Config, role: Role, home: str | Path | None, base: BaseModel) -> tuple[list[ServedAdapter], list[tuple[str, str]]]:
+def _served_adapters(config: Config, role: Role, home: str | Path | None,
+                     bases: dict[Role, BaseModel]) -> tuple[list[ServedAdapter], list[tuple[str, str]]]:
     """The adapters the role's stages resolve to, each checked against the base; bad ones are set aside with why."""
-    registry = [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
-    bases = describe_bases(config)
+    registry = candidate_adapters(config, home)
+    base = bases[role]
     chosen: dict[str, tuple] = {}
     for stage in stages_of(role):
         res = resolve_stage(stage, config, registry, bases)
@@ -102,8 +103,9 @@ def _served_adapters(config: Config, role: Role, home: str | Path | None, base: 
 def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> ServePlan:
     """Decide the server command for `role`: its base, the adapters that pass their checks, and the LoRA limits."""
     server = config.models.role(role)
-    base = describe_bases(config)[role]
-    adapters, rejected = _served_adapters(config, role, home, base)
+    bases = describe_bases(config)
+    base = bases[role]
+    adapters, rejected = _served_adapters(config, role, home, bases)
     plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
     if server.provider == "ollama":
         plan.steps = _ollama_steps(base, adapters)
@@ -290,8 +292,9 @@ def reload(config: Config, role: Role, home: str | Path | None = None) -> Reload
     server = config.models.role(role)
     if server.provider != "vllm":
         raise ConfigError(f"[models.{role}] provider = {server.provider}: only a vLLM server can load adapters at run time")
-    base = describe_bases(config)[role]
-    adapters, rejected = _served_adapters(config, role, home, base)
+    bases = describe_bases(config)
+    base = bases[role]
+    adapters, rejected = _served_adapters(config, role, home, bases)
     plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
     served = _served_models(plan.endpoint)
     bases = [m for m in served if not m.get("parent")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -14,6 +15,8 @@ from agent.llm.client import LLM
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - the conventional name for an input type
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
+V = TypeVar("V")
+K = TypeVar("K")
 
 
 # Bounded text, so a constrained decoder always reaches the end of the JSON.
@@ -113,10 +116,17 @@ def system(role: str) -> dict[str, str]:
     return {"role": "system", "content": f"You are cra's {role} for a pret decompilation (C for the GBA). Answer only with JSON that matches the schema."}
 
 
-def inside(root: Path, path: str) -> bool:
-    """Whether a model-named `path` stays inside `root` (relative, no escape through `..` or symlinks, not .git)."""
-    if not path or path.startswith(("/", "~")) or "\\" in path:
-        return False
-    target = (root / path).resolve()
-    top = root.resolve()
-    return target.is_relative_to(top) and target != top and ".git" not in target.relative_to(top).parts
+
+def keep_listed(answered: list[V], key: Callable[[V], K], candidates: list[K], missing: Callable[[K], V],
+                what: str) -> tuple[list[V], list[str]]:
+    """A model's verdicts on the listed candidates only (the first per candidate), the unlisted ones dropped with a
+    note, and `missing(candidate)` for each candidate the model left out."""
+    allowed = set(candidates)
+    kept: dict[K, V] = {}
+    notes = []
+    for verdict in answered:
+        if key(verdict) in allowed:
+            kept.setdefault(key(verdict), verdict)
+        else:
+            notes.append(f"dropped {what} {key(verdict)!r}: not a candidate")
+    return [kept.get(c) or missing(c) for c in candidates], notes

@@ -6,7 +6,9 @@ import json
 
 from pydantic import BaseModel, Field
 
-from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, inside, system
+from agent.edits import resolve_in_repo
+from agent.errors import PathOutsideRepo
+from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, system
 from agent.stages.precision import PrecisionOutput
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
@@ -67,7 +69,9 @@ class PlanStage(Stage[PlanInput, Plan]):
         root = ctx.worktree or ctx.repo
         steps, notes = [], []
         for step in out.steps:
-            if not inside(root, step.file):
+            try:
+                resolve_in_repo(root, step.file)
+            except PathOutsideRepo:
                 notes.append(f"dropped a step on {step.file!r}: outside the repository")
             else:
                 steps.append(step)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from agent import retrieval
 from agent.index.query import symbols_in_files
-from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, system
+from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, keep_listed, system
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -112,18 +112,10 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
 
     def check(self, ctx: StageContext, inp: PrecisionInput, out: PrecisionOutput) -> tuple[PrecisionOutput, list[str]]:
         """Keep verdicts on listed symbols only; the rest are excluded."""
-        allowed = {(c.name, c.path) for c in inp.candidates}
-        kept: dict[tuple[str, str], SymbolVerdict] = {}
-        notes = []
-        for verdict in out.symbols:
-            if (verdict.name, verdict.path) in allowed:
-                kept.setdefault((verdict.name, verdict.path), verdict)
-            else:
-                notes.append(f"dropped {verdict.name!r} in {verdict.path!r}: not a candidate")
-        for cand in inp.candidates:
-            kept.setdefault((cand.name, cand.path), SymbolVerdict(name=cand.name, path=cand.path, tier="excluded",
-                                                                   reason="not placed by the model"))
-        return PrecisionOutput(symbols=list(kept.values())), notes
+        symbols, notes = keep_listed(
+            out.symbols, lambda v: (v.name, v.path), [(c.name, c.path) for c in inp.candidates],
+            lambda key: SymbolVerdict(name=key[0], path=key[1], tier="excluded", reason="not placed by the model"), "symbol")
+        return PrecisionOutput(symbols=symbols), notes
 
     def decisions(self, inp: PrecisionInput, out: PrecisionOutput) -> list[Decision]:
         """One row per candidate symbol."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from agent import retrieval
 from agent.errors import UnknownSymbol
 from agent.index.query import indexed_files, symbols_in_files
-from agent.stages.base import Decision, Reason, RepoPath, Stage, StageContext, clip, system
+from agent.stages.base import Decision, Reason, RepoPath, Stage, StageContext, clip, keep_listed, system
 from agent.stages.task_analysis import TaskAnalysis
 
 Label = Literal["relevant", "supporting", "irrelevant"]
@@ -141,16 +141,9 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
 
     def check(self, ctx: StageContext, inp: ScopeInput, out: ScopeOutput) -> tuple[ScopeOutput, list[str]]:
         """Keep verdicts on listed candidates only; candidates the model skipped are irrelevant."""
-        allowed = {c.path for c in inp.candidates}
-        kept, notes = {}, []
-        for verdict in out.files:
-            if verdict.path not in allowed:
-                notes.append(f"dropped {verdict.path!r}: not a candidate")
-            else:
-                kept.setdefault(verdict.path, verdict)
-        for cand in inp.candidates:
-            kept.setdefault(cand.path, FileVerdict(path=cand.path, label="irrelevant", reason="not labelled by the model"))
-        return ScopeOutput(files=list(kept.values())), notes
+        files, notes = keep_listed(out.files, lambda v: v.path, [c.path for c in inp.candidates], lambda path: FileVerdict(
+            path=path, label="irrelevant", reason="not labelled by the model"), "file")
+        return ScopeOutput(files=files), notes
 
     def decisions(self, inp: ScopeInput, out: ScopeOutput) -> list[Decision]:
         """One row per candidate file."""

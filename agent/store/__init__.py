@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from agent.errors import StoreBusy
 from agent.store.migrations import INDEX, Schema
 
 DEFAULT_WAIT_S = 30.0
+
+
+def utc_now() -> datetime:
+    """The time as the stores keep it: UTC, without a zone (DuckDB TIMESTAMP)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
