@@ -73,6 +73,10 @@ def run_tasks(home, config, repo, gold: dict[str, dict]) -> dict[str, tuple[floa
     results = {}
     for task, expected in gold.items():
         outcome = drive(TaskRun(task, repo, config=config, home=home, options=RunOptions(until=STAGE)))
+        if STAGE not in outcome.results:  # the model's answer did not meet the schema even after repair: a fail
+            assert outcome.status == "failed"
+            results[outcome.run_id] = (0.0, False)
+            continue
         answered = outcome.results[STAGE].output.model_dump(mode="json")
         results[outcome.run_id] = (score(STAGE, expected, answered), stage_passes(expected, answered))
     return results
