@@ -48,6 +48,11 @@ class ProjectPaths:
         return self.root / "lance"
 
     @property
+    def models(self) -> Path:
+        """The cra home's cache of derived model files (the query encoder's ONNX export), shared by every project."""
+        return self.root.parent.parent / "models"
+
+    @property
     def index_lock(self) -> Path:
         """The lock file held while the index is written."""
         return self.root / "index.lock"

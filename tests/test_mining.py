@@ -189,3 +189,26 @@ def test_whitespace_only_hunks() -> None:
     assert whitespace_only("@@ -1,3 +1,1 @@\n-if (a)\n-{\n-}\n+if (a) {}\n")  # re-wrapped lines count too
     assert not whitespace_only("@@ -1 +1 @@\n-u8 x = 1;\n+u8 x = 2;\n")
     assert not whitespace_only("@@ -1 +1 @@\n-u8 x;\n+u8 x; // the x\n")
+
+
+def test_pydriller_reads_diffs_without_touching_the_repository_config(decomp_repo: DecompRepo) -> None:
+    config = (decomp_repo.path / ".git" / "config").read_bytes()
+    report = mine(decomp_repo.path)
+    assert report.kept
+    for commit in report.commits:  # PyDriller's hunks agree with its line counts and with the commit's total
+        for f in commit.files:
+            lines = f.diff.split("\n")
+            assert (f.added, f.deleted) == (sum(x.startswith("+") for x in lines), sum(x.startswith("-") for x in lines))
+            assert f.binary or f.diff.startswith("@@") or (f.added, f.deleted) == (0, 0)
+        assert commit.lines_changed == sum(f.added + f.deleted for f in commit.files) > 0
+    # PyDriller writes blame.markUnblamableLines into every repository it opens: here, only into its throwaway view.
+    assert (decomp_repo.path / ".git" / "config").read_bytes() == config
+
+
+def test_pydriller_failures_on_missing_objects_are_the_ones_mining_skips(tmp_path: Path) -> None:
+    repo = make_small_repo(tmp_path / "lost-for-pydriller")
+    fixed = repo.commit("Fix the minute hand step", repo.edit("src/clock.c", "angle + 6", "angle + 5"))
+    repo.drop_object("HEAD:src/clock.c")
+    with mining.pydriller_view(repo.path) as view:
+        with pytest.raises(mining._UNREADABLE):
+            mining._modified_files(view, fixed)

@@ -34,14 +34,15 @@ def test_full_pipeline_on_the_tiny_model_records_every_stage_call_and_fallback(s
     decisions = con.execute("SELECT DISTINCT stage FROM decisions WHERE run_id = ?", [outcome["run_id"]]).fetchall()
     con.close()
     assert run == (outcome["status"], True)
-    assert stages == list(STAGE_NAMES)[: len(stages)] and len(stages) >= 2
+    assert stages == list(STAGE_NAMES)[: len(stages)] and stages
     by_stage = {}
     for stage, asked, answered, fallback, ok, error in calls:
         by_stage.setdefault(stage, []).append((asked, answered, fallback, ok, error))
     assert set(by_stage) == set(stages)  # every stage that ran asked the model, and the call is logged
     asked, answered, fallback, ok, _ = by_stage["task_analysis"][0]
     assert (asked, answered) == ("analysis-missing", "tiny") and "analysis-missing is not available" in fallback
-    assert by_stage["scope"][0][:2] == ("scope-r1", "scope-r1")
+    if "scope" in by_stage:  # the tiny model's analysis can be cut off at max_tokens: then no stage follows it
+        assert by_stage["scope"][0][:2] == ("scope-r1", "scope-r1")
     assert {s for (s,) in decisions} <= set(stages)
     if len(stages) < len(STAGE_NAMES):  # the tiny model's answer broke a stage: the run failed there, on record
         assert outcome["status"] == "failed" and rows[-1][1] and "InvalidModelOutput" in rows[-1][1]

@@ -35,6 +35,7 @@ from agent.index.symbols import (
     Symbol,
     assign_ids,
 )
+from agent.index.tokens import token_text
 from agent.repo import blob_sha
 
 C_LANGUAGE = Language(tree_sitter_c.language())
@@ -253,7 +254,7 @@ def parse_file(path: str, data: bytes) -> ParsedFile | Skipped:
         return Skipped(path, reason)
     text = data.decode("utf-8", errors="replace")
     n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    pf = ParsedFile(path, lang, blob_sha(data), len(data), n_lines, text)
+    pf = ParsedFile(path, lang, blob_sha(data), len(data), n_lines, text, tokens=token_text(text))
     if lang == "asm":
         fill_asm(pf, data)
     elif lang == "text":

@@ -80,6 +80,7 @@ class ParsedFile:
     text: str
     error_nodes: int = 0
     raw_error_nodes: int = 0
+    tokens: str = ""  # the text's code tokens for full-text search (tokens.token_text), made where it is parsed
     symbols: list[Symbol] = field(default_factory=list)
     refs: list[Reference] = field(default_factory=list)
     includes: list[Include] = field(default_factory=list)

@@ -24,7 +24,7 @@ from lancedb.index import FTS, BTree, IvfFlat
 
 from agent.errors import InvalidInput, NotIndexed
 from agent.index.catalog import module_of
-from agent.index.embed import Embedder, load_embedder
+from agent.index.embed import BULK_MIN_TEXTS, Embedder, embed_isolated, load_query_embedder
 from agent.index.symbols import (
     ASM_MACRO,
     ASM_USE,
@@ -219,11 +219,13 @@ class SearchTables:
     """One project's LanceDB search tables: written by the indexer, read at recorded versions by search."""
 
     def __init__(self, lance_dir: Path, embedder: str | Embedder | None = None, *, repo: str = "",
-                 on_progress: Progress | None = None) -> None:
-        """Tables under `lance_dir`; `embedder` is a name for load_embedder, a loaded Embedder, or None for none."""
+                 models: Path | None = None, on_progress: Progress | None = None) -> None:
+        """Tables under `lance_dir`; `embedder` is an embedder name, a loaded Embedder, or None for none; `models`
+        caches the query model's ONNX export (see load_query_embedder)."""
         lance_dir.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(lance_dir))
         self.repo = repo
+        self.models = models
         self.say = on_progress or (lambda _msg: None)
         self._embedder_spec = embedder
         self._embedder = None if embedder is None or isinstance(embedder, str) else embedder
@@ -234,9 +236,9 @@ class SearchTables:
     # ------------------------------------------------------------------ embedding
     @property
     def embedder(self) -> Embedder | None:
-        """The embedder, loaded on first use; None for a text-only index."""
+        """The embedder for queries and small updates, loaded on first use; None for a text-only index."""
         if self._embedder is None and isinstance(self._embedder_spec, str):
-            self._embedder = load_embedder(self._embedder_spec)
+            self._embedder = load_query_embedder(self._embedder_spec, self.models)
         return self._embedder
 
     def embed_query(self, query: str) -> np.ndarray:
@@ -268,45 +270,48 @@ class SearchTables:
 
         Texts in `known` (see known_vectors) keep their vector; only the others go through the embedder.
         """
-        sym_rows: list[dict] = []
-        file_rows: list[dict] = []
-        wanted: list[int] = []
-        to_embed: list[str] = []
-        for pf in parsed:
-            module = module_of(pf.path)
-            for sym in pf.symbols:
-                text = symbol_text(sym)
-                if embeds(sym.kind, sym.signature, sym.detail):
-                    wanted.append(len(sym_rows))
-                    to_embed.append(embed_input(sym.name, text))
-                sym_rows.append({
-                    "id": sym.id, "name": sym.name, "kind": sym.kind, "repo": self.repo, "module": module,
-                    "file_path": pf.path, "lang": pf.lang, "line": sym.start_line, "signature": sym.signature,
-                    "text": text, "tokens": token_text(text),
-                })
-            text = file_text(pf)
-            file_rows.append({
-                "path": pf.path, "repo": self.repo, "module": module, "lang": pf.lang, "text": text,
-                "tokens": token_text(text), "content_tokens": token_text(pf.text),
-            })
-        symbols = pa.Table.from_pylist(sym_rows, schema=pa.schema(_SYMBOL_FIELDS))
-        files = pa.Table.from_pylist(file_rows, schema=pa.schema(_FILE_FIELDS))
-        embedder = self.embedder
-        if embedder is None:
+        parsed = list(parsed)
+        pairs = [(pf, sym) for pf in parsed for sym in pf.symbols]
+        texts = [symbol_text(sym) for _, sym in pairs]
+        wanted = [i for i, (_, sym) in enumerate(pairs) if embeds(sym.kind, sym.signature, sym.detail)]
+        to_embed = [embed_input(pairs[i][1].name, texts[i]) for i in wanted]
+        modules = {pf.path: module_of(pf.path) for pf in parsed}
+        # Column by column: a dict per row would cost pokeemerald's 112k symbols a few hundred MB at the peak.
+        symbols = pa.Table.from_pydict({
+            "id": [sym.id for _, sym in pairs], "name": [sym.name for _, sym in pairs],
+            "kind": [sym.kind for _, sym in pairs], "repo": [self.repo] * len(pairs),
+            "module": [modules[pf.path] for pf, _ in pairs], "file_path": [pf.path for pf, _ in pairs],
+            "lang": [pf.lang for pf, _ in pairs], "line": [sym.start_line for _, sym in pairs],
+            "signature": [sym.signature for _, sym in pairs], "text": texts, "tokens": [token_text(t) for t in texts],
+        }, schema=pa.schema(_SYMBOL_FIELDS))
+        file_texts = [file_text(pf) for pf in parsed]
+        files = pa.Table.from_pydict({
+            "path": [pf.path for pf in parsed], "repo": [self.repo] * len(parsed),
+            "module": [modules[pf.path] for pf in parsed], "lang": [pf.lang for pf in parsed], "text": file_texts,
+            "tokens": [token_text(t) for t in file_texts], "content_tokens": [pf.tokens for pf in parsed],
+        }, schema=pa.schema(_FILE_FIELDS))
+        if self._embedder_spec is None:
             return Prepared(symbols, files, None, 0)
-        to_embed += [row["text"] for row in file_rows]
+        to_embed += file_texts
         known = known or {}
         fresh = list(dict.fromkeys(t for t in to_embed if t not in known))
         self.say(f"embedding {len(fresh)} texts ({len(to_embed) - len(fresh)} unchanged)")
         if fresh:
-            known = {**known, **dict(zip(fresh, embedder.embed(fresh), strict=True))}
-        vectors = np.stack([known[t] for t in to_embed]) if to_embed else np.zeros((0, embedder.dim), np.float32)
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), embedder.dim)
+            known = {**known, **dict(zip(fresh, self._embed_many(fresh), strict=True))}
+        dim = next(iter(known.values())).shape[0] if known else self.embedder.dim
+        vectors = np.stack([known[t] for t in to_embed]) if to_embed else np.zeros((0, dim), np.float32)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
         n_sym = len(wanted)
         sym_vectors = symbols.select(_VECTOR_KEYS).take(pa.array(wanted, pa.int64()))
-        sym_vectors = sym_vectors.append_column(vector_field(embedder.dim), column[:n_sym])
-        files = files.append_column(vector_field(embedder.dim), column[n_sym:])
+        sym_vectors = sym_vectors.append_column(vector_field(dim), column[:n_sym])
+        files = files.append_column(vector_field(dim), column[n_sym:])
         return Prepared(symbols, files, sym_vectors, len(fresh))
+
+    def _embed_many(self, texts: list[str]) -> np.ndarray:
+        """Vectors of `texts`: in a worker process for a bulk of them by name, else with this process's embedder."""
+        if self._embedder is None and isinstance(self._embedder_spec, str) and len(texts) >= BULK_MIN_TEXTS:
+            return embed_isolated(self._embedder_spec, texts, self.models)
+        return self.embedder.embed(texts)
 
     # ------------------------------------------------------------------ writing
     def build(self, generation: int, con: duckdb.DuckDBPyConnection | None, docs: Prepared) -> tuple[int, int]:
