@@ -488,3 +488,15 @@ def test_build_with_default_embedder(decomp_repo: DecompRepo, isolated_cra_home:
     assert plain.full and plain.embedded == 0
     assert state(home)["embedder"] is None
     assert retrieval.search(repo, "wall clock window", k=5).files
+
+
+def test_parse_workers_started_after_lancedb_is_loaded_parse_the_same(decomp_repo: DecompRepo, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import lancedb  # noqa: F401 — as in a long-lived process that searched or indexed before
+
+    serial = index(decomp_repo.path, home=tmp_path / "serial", workers=1)
+    monkeypatch.setattr("agent.index.build.POOL_MIN_FILES", 1)
+    pooled = index(decomp_repo.path, home=tmp_path / "pooled", workers=2)  # workers from a forkserver
+    assert (pooled.parsed, pooled.symbols) == (serial.parsed, serial.symbols) and pooled.symbols > 0
+    query = "SELECT id, start_line, end_line, body_hash FROM symbols ORDER BY id"
+    assert rows(tmp_path / "pooled", query) == rows(tmp_path / "serial", query)

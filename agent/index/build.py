@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -132,7 +133,11 @@ def _parse_all(jobs: list[tuple[str, bytes]], workers: int) -> list[ParsedFile |
         return [_parse_or_skip(p, d) for p, d in jobs]
     # Largest first keeps both workers busy to the end.
     jobs = sorted(jobs, key=lambda j: -len(j[1]))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+    # Forking is instant, but LanceDB calls its fork support experimental (a deadlock is possible if its runtime
+    # was mid-operation): in a process that has loaded it (one that searched or indexed before), the workers come
+    # from a fresh forkserver instead.
+    method = "forkserver" if "lancedb" in sys.modules else "fork"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
         return list(pool.map(_parse_or_skip, [p for p, _ in jobs], [d for _, d in jobs], chunksize=8))
 
 
