@@ -408,13 +408,7 @@ def run(
     except CraError as exc:
         _fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps({
-            "run_id": outcome.run_id, "status": outcome.status, "success": outcome.success, "branch": outcome.branch,
-            "patch": str(outcome.patch) if outcome.patch else None, "notes": outcome.notes, "timings": outcome.timings,
-            "stages": {name: {"source": r.source, "output": r.output.model_dump(mode="json"), "notes": r.notes}
-                       for name, r in outcome.results.items()},
-            "validation": outcome.validation.model_dump(mode="json") if outcome.validation else None,
-        }, indent=2) + "\n")
+        sys.stdout.write(json.dumps(outcome.as_dict(), indent=2) + "\n")
         return
     for note in outcome.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")

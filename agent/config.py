@@ -162,6 +162,7 @@ class TrainingSettings(_Strict):
     learning_rate: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
     grad_accum: int | None = Field(None, gt=0)
+    seed: int | None = None
 
     def overrides(self) -> dict[str, int | float]:
         """The recipe fields set here."""

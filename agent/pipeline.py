@@ -61,6 +61,16 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    def as_dict(self) -> dict:
+        """The outcome as JSON-ready data: status, branch and patch, each stage's output and notes, validation."""
+        return {
+            "run_id": self.run_id, "status": self.status, "success": self.success, "branch": self.branch,
+            "patch": str(self.patch) if self.patch else None, "notes": self.notes, "timings": self.timings,
+            "stages": {name: {"source": r.source, "output": r.output.model_dump(mode="json"), "notes": r.notes}
+                       for name, r in self.results.items()},
+            "validation": self.validation.model_dump(mode="json") if self.validation else None,
+        }
+
 
 class TaskRun:
     """A task run, advanced one step at a time: `prepare`, `run_stage` for each stage, `finish` (or `fail`)."""

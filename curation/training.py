@@ -69,6 +69,7 @@ class StageRecipe:
     dpo_learning_rate: float = 5e-6
     dpo_beta: float = 0.1
     targets: tuple[str, ...] = LORA_TARGETS
+    seed: int = 42  # the LoRA's initial weights and the data order: the same data gives the same adapter
 
     @property
     def alpha(self) -> int:
@@ -233,6 +234,7 @@ def _common_args(recipe: StageRecipe, out: Path, gpu: bool) -> dict:
         "per_device_train_batch_size": recipe.batch_size, "gradient_accumulation_steps": recipe.grad_accum,
         "num_train_epochs": recipe.epochs, "max_steps": recipe.max_steps or -1, "max_length": recipe.max_length,
         "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "weight_decay": 0.0, "activation_checkpointing": False,
+        "seed": recipe.seed,
     }
 
 
@@ -256,8 +258,10 @@ def _train(path: Path, recipe: StageRecipe, sft: list[Example], dpo: list[tuple[
            scratch: Path, on_progress: Callable[[Progress], None] | None) -> tuple[Any, dict[str, _Phase], str]:
     """Train a fresh LoRA through the recipe's phases; return the PEFT model, each phase's record and the backend."""
     import torch
+    from transformers import set_seed
 
     gpu = torch.cuda.is_available()
+    set_seed(recipe.seed)  # before the LoRA is made: its initial weights must not depend on what ran before
     model, tokenizer = _unsloth_model(path, recipe) if gpu else _torch_model(path, recipe)
     # Imported after the model: on a GPU, Unsloth must patch TRL first.
     from datasets import Dataset

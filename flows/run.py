@@ -1,15 +1,18 @@
-"""`cra run` as a Prefect flow: one task per stage, each publishing its decisions as artifacts."""
+"""`cra run` as a Prefect flow: one task per stage, each publishing its decisions as artifacts; and `cra-task`, the
+same run as a deployment started from the Prefect UI."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from agent.errors import InvalidModelOutput
-from agent.pipeline import RunOutcome, TaskRun
+from agent.config import load_config
+from agent.pipeline import RunOptions, RunOutcome, TaskRun
 from agent.stages.base import Decision, Stage, StageResult
 from agent.validation import ValidationResult
 
@@ -99,5 +102,20 @@ def run_flow(run: TaskRun, run_name: str) -> RunOutcome:
 def run_with_prefect(run: TaskRun) -> RunOutcome:
     """Execute `run` as a Prefect flow run (ephemeral Prefect unless PREFECT_API_URL points at a server)."""
     return run_flow(run, run_name=f"{run.run_id}: {run.task.splitlines()[0][:60]}")
+
+
+@flow(name="cra-task", flow_run_name="{task}")
+def task_flow(task: str, repo: str, retrieval_only: bool = False, until: str | None = None,
+              include_dirty: bool = False, config: str | None = None, home: str | None = None) -> dict:
+    """`cra run` as a deployment, started from the Prefect UI's form: the staged run is its subflow, with the
+    stages' decisions as artifacts; returns the outcome (`cra run --json`)."""
+    logger = get_run_logger()
+    run = TaskRun(task, Path(repo), config=load_config(Path(repo), path=Path(config) if config else None), home=home,
+                  options=RunOptions(retrieval_only=retrieval_only, until=until, include_dirty=include_dirty),
+                  on_event=logger.info)
+    outcome = run_with_prefect(run).as_dict()
+    logger.info("run %s %s%s", outcome["run_id"], outcome["status"],
+                f": branch {outcome['branch']}, patch {outcome['patch']}" if outcome["branch"] else "")
+    return outcome
 
 

@@ -27,7 +27,9 @@ from tests.fixtures.served import needs_vllm, start_served, stop_served
 
 pytestmark = needs_vllm
 STAGE = "task_analysis"
-TRAINING = "[training]\nrank = 8\nmax_steps = 300\nlearning_rate = 0.02\nbatch_size = 4\ngrad_accum = 1\n"
+# Training is seeded (the recipe's seed): the same data gives the same adapter. At learning rate 0.02 the tiny model
+# collapsed to one answer ("refactor" for every task) with the default seed; 0.005 learns the tasks' kinds.
+TRAINING = "[training]\nrank = 8\nmax_steps = 300\nlearning_rate = 0.005\nbatch_size = 4\ngrad_accum = 1\n"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from agent.config import ledger_path
+from flows.run import artifact_key
 from tests.fixtures.decomp import DecompRepo
 from tests.fixtures.prefect_server import (
     PrefectServer,
@@ -25,6 +26,8 @@ from tests.fixtures.prefect_server import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL, FLOW, DEPLOYMENT = "cra-process", "cra-bootstrap-refresh", "cra-bootstrap-refresh"
+TASK_FLOW = TASK_DEPLOYMENT = "cra-task"
+TASK = "Use window constants in wallclock"
 LAST = 3
 RUN_WAIT_S = 150
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -52,13 +55,14 @@ class DeployedRun:
     home: Path
     deployment: dict
     flow_run: dict
+    task_run: dict  # the cra-task deployment's flow run, started from the same deploy
     worker_log: str
 
 
 @pytest.fixture(scope="module")
 def deployed_run(prefect_server: PrefectServer, decomp_template: DecompRepo,
                  tmp_path_factory: pytest.TempPathFactory) -> DeployedRun:
-    """Deploy cra-bootstrap-refresh on a copy of the fixture decomp, run it once on a process worker."""
+    """Deploy cra-bootstrap-refresh and cra-task on a copy of the fixture decomp, run each once on a process worker."""
     work = tmp_path_factory.mktemp("deployment")
     repo, home = work / "pokefixture", work / "cra-home"
     shutil.copytree(decomp_template.path, repo, symlinks=True)
@@ -68,10 +72,13 @@ def deployed_run(prefect_server: PrefectServer, decomp_template: DecompRepo,
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
     prefect(["work-pool", "create", POOL, "--type", "process"], env)
-    prefect(["--no-prompt", "deploy", "--name", DEPLOYMENT, "--param", f"repo={repo}", "--param", f"home={home}"], env)
+    for name in (DEPLOYMENT, TASK_DEPLOYMENT):  # one per command, as the README says: Prefect ignores --param otherwise
+        prefect(["--no-prompt", "deploy", "--name", name, "--param", f"repo={repo}", "--param", f"home={home}"], env)
     started = prefect(["deployment", "run", f"{FLOW}/{DEPLOYMENT}", "--param", f"last={LAST}"], env)
-    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started)
-    assert flow_run_id, started
+    task_started = prefect(["deployment", "run", f"{TASK_FLOW}/{TASK_DEPLOYMENT}", "--param", f"task={TASK}",
+                            "--param", "retrieval_only=true", "--param", "until=precision"], env)
+    flow_run_id, task_run_id = (re.search(r"UUID: ([0-9a-f-]{36})", out) for out in (started, task_started))
+    assert flow_run_id and task_run_id, (started, task_started)
 
     log = work / "worker.log"
     with log.open("wb") as out:
@@ -80,16 +87,18 @@ def deployed_run(prefect_server: PrefectServer, decomp_template: DecompRepo,
                                   start_new_session=True)
     try:
         deadline = time.monotonic() + RUN_WAIT_S
-        while (flow_run := prefect_server.get(f"/flow_runs/{flow_run_id[1]}"))["state_type"] not in TERMINAL:
+        runs = [prefect_server.get(f"/flow_runs/{found[1]}") for found in (flow_run_id, task_run_id)]
+        while any(run["state_type"] not in TERMINAL for run in runs):
             if time.monotonic() > deadline:
-                pytest.fail(f"flow run still {flow_run['state_type']} after {RUN_WAIT_S} s; worker log:\n"
+                pytest.fail(f"flow runs still {[run['state_type'] for run in runs]} after {RUN_WAIT_S} s; worker log:\n"
                             f"{log.read_text(errors='replace')[-4000:]}")
-            time.sleep(1)  # polling the flow run's state
-        worker.wait(30)  # --run-once: the worker leaves once its run is done
+            time.sleep(1)  # polling the flow runs' states
+            runs = [prefect_server.get(f"/flow_runs/{found[1]}") for found in (flow_run_id, task_run_id)]
+        worker.wait(30)  # --run-once: the worker leaves once its runs are done
     finally:
         stop(worker)
     deployment = prefect_server.get(f"/deployments/name/{FLOW}/{DEPLOYMENT}")
-    return DeployedRun(repo, home, deployment, flow_run, log.read_text(errors="replace"))
+    return DeployedRun(repo, home, deployment, runs[0], runs[1], log.read_text(errors="replace"))
 
 
 def test_the_deployment_comes_from_prefect_yaml(deployed_run: DeployedRun) -> None:
@@ -122,6 +131,26 @@ def test_a_process_worker_runs_the_deployment_into_the_ledger(deployed_run: Depl
     assert len(done) == LAST, done
     assert {"derived"} <= {status for _, status in done}
     assert dict(examples).keys() >= {"task_analysis", "scope", "precision", "plan"} and unknown == 0
+
+
+def test_a_task_started_from_the_deployment_runs_the_stages_and_shows_their_decisions(
+        deployed_run: DeployedRun, prefect_server: PrefectServer) -> None:
+    flow_run = deployed_run.task_run
+    assert flow_run["state_type"] == "COMPLETED", deployed_run.worker_log[-4000:]
+    assert flow_run["parameters"]["task"] == TASK and flow_run["parameters"]["repo"] == str(deployed_run.repo)
+    con = duckdb.connect(str(ledger_path(deployed_run.home)), read_only=True)
+    try:
+        [(run_id, status)] = con.execute("SELECT id, status FROM runs WHERE task = ?", [TASK]).fetchall()
+        stages = [s for (s,) in con.execute("SELECT stage FROM run_stages WHERE run_id = ? ORDER BY ordinal",
+                                            [run_id]).fetchall()]
+    finally:
+        con.close()
+    assert status == "succeeded" and stages == ["task_analysis", "scope", "precision"]
+    # The staged run is a cra-run subflow of the deployment's run, with each stage's decisions as an artifact.
+    [subflow] = prefect_server.post("/flow_runs/filter", {"flow_runs": {"name": {"like_": run_id}}})
+    assert subflow["parent_task_run_id"]
+    artifacts = prefect_server.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [subflow["id"]]}}})
+    assert {a["key"] for a in artifacts} >= {artifact_key(run_id, f"{stage}-decisions") for stage in ("scope", "precision")}
 
 
 def test_prefect_yaml_declares_the_nightly_curate_retrain_on_the_same_pool() -> None:

@@ -99,6 +99,21 @@ def test_sft_registers_a_checked_candidate_that_changes_the_model(tiny_models, i
     assert (after - before).abs().max().item() > 1e-3
 
 
+def test_the_same_data_trains_the_same_adapter_whatever_ran_before(tiny_models, isolated_cra_home: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = replace(RECIPES["scope"], **FAST)
+    first = train_adapter(isolated_cra_home, stage="scope", base=str(tiny_models.base), sft=_examples(8),
+                          name="scope-a", recipe=recipe, round=1)
+    torch.rand(1000)  # the process's random state moves on, as other work would move it
+    second = train_adapter(isolated_cra_home, stage="scope", base=str(tiny_models.base), sft=_examples(8),
+                           name="scope-b", recipe=recipe, round=1)
+    a, b = (load_file(str(x.path / "adapter_model.safetensors")) for x in (first, second))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first.metadata["recipe"]["seed"] == 42
+
+
 def test_plan_trains_cot_sft_then_dpo_on_the_same_adapter(tiny_models, isolated_cra_home: Path) -> None:
     recipe = replace(RECIPES["plan"], **{**FAST, "batch_size": 2})
     adapter = train_adapter(isolated_cra_home, stage="plan", base=str(tiny_models.base), sft=_examples(8, "plan"),
