@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from agent import store
 from agent.config import ProjectPaths
 from agent.errors import InvalidInput, UnknownSymbol

@@ -50,7 +50,6 @@ class Run:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
-
 def new_run_id() -> str:
     """A short, sortable, unique run id."""
     return f"{utc_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"

@@ -45,11 +45,11 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from agent.errors import CraError
-from agent.repo import GIT_ENV, git, require_repo
-
 from git.exc import GitCommandError
 from gitdb.exc import BadName, BadObject
+
+from agent.errors import CraError
+from agent.repo import GIT_ENV, git, require_repo
 
 if TYPE_CHECKING:
     from pydriller import Git

@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from agent import repo as git_repo
 from agent.config import Config, ledger_path
 from agent.edits import Edit, EditError, apply_edits

@@ -42,7 +42,6 @@ def _adapter(row: tuple) -> Adapter:
     return Adapter(*head[:4], Path(head[4]), *head[5:], metadata=json.loads(metadata) if metadata else {})
 
 
-
 def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
     """The adapter's folder, refused if the registry points outside the adapter store."""
     store = adapter_store(home).resolve()

@@ -53,7 +53,6 @@ class Round:
     created_at: datetime
 
 
-
 def _pair_id(stage: str, messages: list, chosen: dict, rejected: dict) -> str:
     return hashlib.sha256(json.dumps([stage, messages, chosen, rejected], sort_keys=True).encode()).hexdigest()[:20]
 

@@ -24,7 +24,15 @@ from agent import repo as git_repo
 from agent.config import Config, load_config
 from bootstrap.mining import MinedCommit, MiningReport, mine
 from bootstrap.pairs import (
-    BootstrapReport, DeriveReport, derive_commits, done_commits, eval_commits, label_plan, newest, pending_plans, tally,
+    BootstrapReport,
+    DeriveReport,
+    derive_commits,
+    done_commits,
+    eval_commits,
+    label_plan,
+    newest,
+    pending_plans,
+    tally,
 )
 from bootstrap.teacher import Teacher
 

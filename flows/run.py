@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from agent.errors import InvalidModelOutput
 from agent.config import load_config
+from agent.errors import InvalidModelOutput
 from agent.pipeline import RunOptions, RunOutcome, TaskRun
 from agent.stages.base import Decision, Stage, StageResult
 from agent.validation import ValidationResult

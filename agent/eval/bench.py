@@ -111,14 +111,10 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
         prefix="cra-bench-home-"
     ) as home_embed:
         plain = _index_command(repo, home_plain, embed=False)
-        figures["full_no_embed"] = {"seconds": plain["seconds"], "peak_rss_mib": plain["peak_rss_mib"],
-                                    "timings": plain["timings"], "symbols": plain["symbols"],
-                                    "c_files": plain["c_files"], "c_files_with_errors": plain["c_files_with_errors"],
-                                    "raw_c_files_with_errors": plain["raw_c_files_with_errors"],
-                                    "graph": plain["graph"]}
+        figures["full_no_embed"] = {k: plain[k] for k in ("seconds", "peak_rss_mib", "timings", "symbols", "c_files",
+                                                          "c_files_with_errors", "raw_c_files_with_errors", "graph")}
         embedded = _index_command(repo, home_embed, embed=True)
-        figures["full_embed"] = {"seconds": embedded["seconds"], "peak_rss_mib": embedded["peak_rss_mib"],
-                                 "timings": embedded["timings"], "embedded": embedded["embedded"]}
+        figures["full_embed"] = {k: embedded[k] for k in ("seconds", "peak_rss_mib", "timings", "embedded")}
 
         warm = searcher(repo, home_embed)
         latencies = []

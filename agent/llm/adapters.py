@@ -94,7 +94,7 @@ def describe_base(name: str) -> BaseModel:
     if folder is None or not (folder / "config.json").is_file():
         return BaseModel(name=name, path=folder, config=None, fingerprint=None)
     files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
-    stamp = (name, str(folder), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    stamp = (name, str(folder), *((f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]))
     if stamp not in _described:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         _described[stamp] = BaseModel(name=name, path=folder, config=config, fingerprint=fingerprint(folder))

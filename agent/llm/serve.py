@@ -100,13 +100,18 @@ def _served_adapters(config: Config, role: Role, home: str | Path | None,
     return served, rejected
 
 
-def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> ServePlan:
-    """Decide the server command for `role`: its base, the adapters that pass their checks, and the LoRA limits."""
+def _adapter_plan(config: Config, role: Role, home: str | Path | None) -> ServePlan:
+    """The role's server, base and checked adapters (bad ones set aside), before any command is decided."""
     server = config.models.role(role)
     bases = describe_bases(config)
-    base = bases[role]
     adapters, rejected = _served_adapters(config, role, home, bases)
-    plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
+    return ServePlan(role, server.provider, bases[role], server.endpoint, [], {}, adapters, rejected)
+
+
+def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> ServePlan:
+    """Decide the server command for `role`: its base, the adapters that pass their checks, and the LoRA limits."""
+    plan = _adapter_plan(config, role, home)
+    server, base, adapters = config.models.role(role), plan.base, plan.adapters
     if server.provider == "ollama":
         plan.steps = _ollama_steps(base, adapters)
         return plan
@@ -292,15 +297,12 @@ def reload(config: Config, role: Role, home: str | Path | None = None) -> Reload
     server = config.models.role(role)
     if server.provider != "vllm":
         raise ConfigError(f"[models.{role}] provider = {server.provider}: only a vLLM server can load adapters at run time")
-    bases = describe_bases(config)
-    base = bases[role]
-    adapters, rejected = _served_adapters(config, role, home, bases)
-    plan = ServePlan(role, server.provider, base, server.endpoint, [], {}, adapters, rejected)
+    plan = _adapter_plan(config, role, home)
     served = _served_models(plan.endpoint)
-    bases = [m for m in served if not m.get("parent")]
-    if bases and not any(m["id"] == plan.base.served_name for m in bases):
+    served_bases = [m for m in served if not m.get("parent")]
+    if served_bases and not any(m["id"] == plan.base.served_name for m in served_bases):
         raise ServeFailed(
-            f"the server at {plan.endpoint} serves {', '.join(m['id'] for m in bases)}, not the {role} base "
+            f"the server at {plan.endpoint} serves {', '.join(m['id'] for m in served_bases)}, not the {role} base "
             f"{plan.base.served_name}; its adapters would not fit, so nothing was loaded"
         )
     present = {m["id"]: m.get("root") for m in served if m.get("parent")}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -114,7 +114,6 @@ def clip(text: str, limit: int) -> str:
 def system(role: str) -> dict[str, str]:
     """The system message every stage starts with."""
     return {"role": "system", "content": f"You are cra's {role} for a pret decompilation (C for the GBA). Answer only with JSON that matches the schema."}
-
 
 
 def keep_listed(answered: list[V], key: Callable[[V], K], candidates: list[K], missing: Callable[[K], V],
