@@ -355,6 +355,33 @@ def datasets_import(
     out.print(f"read {read} pairs, {new} new, as source imported:{escape(source)}")
 
 
+@datasets_app.command("commits")
+def datasets_commits(
+    repo: Annotated[Path | None, typer.Option(help="Only this checkout's commits.")] = None,
+    status: Annotated[str | None, typer.Option(help="derived or skipped.")] = None,
+    code_failed: Annotated[bool, typer.Option("--code-failed", help="Only derived commits whose edits did not re-apply.")] = False,
+    limit: Annotated[int, typer.Option("-n", help="How many records.")] = 50,
+    home: HomeOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """What bootstrapping did with each commit: derived or skipped and why, and why a commit got no code pair."""
+    from bootstrap.pairs import commit_log
+
+    try:
+        rows = commit_log(home, repo, status=status, code_failed=code_failed, limit=limit)
+    except CraError as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=f"bootstrapped commits ({len(rows)} shown)")
+    for col in ("commit", "status", "pairs", "why"):
+        table.add_column(col)
+    for r in rows:
+        why = r["reason"] or (f"no code pair: {r['code_failed']}" if r["code_failed"] else "")
+        table.add_row(r["commit"][:10], r["status"], str(r["pairs"]), escape(why))
+    out.print(table)
+
+
 def _config(repo: Path | None, config: Path | None):
     from agent.config import load_config
 
@@ -599,6 +626,8 @@ def bootstrap(
               + f"; {d.new_examples} new examples; code edits re-apply exactly for {d.code_exact}/{d.code_tried}")
     for reason, n in d.skipped.items():
         out.print(f"  skipped {n}: {escape(reason)}")
+    for reason, n in d.code_failed.items():
+        out.print(f"  no code pair {n}: {escape(reason)} (each commit's detail: `cra datasets commits --code-failed`)")
     if report.teacher:
         t = report.teacher
         out.print(f"teacher: {t.labelled} plans labelled ({t.cached} from cache), {t.prompt_tokens}+{t.completion_tokens} "

@@ -17,7 +17,7 @@ from agent.edits import Edit, EditError, apply_edits
 from agent.index.query import symbols_in_files
 from agent.stages import PIPELINE
 from agent.stages.base import StageContext
-from agent.stages.code import CodeEdits, EditBlock, Excerpt
+from agent.stages.code import MAX_EDITS, CodeEdits, EditBlock, Excerpt
 from agent.stages.plan import Plan, PlanStep
 from agent.stages.precision import PrecisionOutput, SymbolVerdict
 from agent.stages.scope import FileVerdict, ScopeOutput
@@ -174,14 +174,15 @@ def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
     return blocks
 
 
-def edits_reapply(worktree: Path, repo: Path, sha: str, blocks: list[EditBlock], files: list[str]) -> bool:
-    """Whether the blocks, applied to the parent's files, give exactly the commit's files (then restores them)."""
+def reapply_problem(worktree: Path, repo: Path, sha: str, blocks: list[EditBlock], files: list[str]) -> tuple[str, str] | None:
+    """Why the blocks, applied to the parent's files, do not give exactly the commit's files, as (kind, detail); None if they do."""
     originals = {p: (worktree / p).read_bytes() for p in files if (worktree / p).exists()}
     try:
         apply_edits(worktree, [Edit(path=b.path, search=b.search, replace=b.replace) for b in blocks])
-        return all((worktree / p).read_bytes() == git_repo.git(repo, "show", f"{sha}:{p}") for p in files)
-    except EditError:
-        return False
+        differ = [p for p in files if (worktree / p).read_bytes() != git_repo.git(repo, "show", f"{sha}:{p}")]
+        return ("result differs", f"the edits apply but {', '.join(differ)} differs from the commit's") if differ else None
+    except EditError as exc:
+        return "edits do not apply", str(exc)[:300]
     finally:
         for path, data in originals.items():
             (worktree / path).write_bytes(data)
@@ -245,9 +246,16 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
         facts["code_skipped"] = "the commit deletes or renames a file; search/replace cannot express it"
     elif (longest := max(len(line) for h in hunks for line in ("\n".join(h.old_text), "\n".join(h.new_text)))) > MAX_BLOCK:
         facts["code_skipped"] = f"a hunk of {longest} characters is longer than an edit block may be ({MAX_BLOCK})"
-    elif plan.steps:
+    else:
         blocks = unique_edits(worktree, hunks)
-        if blocks and len(blocks) <= 12 and edits_reapply(worktree, repo, sha, blocks, code_files):
+        if not blocks:
+            facts["code_failed"] = ("block too long", f"an edit block outgrows {MAX_BLOCK + 500} characters with the context "
+                                    "that makes its search unique")
+        elif len(blocks) > MAX_EDITS:
+            facts["code_failed"] = ("too many blocks", f"{len(blocks)} edit blocks; a code answer holds at most {MAX_EDITS}")
+        elif problem := reapply_problem(worktree, repo, sha, blocks, code_files):
+            facts["code_failed"] = problem
+        else:
             code_in = stages["code"].build_input(ctx, {"plan": plan, "precision": precision})
             shown = "\n".join(e.text for e in code_in.excerpts)
             for block, hunk in zip(blocks, hunks, strict=True):  # the answer may only edit code the prompt shows

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from agent import repo as git_repo
 from agent.config import Config, ledger_path
-from agent.errors import CraError
+from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
@@ -41,6 +41,7 @@ class DeriveReport:
     new_examples: int = 0
     code_exact: int = 0
     code_tried: int = 0
+    code_failed: dict[str, int] = field(default_factory=dict)
     described_by_teacher: int = 0
     seconds: float = 0.0
 
@@ -56,6 +57,8 @@ class DeriveReport:
             _bump(self.skipped, key, n)
         for key, n in other.pairs.items():
             _bump(self.pairs, key, n)
+        for key, n in other.code_failed.items():
+            _bump(self.code_failed, key, n)
         self.seconds = max(self.seconds, other.seconds)
 
 
@@ -69,11 +72,50 @@ def done_commits(home: str | Path | None, repo: Path) -> set[str]:
         return {r[0] for r in con.execute("SELECT commit_sha FROM bootstrap_commits WHERE repo = ?", [str(repo)]).fetchall()}
 
 
-def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE) -> set[str]:
-    """The newest `share` of the commits by date: held out for evaluation, never trained on."""
-    ordered = sorted(commits, key=lambda c: c.author_date)
+def commit_log(home: str | Path | None, repo: Path | None = None, *, status: str | None = None,
+               code_failed: bool = False, limit: int = 50) -> list[dict]:
+    """What bootstrapping did with each commit, newest record first: status, why, pairs, and why no code pair."""
+    if status not in (None, "derived", "skipped"):
+        raise InvalidInput(f"unknown status {status!r}: use derived or skipped")
+    repo = git_repo.require_repo(repo) if repo else None
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        rows = con.execute(
+            "SELECT repo, commit_sha, status, reason, pairs, facts, done_at FROM bootstrap_commits"
+            " WHERE (? IS NULL OR repo = ?) AND (? IS NULL OR status = ?)"
+            " AND (NOT ? OR json_extract(facts, '$.code_failed') IS NOT NULL) ORDER BY done_at DESC, commit_sha LIMIT ?",
+            [*(str(repo) if repo else None,) * 2, status, status, code_failed, limit]).fetchall()
+    return [{"repo": r[0], "commit": r[1], "status": r[2], "reason": r[3], "pairs": r[4],
+             "code_failed": (json.loads(r[5] or "{}").get("code_failed") or [None, None])[1], "done_at": r[6].isoformat()}
+            for r in rows]
+
+
+def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE, after: datetime | None = None) -> set[str]:
+    """The newest `share` of the commits (given oldest first), held out for evaluation and never trained on.
+
+    Only commits newer than `after` (the newest already stored) are candidates, so a pass that fills in older
+    history after a `--last N` one trains on all of it and the held-out commits stay the newest.
+    """
+    ordered = [c for c in commits if after is None or _utc_date(c) > after]
     held = max(1, round(len(ordered) * share)) if len(ordered) >= 10 else 0
     return {c.sha for c in ordered[len(ordered) - held:]}
+
+
+def newest_stored(home: str | Path | None, repo: Path) -> datetime | None:
+    """The date of the newest commit of `repo` whose synthetic pairs are stored (None before any)."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        return con.execute("SELECT max(commit_date) FROM training_examples WHERE repo = ? AND source = 'synthetic'",
+                           [str(repo)]).fetchone()[0]
+
+
+def chronological(commits: Sequence[MinedCommit]) -> list[MinedCommit]:
+    """Oldest first by author date in UTC; commits of the same second keep history's order (mining lists newest first)."""
+    position = {c.sha: i for i, c in enumerate(commits)}
+    return sorted(commits, key=lambda c: (_utc_date(c), -position[c.sha]))
+
+
+def _utc_date(commit: MinedCommit) -> datetime:
+    """The commit's author date as naive UTC, as the ledger stores it."""
+    return datetime.fromisoformat(commit.author_date).astimezone(UTC).replace(tzinfo=None)
 
 
 def _paths(commit: MinedCommit) -> list[str]:
@@ -95,7 +137,7 @@ def derive_commits(
     repo: Path, commits: Sequence[MinedCommit], *, config: Config, home: str | Path | None = None,
     teacher: Teacher | None = None, held_out: Iterable[str] = (), on_progress: Progress = lambda _: None,
 ) -> DeriveReport:
-    """Derive and store every commit's pairs, oldest first; each commit's pairs and its record land together."""
+    """Derive and store every commit's pairs in the order given (oldest first); each commit's pairs and record land together."""
     started = time.perf_counter()
     report = DeriveReport(commits=len(commits))
     held = set(held_out)
@@ -103,7 +145,7 @@ def derive_commits(
     scratch = Path(tempfile.mkdtemp(prefix="cra-bootstrap-"))
     try:
         with git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
-            for i, commit in enumerate(sorted(commits, key=lambda c: c.author_date), 1):
+            for i, commit in enumerate(commits, 1):
                 on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
                 problem = git_repo.checkout_detached(worktree, commit.parent)
                 if problem:
@@ -129,10 +171,12 @@ def derive_commits(
                     continue
                 report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
                 report.code_exact += facts["code_exact"]
+                if "code_failed" in facts:
+                    _bump(report.code_failed, facts["code_failed"][0])
                 split = "eval" if commit.sha in held else "train"
                 examples = [Example(p.stage, "synthetic", family_for(p.stage, config), p.messages,
                                     p.output.model_dump(mode="json"), split, str(top), commit.sha,
-                                    datetime.fromisoformat(commit.author_date).astimezone(UTC).replace(tzinfo=None),
+                                    _utc_date(commit),
                                     {"description": description, "subject": commit.subject, **p.meta}) for p in pairs]
                 report.new_examples += add_examples(home, examples)
                 for pair in pairs:
@@ -219,7 +263,7 @@ class BootstrapReport:
 
 def newest(commits: Sequence[MinedCommit], last: int | None) -> list[MinedCommit]:
     """The newest `last` commits by author date (all when `last` is None)."""
-    ordered = sorted(commits, key=lambda c: c.author_date)
+    ordered = chronological(commits)
     return ordered if last is None else ordered[len(ordered) - last:] if last > 0 else []
 
 
@@ -236,7 +280,7 @@ def bootstrap_repo(
     chosen = newest(mined.commits, last)
     for sha, reason in mined.missing.items():
         _record(home, top, sha, "skipped", f"missing objects: {reason}", 0, {})
-    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=eval_commits(chosen, eval_share),
-                             on_progress=on_progress)
+    held = eval_commits(chosen, eval_share, after=newest_stored(home, top))
+    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=held, on_progress=on_progress)
     labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None
     return BootstrapReport(str(top), mined.seen, len(mined.commits), dict(mined.dropped), derived, labelled, mining_s)

@@ -31,6 +31,7 @@ from bootstrap.pairs import (
     eval_commits,
     label_plan,
     newest,
+    newest_stored,
     pending_plans,
     tally,
 )
@@ -80,7 +81,7 @@ def bootstrap_flow(repo: str, config: Config, home: str | None = None, use_teach
     mined = mine_task(str(top), sorted(done_commits(home, top)))
     mining_s = time.perf_counter() - started
     chosen = newest(mined.commits, last)
-    held = sorted(eval_commits(chosen))
+    held = sorted(eval_commits(chosen, after=newest_stored(home, top)))
     size = max(1, -(-len(chosen) // max(1, partitions)))
     parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
     futures = [derive_task.submit(str(top), part, config, home, held, i, use_teacher) for i, part in enumerate(parts)]

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from agent.cli import app
 from agent.config import load_config
 from agent.errors import InvalidInput
 from agent.index.build import index_repo
 from agent.stages import STAGE_NAMES
-from bootstrap.derive import derive_pairs, parse_hunks
+from agent.stages.code import EditBlock
+from bootstrap.derive import derive_pairs, parse_hunks, reapply_problem
+from bootstrap.mining import MinedCommit
+from bootstrap.pairs import bootstrap_repo, eval_commits
 from curation.datasets import Example, add_examples, export, import_file, load_examples, model_family, summary
 from tests.fixtures.decomp import DecompRepo
 
@@ -130,3 +136,45 @@ def test_a_hunk_too_long_for_an_edit_block_gives_no_code_pair(decomp_repo: Decom
                                 description="Document the wall clock at length", files=files, repo=decomp_repo.path)
     assert "code" not in {p.stage for p in pairs} and "longer than an edit block" in facts["code_skipped"]
     assert {p.stage for p in pairs} == {"task_analysis", "scope", "precision", "plan"}
+
+
+def test_why_a_code_pair_was_not_made_is_recorded_per_commit(decomp_repo: DecompRepo) -> None:
+    path = decomp_repo.path / "src" / "wallclock_vars.c"
+    path.write_text("".join(f"EWRAM_DATA u8 gUnknown_0203{i:04X} = 0;\n" + "\n" * 9 for i in range(13)))
+    git(decomp_repo.path, "add", "-A")
+    git(decomp_repo.path, "commit", "-qm", "Add the wall clock variables")
+    path.write_text(path.read_text().replace("gUnknown_0203", "sWallClockVar_"))
+    git(decomp_repo.path, "commit", "-qam", "Rename the wall clock variables")
+    report = bootstrap_repo(decomp_repo.path, config=load_config(decomp_repo.path), last=1)
+    assert report.derive.derived == 1 and report.derive.code_tried == 1 and report.derive.code_exact == 0
+    assert report.derive.code_failed == {"too many blocks": 1} and "code" not in report.derive.pairs
+    shown = CliRunner().invoke(app, ["datasets", "commits", "--repo", str(decomp_repo.path), "--code-failed", "--json"])
+    assert shown.exit_code == 0, shown.output
+    [row] = json.loads(shown.output)
+    assert row["commit"] == git(decomp_repo.path, "rev-parse", "HEAD").strip()
+    assert row["status"] == "derived" and row["code_failed"] == "13 edit blocks; a code answer holds at most 12"
+    bad = CliRunner().invoke(app, ["datasets", "commits", "--status", "done"])
+    assert bad.exit_code != 0 and "derived or skipped" in bad.output
+
+
+def test_reapply_problem_names_blocks_that_miss_or_give_other_bytes(decomp_repo: DecompRepo) -> None:
+    sha = decomp_repo.sha("Rename sub_80A1234 to InitWallClock")
+    git(decomp_repo.path, "checkout", "-q", "--detach", f"{sha}^")
+    files = ["src/wallclock.c"]
+    before = (decomp_repo.path / files[0]).read_bytes()
+    missing = [EditBlock(path=files[0], search="void NoSuchFunction(void)", replace="void F(void)")]
+    kind, detail = reapply_problem(decomp_repo.path, decomp_repo.path, sha, missing, files)
+    assert kind == "edits do not apply" and "NoSuchFunction" in detail
+    other = [EditBlock(path=files[0], search="void sub_80A1234(void)\n{", replace="void InitClock(void)\n{")]
+    assert reapply_problem(decomp_repo.path, decomp_repo.path, sha, other, files) == (
+        "result differs", "the edits apply but src/wallclock.c differs from the commit's")
+    assert (decomp_repo.path / files[0]).read_bytes() == before  # the worktree is restored either way
+
+
+def test_only_commits_newer_than_those_stored_are_held_out() -> None:
+    commits = [MinedCommit(f"{i:040x}", "0" * 40, f"2020-01-{i + 1:02d}T12:00:00+02:00", "a", "s", "s", "", None, [], 1)
+               for i in range(20)]
+    assert eval_commits(commits) == {c.sha for c in commits[18:]}  # the newest tenth
+    filling_in = eval_commits(commits[:15], after=datetime(2020, 1, 16))
+    assert filling_in == set()  # older history added after a `--last N` pass is all trained on
+    assert eval_commits(commits, after=datetime(2020, 1, 5, 10)) == {c.sha for c in commits[-2:]}

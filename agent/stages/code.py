@@ -14,6 +14,7 @@ from agent.stages.precision import PrecisionOutput
 
 Block = Annotated[str, Field(max_length=4000)]
 EXCERPT_LINES = 120
+MAX_EDITS = 12  # edit blocks in one code answer
 
 
 class Excerpt(BaseModel):
@@ -43,7 +44,7 @@ class EditBlock(BaseModel):
 class CodeEdits(BaseModel):
     """The edits that carry out the plan."""
 
-    edits: list[EditBlock] = Field(min_length=1, max_length=12)
+    edits: list[EditBlock] = Field(min_length=1, max_length=MAX_EDITS)
 
 
 class CodeStage(Stage[CodeInput, CodeEdits]):
