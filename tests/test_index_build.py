@@ -7,6 +7,8 @@ the user's checkout is never written to; all state lives under the cra home.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import os
 import shutil
 import subprocess
@@ -500,3 +502,26 @@ def test_parse_workers_started_after_lancedb_is_loaded_parse_the_same(decomp_rep
     assert (pooled.parsed, pooled.symbols) == (serial.parsed, serial.symbols) and pooled.symbols > 0
     query = "SELECT id, start_line, end_line, body_hash FROM symbols ORDER BY id"
     assert rows(tmp_path / "pooled", query) == rows(tmp_path / "serial", query)
+
+
+def _index_in_daemon(repo: str, home: str, done: multiprocessing.queues.Queue) -> None:
+    import agent.index.build as build
+
+    build.POOL_MIN_FILES = 1
+    try:
+        report = index_repo(Path(repo), home=home, embed=False, workers=2)
+        done.put((report.parsed, report.symbols))
+    except BaseException as exc:  # reported to the test, which names it
+        done.put(repr(exc))
+
+
+def test_a_daemonic_process_indexes_in_process(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    """A Dask worker (a daemonic process, which may not start children) can index with the pool asked for."""
+    serial = index(decomp_repo.path, home=tmp_path / "serial", workers=1)
+    context = multiprocessing.get_context("spawn")  # a fork of this threaded process could deadlock
+    done = context.Queue()
+    worker = context.Process(target=_index_in_daemon, args=(str(decomp_repo.path), str(tmp_path / "daemon"), done), daemon=True)
+    worker.start()
+    result = done.get(timeout=600)
+    worker.join(timeout=60)
+    assert result == (serial.parsed, serial.symbols) and serial.symbols > 0

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 
 import duckdb
@@ -129,7 +129,9 @@ def _parse_or_skip(path: str, data: bytes) -> ParsedFile | Skipped:
 
 
 def _parse_all(jobs: list[tuple[str, bytes]], workers: int) -> list[ParsedFile | Skipped]:
-    if workers <= 1 or len(jobs) < POOL_MIN_FILES:
+    # A daemonic process (a Dask worker deriving one slice of history) may not start children: its cluster is
+    # what runs in parallel, so it parses in-process.
+    if workers <= 1 or len(jobs) < POOL_MIN_FILES or current_process().daemon:
         return [_parse_or_skip(p, d) for p, d in jobs]
     # Largest first keeps both workers busy to the end.
     jobs = sorted(jobs, key=lambda j: -len(j[1]))
