@@ -21,7 +21,7 @@ from agent.index.build import index_repo
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 from bootstrap.derive import commit_patch, derive_pairs
-from bootstrap.mining import MinedCommit, mine
+from bootstrap.mining import MinedCommit, MiningReport, mine
 from bootstrap.teacher import Teacher
 from curation.datasets import Example, add_examples, family_for
 
@@ -131,6 +131,12 @@ def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: 
     with opened(ledger_path(home), schema=LEDGER) as con:
         con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [str(repo), sha, status, reason, pairs, json.dumps(facts), utc_now()])
+
+
+def record_missing(home: str | Path | None, repo: Path, mined: MiningReport) -> None:
+    """Record the commits mining could not read (missing objects) as skipped for good, with the reason."""
+    for sha, reason in mined.missing.items():
+        _record(home, repo, sha, "skipped", f"missing objects: {reason}", 0, {})
 
 
 def derive_commits(
@@ -278,8 +284,7 @@ def bootstrap_repo(
     mined = mine(top, exclude=done_commits(home, top), on_progress=on_progress)
     mining_s = time.perf_counter() - started
     chosen = newest(mined.commits, last)
-    for sha, reason in mined.missing.items():
-        _record(home, top, sha, "skipped", f"missing objects: {reason}", 0, {})
+    record_missing(home, top, mined)
     held = eval_commits(chosen, eval_share, after=newest_stored(home, top))
     derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=held, on_progress=on_progress)
     labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None

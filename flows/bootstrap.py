@@ -33,6 +33,7 @@ from bootstrap.pairs import (
     newest,
     newest_stored,
     pending_plans,
+    record_missing,
     tally,
 )
 from bootstrap.teacher import Teacher
@@ -81,6 +82,7 @@ def bootstrap_flow(repo: str, config: Config, home: str | None = None, use_teach
     mined = mine_task(str(top), sorted(done_commits(home, top)))
     mining_s = time.perf_counter() - started
     chosen = newest(mined.commits, last)
+    record_missing(home, top, mined)
     held = sorted(eval_commits(chosen, after=newest_stored(home, top)))
     size = max(1, -(-len(chosen) // max(1, partitions)))
     parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]

@@ -16,6 +16,7 @@ from bootstrap.pairs import bootstrap_repo, label_plans
 from bootstrap.teacher import Teacher
 from curation.datasets import load_examples, summary
 from tests.fixtures.decomp import DecompRepo
+from tests.fixtures.mining import make_small_repo
 
 runner = CliRunner()
 
@@ -107,3 +108,23 @@ def test_a_teacher_that_is_down_leaves_every_pair_unlabelled(decomp_template: De
     con = duckdb.connect(str(ledger_path()), read_only=True)
     assert con.execute("SELECT count(*) FROM training_examples WHERE teacher IS NOT NULL").fetchone()[0] == 0
     con.close()
+
+
+def test_the_flow_records_commits_with_missing_objects_as_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    repo = make_small_repo(tmp_path / "lost")
+    fixed = repo.commit("Fix the minute hand step", repo.edit("src/clock.c", "angle + 6", "angle + 5"))
+    repo.commit("Add the hour hand speed", {"src/hours.c": "int gHourHandSpeed = 2;\n"})
+    repo.drop_object("HEAD:src/clock.c")  # after the last commit, which would write it again
+    from flows.bootstrap import run_bootstrap_flow
+
+    report = run_bootstrap_flow(repo.path, config=load_config(repo.path), home=None, use_teacher=False, last=None)
+    assert report.dropped["missing objects"] == 1
+    shown = runner.invoke(app, ["datasets", "commits", "--repo", str(repo.path), "--status", "skipped", "--json"])
+    assert shown.exit_code == 0, shown.output
+    reasons = {r["commit"]: r["reason"] for r in json.loads(shown.output)}
+    assert reasons[fixed].startswith("missing objects")
+    again = run_bootstrap_flow(repo.path, config=load_config(repo.path), home=None, use_teacher=False, last=None)
+    assert "missing objects" not in again.dropped and again.kept == 0  # recorded for good: not mined again
