@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from multiprocessing import current_process, get_context
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def _write_state(con: duckdb.DuckDBPyConnection, repo: Path, state: IndexState, 
         "INSERT INTO index_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             str(repo), state.commit, state.dirty_paths, state.generation, state.symbols_version,
-            state.files_version, state.embedder, state.parser_version, datetime.now(timezone.utc), json.dumps(stats),
+            state.files_version, state.embedder, state.parser_version, store.utc_now(), json.dumps(stats),
         ],
     )
 

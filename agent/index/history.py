@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent.repo import GIT_ENV, git, printable_path
+from agent.store import utc_now
 
 # Commits touching more files than this are sweeping refactors: they say little about where a change goes.
 MAX_COMMIT_FILES = 40
@@ -283,7 +283,7 @@ def update_history(con: duckdb.DuckDBPyConnection, repo: Path, head: str) -> His
         " FROM commits) r WHERE commits.sha = r.sha"
     )
     con.execute("DELETE FROM history_state")
-    con.execute("INSERT INTO history_state VALUES (1, ?, ?, ?)", [head, len(want), datetime.now(timezone.utc)])
+    con.execute("INSERT INTO history_state VALUES (1, ?, ?, ?)", [head, len(want), utc_now()])
     report.added, report.removed = len(commits), len(gone)
     return report
 
