@@ -559,3 +559,14 @@ def test_second_indexer_waits_then_fails_clearly(decomp_repo: DecompRepo, isolat
             holder.kill()
         holder.wait(timeout=30)
     assert retrieval.search(repo, "wall clock window").files
+
+
+def test_a_store_draws_no_progress_bar_into_stdout(tmp_path: Path) -> None:
+    """DuckDB draws a progress bar on stdout for queries over 2 s, which would corrupt `--json` output."""
+    code = ("import sys, duckdb; from pathlib import Path; from agent import store\n"
+            "plain = duckdb.connect(sys.argv[1] + '/plain.duckdb')\n"
+            "print(plain.execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])\n"
+            "with store.opened(Path(sys.argv[1]) / 'cra.duckdb') as con:\n"
+            "    print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]  # on by default in a process like `cra --json`; off in the store

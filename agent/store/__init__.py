@@ -47,6 +47,7 @@ def connect(
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+    con.execute("SET enable_progress_bar = false")  # a query over 2 s would draw one on stdout, into `--json` output
     if not read_only:
         schema.migrate(con)
     return con
