@@ -148,6 +148,28 @@ def label_commit(repo: Path, home: str | Path, files: list[str], hunks: list[Hun
     return labels
 
 
+def merge_hunks(root: Path, hunks: list[Hunk], limit: int = MAX_EDITS) -> list[Hunk]:
+    """At most `limit` hunks where it can be done: neighbours in one file joined (closest first), with the lines
+    between them as context, while the joined text still fits an edit block."""
+    hunks = list(hunks)
+    lines = {p: (root / p).read_text(encoding="utf-8", errors="surrogateescape").split("\n") for p in {h.path for h in hunks}}
+    while len(hunks) > limit:
+        best: tuple[int, int, Hunk] | None = None
+        for i, (a, b) in enumerate(zip(hunks, hunks[1:])):
+            if a.path != b.path:
+                continue
+            gap = lines[a.path][a.old_start - 1 + len(a.old_text):b.old_start - 1]
+            joined = Hunk(a.path, a.old_start, a.new_start, a.lines + tuple(" " + text for text in gap) + b.lines)
+            if max(len("\n".join(joined.old_text)), len("\n".join(joined.new_text))) <= MAX_BLOCK and (
+                    best is None or len(gap) < best[0]):
+                best = (len(gap), i, joined)
+        if best is None:
+            break
+        _, i, joined = best
+        hunks[i:i + 2] = [joined]
+    return hunks
+
+
 def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
     """Search/replace blocks reproducing the hunks, each grown with context until it matches one place only."""
     blocks = []
@@ -247,18 +269,20 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
     elif (longest := max(len(line) for h in hunks for line in ("\n".join(h.old_text), "\n".join(h.new_text)))) > MAX_BLOCK:
         facts["code_skipped"] = f"a hunk of {longest} characters is longer than an edit block may be ({MAX_BLOCK})"
     else:
-        blocks = unique_edits(worktree, hunks)
+        edited = merge_hunks(worktree, hunks)
+        blocks = unique_edits(worktree, edited)
         if not blocks:
             facts["code_failed"] = ("block too long", f"an edit block outgrows {MAX_BLOCK + 500} characters with the context "
                                     "that makes its search unique")
         elif len(blocks) > MAX_EDITS:
-            facts["code_failed"] = ("too many blocks", f"{len(blocks)} edit blocks; a code answer holds at most {MAX_EDITS}")
+            facts["code_failed"] = ("too many blocks", f"{len(blocks)} edit blocks (neighbours too far apart to join); "
+                                                      f"a code answer holds at most {MAX_EDITS}")
         elif problem := reapply_problem(worktree, repo, sha, blocks, code_files):
             facts["code_failed"] = problem
         else:
             code_in = stages["code"].build_input(ctx, {"plan": plan, "precision": precision})
             shown = "\n".join(e.text for e in code_in.excerpts)
-            for block, hunk in zip(blocks, hunks, strict=True):  # the answer may only edit code the prompt shows
+            for block, hunk in zip(blocks, edited, strict=True):  # the answer may only edit code the prompt shows
                 if block.search not in shown:
                     code_in.excerpts.append(Excerpt(path=block.path, start_line=hunk.old_start, text=block.search))
             pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in), CodeEdits(edits=blocks)))

@@ -140,7 +140,8 @@ def test_a_hunk_too_long_for_an_edit_block_gives_no_code_pair(decomp_repo: Decom
 
 def test_why_a_code_pair_was_not_made_is_recorded_per_commit(decomp_repo: DecompRepo) -> None:
     path = decomp_repo.path / "src" / "wallclock_vars.c"
-    path.write_text("".join(f"EWRAM_DATA u8 gUnknown_0203{i:04X} = 0;\n" + "\n" * 9 for i in range(13)))
+    filler = "".join(f"// {'-' * 200}\n" for _ in range(20))  # too far apart to join into one block
+    path.write_text("".join(f"EWRAM_DATA u8 gUnknown_0203{i:04X} = 0;\n" + filler for i in range(13)))
     git(decomp_repo.path, "add", "-A")
     git(decomp_repo.path, "commit", "-qm", "Add the wall clock variables")
     path.write_text(path.read_text().replace("gUnknown_0203", "sWallClockVar_"))
@@ -152,7 +153,7 @@ def test_why_a_code_pair_was_not_made_is_recorded_per_commit(decomp_repo: Decomp
     assert shown.exit_code == 0, shown.output
     [row] = json.loads(shown.output)
     assert row["commit"] == git(decomp_repo.path, "rev-parse", "HEAD").strip()
-    assert row["status"] == "derived" and row["code_failed"] == "13 edit blocks; a code answer holds at most 12"
+    assert row["status"] == "derived" and row["code_failed"].startswith("13 edit blocks (neighbours too far apart to join)")
     bad = CliRunner().invoke(app, ["datasets", "commits", "--status", "done"])
     assert bad.exit_code != 0 and "derived or skipped" in bad.output
 
@@ -178,3 +179,20 @@ def test_only_commits_newer_than_those_stored_are_held_out() -> None:
     filling_in = eval_commits(commits[:15], after=datetime(2020, 1, 16))
     assert filling_in == set()  # older history added after a `--last N` pass is all trained on
     assert eval_commits(commits, after=datetime(2020, 1, 5, 10)) == {c.sha for c in commits[-2:]}
+
+
+def test_more_hunks_than_a_code_answer_holds_are_joined_into_blocks(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    path = decomp_repo.path / "src" / "wallclock_vars.c"
+    path.write_text("".join(f"EWRAM_DATA u8 gUnknown_0203{i:04X} = 0;\n" + "\n" * (9 + i % 3) for i in range(14)))
+    git(decomp_repo.path, "add", "-A")
+    git(decomp_repo.path, "commit", "-qm", "Add the wall clock variables")
+    path.write_text(path.read_text().replace("gUnknown_0203", "sWallClockVar_"))
+    git(decomp_repo.path, "commit", "-qam", "Rename the wall clock variables")
+    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
+    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description="Rename the wall clock variables",
+                                files=["src/wallclock_vars.c"], repo=decomp_repo.path)
+    assert facts["hunks"] == 14 and facts["code_exact"] and "code_failed" not in facts
+    edits = {p.stage: p for p in pairs}["code"].output.edits
+    assert len(edits) == 12 and sum(e.search.count("gUnknown_0203") for e in edits) == 14
