@@ -40,6 +40,14 @@ RoleOpt = Annotated[str, typer.Option("--role", help="reasoning or coding.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 
 
+def _table(columns: tuple[str, ...], **options) -> Table:
+    """A rich table with these column headers (`options` as for `rich.table.Table`)."""
+    table = Table(**options)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def _emit_json(data: object) -> None:
     """Print `data` as indented JSON on stdout (dates and paths as strings)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -114,15 +122,11 @@ def search(
     if as_json:
         _emit_json(results.as_dict())
         return
-    files = Table(title=escape(f"files for {query!r}"))
-    for col in ("#", "file", "score", "why"):
-        files.add_column(col)
+    files = _table(("#", "file", "score", "why"), title=escape(f"files for {query!r}"))
     for i, hit in enumerate(results.files, 1):
         files.add_row(str(i), escape(hit.path), f"{hit.score:.3f}", _why(hit.why))
     out.print(files)
-    syms = Table(title="symbols")
-    for col in ("#", "symbol", "kind", "where", "score", "why"):
-        syms.add_column(col)
+    syms = _table(("#", "symbol", "kind", "where", "score", "why"), title="symbols")
     for i, hit in enumerate(results.symbols, 1):
         syms.add_row(str(i), escape(hit.name), hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
     out.print(syms)
@@ -158,9 +162,7 @@ def symbol(
         for decl in info.declarations:
             out.print(f"  declared at {escape(decl)}")
         for label, rows in (("callers", info.callers), ("callees", info.callees)):
-            table = Table(title=f"{label} ({len(rows)})", title_justify="left")
-            for col in ("name", "kind", "reference", "at"):
-                table.add_column(col)
+            table = _table(("name", "kind", "reference", "at"), title=f"{label} ({len(rows)})", title_justify="left")
             for row in rows:
                 table.add_row(escape(row["name"] or row["id"]), row["kind"], row["ref_kind"],
                               escape(f"{row['site_path']}:{row['site_line']}"))
@@ -188,9 +190,8 @@ def eval_localize(
     except CraError as exc:
         _fail(exc)
     _write_json(json_out, report)
-    table = Table(title=f"localization on {len(tasks)} tasks")
-    for col in ("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"):
-        table.add_column(col)
+    table = _table(("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"),
+                   title=f"localization on {len(tasks)} tasks")
     for name, summary in report["summary"].items():
         if isinstance(summary, dict) and "file_acc@5" in summary:
             table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (
@@ -237,10 +238,9 @@ def eval_serving(
     except CraError as exc:
         _fail(exc)
     _write_json(json_out, figures)
-    table = Table(title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
-                        f"–{figures['server_rss_peak_mib']} MiB)")
-    for col in ("mode", "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"):
-        table.add_column(col)
+    table = _table(("mode", "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"),
+                   title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
+                         f"–{figures['server_rss_peak_mib']} MiB)")
     for name, mode in figures["modes"].items():
         table.add_row(name, str(mode["latency_p50_ms"]), str(mode["latency_p95_ms"]), str(mode["throughput_tok_s"]),
                       str(mode["latency_ratio_to_base"]), str(mode["throughput_ratio_to_base"]))
@@ -265,9 +265,8 @@ def eval_overhead(
     except CraError as exc:
         _fail(exc)
     _write_json(json_out, figures)
-    table = Table(title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})")
-    for col in ("task", "status", "wall s", "model s", "build s", "overhead s"):
-        table.add_column(col)
+    table = _table(("task", "status", "wall s", "model s", "build s", "overhead s"),
+                   title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})")
     for row in figures["runs"]:
         table.add_row(escape(row["task"][:50]), escape(row["status"][:30]), f"{row['wall_s']:.2f}", f"{row['model_s']:.2f}",
                       f"{row['validation_s']:.2f}", f"{row['overhead_s']:.2f}")
@@ -290,9 +289,8 @@ def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title=f"training examples ({sum(r['examples'] for r in rows)})")
-    for col in ("stage", "source", "family", "split", "repo", "examples"):
-        table.add_column(col)
+    table = _table(("stage", "source", "family", "split", "repo", "examples"),
+                   title=f"training examples ({sum(r['examples'] for r in rows)})")
     for r in rows:
         table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["repo"]), str(r["examples"]))
     out.print(table)
@@ -373,9 +371,7 @@ def datasets_commits(
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title=f"bootstrapped commits ({len(rows)} shown)")
-    for col in ("commit", "status", "pairs", "why"):
-        table.add_column(col)
+    table = _table(("commit", "status", "pairs", "why"), title=f"bootstrapped commits ({len(rows)} shown)")
     for r in rows:
         why = r["reason"] or (f"no code pair: {r['code_failed']}" if r["code_failed"] else "")
         table.add_row(r["commit"][:10], r["status"], str(r["pairs"]), escape(why))
@@ -453,9 +449,7 @@ def run(
 
 
 def _print_decisions(stage: str, source: str, decisions: list[dict], notes: list[str], limit: int = 15) -> None:
-    table = Table(title=f"{stage} ({source})", title_justify="left")
-    for col in ("candidate", "decision", "score", "reason"):
-        table.add_column(col)
+    table = _table(("candidate", "decision", "score", "reason"), title=f"{stage} ({source})", title_justify="left")
     for d in decisions[:limit]:
         table.add_row(escape(d["candidate"]), d["decision"], "" if d["score"] is None else f"{d['score']:.2f}", escape(d["reason"] or ""))
     if len(decisions) > limit:
@@ -466,9 +460,8 @@ def _print_decisions(stage: str, source: str, decisions: list[dict], notes: list
 
 
 def _print_checks(validation: dict) -> None:
-    table = Table(title=f"validation (keep ROM: {validation['keep_rom']}, ROM changed: {validation['rom_changed']})", title_justify="left")
-    for col in ("check", "result", "exit", "seconds"):
-        table.add_column(col)
+    table = _table(("check", "result", "exit", "seconds"),
+                   title=f"validation (keep ROM: {validation['keep_rom']}, ROM changed: {validation['rom_changed']})", title_justify="left")
     for check in validation["checks"]:
         result = "[green]pass[/]" if check["passed"] else ("[red]timed out[/]" if check["timed_out"] else
                                                            f"[dim]skipped: {escape(check['skipped_reason'])}[/]" if check.get("skipped_reason") else "[red]fail[/]")
@@ -492,9 +485,7 @@ def runs_list(
     if as_json:
         _emit_json([vars(r) for r in found])
         return
-    table = Table(title=f"runs ({len(found)})")
-    for col in ("id", "started", "status", "success", "verdict", "kind", "task"):
-        table.add_column(col)
+    table = _table(("id", "started", "status", "success", "verdict", "kind", "task"), title=f"runs ({len(found)})")
     for r in found:
         table.add_row(r.id, f"{r.started_at:%Y-%m-%d %H:%M}", r.status, str(r.success), r.verdict or "", r.kind or "",
                       escape(r.task[:60]))
@@ -614,9 +605,7 @@ def bootstrap(
         return
     out.print(f"[bold]{escape(report.repo)}[/]: {report.seen} commits seen, {report.kept} kept "
               f"(mining {report.mining_s:.1f} s)")
-    dropped = Table(title="dropped by the filters", title_justify="left")
-    for col in ("reason", "commits"):
-        dropped.add_column(col)
+    dropped = _table(("reason", "commits"), title="dropped by the filters", title_justify="left")
     for reason, n in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
         dropped.add_row(escape(reason), str(n))
     out.print(dropped)
@@ -654,9 +643,7 @@ def models(
             "adapter": r.adapter.name if r.adapter else None, "passed_over": list(r.passed_over),
         } for r in resolutions], indent=2) + "\n")
         return
-    table = Table(title="models per stage")
-    for col in ("stage", "model", "why", "server"):
-        table.add_column(col)
+    table = _table(("stage", "model", "why", "server"), title="models per stage")
     for r in resolutions:
         why = escape(r.reason) + "".join(f"\n[yellow]passed over: {escape(p)}[/]" for p in r.passed_over)
         table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.endpoint}"))
@@ -686,9 +673,8 @@ def calls_list(
     if as_json:
         _emit_json([vars(r) for r in records])
         return
-    table = Table(title=f"model calls ({len(records)})")
-    for col in ("id", "when", "run", "stage", "asked", "answered", "ok", "repairs", "retries", "ms", "tokens", "note"):
-        table.add_column(col)
+    table = _table(("id", "when", "run", "stage", "asked", "answered", "ok", "repairs", "retries", "ms", "tokens", "note"),
+                   title=f"model calls ({len(records)})")
     for r in records:
         note = r.error_type or ("fallback" if r.fallback_reason else "")
         tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0}"
@@ -836,9 +822,8 @@ def adapters_list(
     if as_json:
         _emit_json([vars(a) for a in adapters])
         return
-    table = Table(title=f"adapters ({len(adapters)})")
-    for col in ("name", "stage", "status", "base", "rank", "created", "promoted"):
-        table.add_column(col)
+    table = _table(("name", "stage", "status", "base", "rank", "created", "promoted"),
+                   title=f"adapters ({len(adapters)})")
     for a in adapters:
         style = {"active": "green", "retired": "dim"}.get(a.status, "")
         table.add_row(escape(a.name), a.stage, f"[{style}]{a.status}[/]" if style else a.status, escape(a.base_model),
@@ -956,9 +941,8 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
     except CraError as exc:
         _fail(exc)
     out.print(f"collected {sft} new examples and {dpo} preference pairs from logged runs, {code} code preference pairs")
-    table = Table(title=f"round {built.number} (snapshot {built.snapshot_hash})")
-    for col in ("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool"):
-        table.add_column(col)
+    table = _table(("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool"),
+                   title=f"round {built.number} (snapshot {built.snapshot_hash})")
     for (stage, family), mix in built.mixes.items():
         table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)), str(mix.pool))
     out.print(table)
@@ -1009,9 +993,7 @@ def retrain(
     except CraError as exc:
         _fail(exc)
     out.print(f"round {report['round']} (snapshot {report['snapshot']}); collected {report['collected']}")
-    table = Table(title="stages")
-    for col in ("stage", "adapter", "promoted", "reason"):
-        table.add_column(col)
+    table = _table(("stage", "adapter", "promoted", "reason"), title="stages")
     for o in report["stages"]:
         table.add_row(o["stage"], escape(o["adapter"] or "-"), str(o["promoted"]), escape(o["reason"]))
     out.print(table)
