@@ -51,6 +51,16 @@ class Hunk:
         return [line[1:] for line in self.lines if line[:1] in (" ", "+")]
 
     @property
+    def end_newlines(self) -> tuple[str, str]:
+        """What the search and replace texts end with: a newline on the side that has one where the other ends the
+        file without ("\\ No newline at end of file" on one side only)."""
+        missing = set()
+        for before, line in zip(self.lines, self.lines[1:]):
+            if line.startswith("\\"):
+                missing |= {"-", "+"} if before[:1] == " " else {before[:1]}
+        return "\n" if missing == {"+"} else "", "\n" if missing == {"-"} else ""
+
+    @property
     def old_changed(self) -> tuple[int, int]:
         """First and last old-side line the hunk removes or inserts before (1-based)."""
         line, first, last = self.old_start, None, None
@@ -106,7 +116,7 @@ def parse_hunks(patch: str) -> list[Hunk]:
         elif current is not None and line[:1] in (" ", "-", "+"):
             current.append(line)
         elif current is not None and line.startswith("\\"):
-            continue
+            current.append(line)  # "\ No newline at end of file", for the line before it
     if current is not None and path:
         hunks.append(Hunk(path, *start, tuple(current)))
     return hunks
@@ -177,9 +187,10 @@ def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
         text = (root / hunk.path).read_text(encoding="utf-8", errors="surrogateescape")
         lines = text.split("\n")
         old, new = hunk.old_text, hunk.new_text
+        old_end, new_end = hunk.end_newlines
         before = after = 0
         start = hunk.old_start - 1
-        while text.count("\n".join(old)) != 1 and before + after < MAX_CONTEXT:
+        while text.count("\n".join(old) + old_end) != 1 and before + after < MAX_CONTEXT:
             if start - before - 1 >= 0:
                 before += 1
                 old.insert(0, lines[start - before])
@@ -192,7 +203,7 @@ def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
                 break
         if max(len("\n".join(old)), len("\n".join(new))) > MAX_BLOCK + 500:
             return []
-        blocks.append(EditBlock(path=hunk.path, search="\n".join(old), replace="\n".join(new)))
+        blocks.append(EditBlock(path=hunk.path, search="\n".join(old) + old_end, replace="\n".join(new) + new_end))
     return blocks
 
 

@@ -196,3 +196,23 @@ def test_more_hunks_than_a_code_answer_holds_are_joined_into_blocks(decomp_repo:
     assert facts["hunks"] == 14 and facts["code_exact"] and "code_failed" not in facts
     edits = {p.stage: p for p in pairs}["code"].output.edits
     assert len(edits) == 12 and sum(e.search.count("gUnknown_0203") for e in edits) == 14
+
+
+@pytest.mark.parametrize("old_end, new_end", [("", "\n"), ("\n", "")])
+def test_a_file_ending_without_a_newline_on_one_side_is_reproduced(decomp_repo: DecompRepo, tmp_path: Path,
+                                                                   old_end: str, new_end: str) -> None:
+    path = decomp_repo.path / "src" / "battle_vcount.c"
+    path.write_text("void sub_800FCD4(void)\n{\n    REG_BG0CNT = 0x9800;\n}" + old_end)
+    git(decomp_repo.path, "add", "-A")
+    git(decomp_repo.path, "commit", "-qm", "Add the battle vcount handler")
+    path.write_text("void sub_800FCD4(void)\n{\n    REG_BG0CNT = 0x9800;\n}\n\nvoid sub_800FCFC(void)\n{\n    Random();\n}" + new_end)
+    git(decomp_repo.path, "commit", "-qam", "Decompile the battle vblank callback")
+    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
+    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
+                                description="Decompile the battle vblank callback", files=["src/battle_vcount.c"],
+                                repo=decomp_repo.path)
+    assert facts["code_exact"] and "code_failed" not in facts, facts
+    [edit] = {p.stage: p for p in pairs}["code"].output.edits
+    assert edit.search.endswith("}" + old_end) and edit.replace.endswith("}" + new_end)
