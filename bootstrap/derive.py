@@ -27,7 +27,7 @@ CODE_SUFFIXES = (".c", ".h", ".s", ".inc")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 _COMMENT = re.compile(r"^\s*(//|/\*|\*)")
-MAX_CONTEXT = 12
+MAX_CONTEXT = 40  # lines a block may grow by until its search matches one place (duplicated code needs many)
 MAX_BLOCK = 3500  # leaves room for the context a block grows by, under the code stage's 4,000 characters
 
 

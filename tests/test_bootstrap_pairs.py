@@ -216,3 +216,24 @@ def test_a_file_ending_without_a_newline_on_one_side_is_reproduced(decomp_repo: 
     assert facts["code_exact"] and "code_failed" not in facts, facts
     [edit] = {p.stage: p for p in pairs}["code"].output.edits
     assert edit.search.endswith("}" + old_end) and edit.replace.endswith("}" + new_end)
+
+
+def test_a_block_in_duplicated_code_grows_until_its_search_is_unique(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    body = "".join(f"    gTasks[taskId].data[{i}] = 0;\n" for i in range(25))
+    path = decomp_repo.path / "src" / "trade_tasks.c"
+    path.write_text(f"void sub_804C164(u8 taskId)\n{{\n{body}}}\n\nvoid sub_804C1A8(u8 taskId)\n{{\n{body}}}\n")
+    git(decomp_repo.path, "add", "-A")
+    git(decomp_repo.path, "commit", "-qm", "Add the trade tasks")
+    text = path.read_text()
+    cut = text.index("void sub_804C1A8")
+    path.write_text(text[:cut] + text[cut:].replace("data[20] = 0;", "data[20] = 1;"))
+    git(decomp_repo.path, "commit", "-qam", "Fix the second trade task's counter")
+    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
+    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
+                                description="Fix the second trade task's counter", files=["src/trade_tasks.c"],
+                                repo=decomp_repo.path)
+    assert facts["code_exact"], facts
+    [edit] = {p.stage: p for p in pairs}["code"].output.edits
+    assert edit.search.startswith("void sub_804C1A8") and edit.search.count("\n") > 20  # 12 lines would not do
