@@ -37,6 +37,14 @@ def at_parent(repo: DecompRepo, subject: str, home: Path) -> tuple[str, str, lis
     return sha, parent, files
 
 
+def derive_head(repo: DecompRepo, home: Path, description: str, files: list[str]) -> tuple[list, dict]:
+    """The pairs for the fixture's newest commit, derived with the checkout and its index at the parent."""
+    sha, parent = git(repo.path, "rev-parse", "HEAD").strip(), git(repo.path, "rev-parse", "HEAD^").strip()
+    git(repo.path, "checkout", "-q", "--detach", parent)
+    index_repo(repo.path, home=home, embed=False)
+    return derive_pairs(repo.path, home, sha=sha, parent=parent, description=description, files=files, repo=repo.path)
+
+
 def test_rename_commit_gives_a_pair_per_stage_with_labels_from_the_diff(decomp_repo: DecompRepo, tmp_path: Path) -> None:
     subject = "Rename sub_80A1234 to InitWallClock"
     sha, parent, files = at_parent(decomp_repo, subject, tmp_path / "home")
@@ -128,12 +136,7 @@ def test_a_hunk_too_long_for_an_edit_block_gives_no_code_pair(decomp_repo: Decom
     path = decomp_repo.path / "src" / "wallclock.c"
     path.write_text(path.read_text() + "\n// " + "x" * 4200 + "\n")
     git(decomp_repo.path, "commit", "-qam", "Document the wall clock at length")
-    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
-    files = ["src/wallclock.c"]
-    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
-    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
-    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
-                                description="Document the wall clock at length", files=files, repo=decomp_repo.path)
+    pairs, facts = derive_head(decomp_repo, tmp_path / "home", "Document the wall clock at length", ["src/wallclock.c"])
     assert "code" not in {p.stage for p in pairs} and "longer than an edit block" in facts["code_skipped"]
     assert {p.stage for p in pairs} == {"task_analysis", "scope", "precision", "plan"}
 
@@ -188,11 +191,7 @@ def test_more_hunks_than_a_code_answer_holds_are_joined_into_blocks(decomp_repo:
     git(decomp_repo.path, "commit", "-qm", "Add the wall clock variables")
     path.write_text(path.read_text().replace("gUnknown_0203", "sWallClockVar_"))
     git(decomp_repo.path, "commit", "-qam", "Rename the wall clock variables")
-    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
-    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
-    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
-    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description="Rename the wall clock variables",
-                                files=["src/wallclock_vars.c"], repo=decomp_repo.path)
+    pairs, facts = derive_head(decomp_repo, tmp_path / "home", "Rename the wall clock variables", ["src/wallclock_vars.c"])
     assert facts["hunks"] == 14 and facts["code_exact"] and "code_failed" not in facts
     edits = {p.stage: p for p in pairs}["code"].output.edits
     assert len(edits) == 12 and sum(e.search.count("gUnknown_0203") for e in edits) == 14
@@ -207,12 +206,7 @@ def test_a_file_ending_without_a_newline_on_one_side_is_reproduced(decomp_repo: 
     git(decomp_repo.path, "commit", "-qm", "Add the battle vcount handler")
     path.write_text("void sub_800FCD4(void)\n{\n    REG_BG0CNT = 0x9800;\n}\n\nvoid sub_800FCFC(void)\n{\n    Random();\n}" + new_end)
     git(decomp_repo.path, "commit", "-qam", "Decompile the battle vblank callback")
-    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
-    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
-    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
-    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
-                                description="Decompile the battle vblank callback", files=["src/battle_vcount.c"],
-                                repo=decomp_repo.path)
+    pairs, facts = derive_head(decomp_repo, tmp_path / "home", "Decompile the battle vblank callback", ["src/battle_vcount.c"])
     assert facts["code_exact"] and "code_failed" not in facts, facts
     [edit] = {p.stage: p for p in pairs}["code"].output.edits
     assert edit.search.endswith("}" + old_end) and edit.replace.endswith("}" + new_end)
@@ -228,12 +222,7 @@ def test_a_block_in_duplicated_code_grows_until_its_search_is_unique(decomp_repo
     cut = text.index("void sub_804C1A8")
     path.write_text(text[:cut] + text[cut:].replace("data[20] = 0;", "data[20] = 1;"))
     git(decomp_repo.path, "commit", "-qam", "Fix the second trade task's counter")
-    sha, parent = git(decomp_repo.path, "rev-parse", "HEAD").strip(), git(decomp_repo.path, "rev-parse", "HEAD^").strip()
-    git(decomp_repo.path, "checkout", "-q", "--detach", parent)
-    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
-    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent,
-                                description="Fix the second trade task's counter", files=["src/trade_tasks.c"],
-                                repo=decomp_repo.path)
+    pairs, facts = derive_head(decomp_repo, tmp_path / "home", "Fix the second trade task's counter", ["src/trade_tasks.c"])
     assert facts["code_exact"], facts
     [edit] = {p.stage: p for p in pairs}["code"].output.edits
     assert edit.search.startswith("void sub_804C1A8") and edit.search.count("\n") > 20  # 12 lines would not do
