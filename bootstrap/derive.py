@@ -183,8 +183,9 @@ def merge_hunks(root: Path, hunks: list[Hunk], limit: int = MAX_EDITS) -> list[H
 def unique_edits(root: Path, hunks: list[Hunk]) -> list[EditBlock]:
     """Search/replace blocks reproducing the hunks, each grown with context until it matches one place only."""
     blocks = []
+    texts = {p: (root / p).read_text(encoding="utf-8", errors="surrogateescape") for p in {h.path for h in hunks}}
     for hunk in hunks:
-        text = (root / hunk.path).read_text(encoding="utf-8", errors="surrogateescape")
+        text = texts[hunk.path]
         lines = text.split("\n")
         old, new = hunk.old_text, hunk.new_text
         old_end, new_end = hunk.end_newlines

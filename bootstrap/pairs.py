@@ -80,13 +80,12 @@ def commit_log(home: str | Path | None, repo: Path | None = None, *, status: str
     repo = git_repo.require_repo(repo) if repo else None
     with opened(ledger_path(home), schema=LEDGER) as con:
         rows = con.execute(
-            "SELECT repo, commit_sha, status, reason, pairs, facts, done_at FROM bootstrap_commits"
-            " WHERE (? IS NULL OR repo = ?) AND (? IS NULL OR status = ?)"
-            " AND (NOT ? OR json_extract(facts, '$.code_failed') IS NOT NULL) ORDER BY done_at DESC, commit_sha LIMIT ?",
+            "SELECT repo, commit_sha, status, reason, pairs, json_extract_string(facts, '$.code_failed[1]') AS why, done_at"
+            " FROM bootstrap_commits WHERE (? IS NULL OR repo = ?) AND (? IS NULL OR status = ?)"
+            " AND (NOT ? OR why IS NOT NULL) ORDER BY done_at DESC, commit_sha LIMIT ?",
             [*(str(repo) if repo else None,) * 2, status, status, code_failed, limit]).fetchall()
-    return [{"repo": r[0], "commit": r[1], "status": r[2], "reason": r[3], "pairs": r[4],
-             "code_failed": (json.loads(r[5] or "{}").get("code_failed") or [None, None])[1], "done_at": r[6].isoformat()}
-            for r in rows]
+    return [{"repo": r[0], "commit": r[1], "status": r[2], "reason": r[3], "pairs": r[4], "code_failed": r[5],
+             "done_at": r[6].isoformat()} for r in rows]
 
 
 def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE, after: datetime | None = None) -> set[str]:
@@ -133,10 +132,13 @@ def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: 
                     [str(repo), sha, status, reason, pairs, json.dumps(facts), utc_now()])
 
 
-def record_missing(home: str | Path | None, repo: Path, mined: MiningReport) -> None:
-    """Record the commits mining could not read (missing objects) as skipped for good, with the reason."""
+def select_commits(home: str | Path | None, repo: Path, mined: MiningReport, last: int | None,
+                   eval_share: float = EVAL_SHARE) -> tuple[list[MinedCommit], set[str]]:
+    """The commits to derive now (oldest first) and those held out; unreadable ones are recorded as skipped for good."""
     for sha, reason in mined.missing.items():
         _record(home, repo, sha, "skipped", f"missing objects: {reason}", 0, {})
+    chosen = newest(mined.commits, last)
+    return chosen, eval_commits(chosen, eval_share, after=newest_stored(home, repo))
 
 
 def derive_commits(
@@ -283,9 +285,7 @@ def bootstrap_repo(
     started = time.perf_counter()
     mined = mine(top, exclude=done_commits(home, top), on_progress=on_progress)
     mining_s = time.perf_counter() - started
-    chosen = newest(mined.commits, last)
-    record_missing(home, top, mined)
-    held = eval_commits(chosen, eval_share, after=newest_stored(home, top))
+    chosen, held = select_commits(home, top, mined, last, eval_share)
     derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=held, on_progress=on_progress)
     labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None
     return BootstrapReport(str(top), mined.seen, len(mined.commits), dict(mined.dropped), derived, labelled, mining_s)

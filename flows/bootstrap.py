@@ -28,12 +28,9 @@ from bootstrap.pairs import (
     DeriveReport,
     derive_commits,
     done_commits,
-    eval_commits,
     label_plan,
-    newest,
-    newest_stored,
     pending_plans,
-    record_missing,
+    select_commits,
     tally,
 )
 from bootstrap.teacher import Teacher
@@ -81,9 +78,8 @@ def bootstrap_flow(repo: str, config: Config, home: str | None = None, use_teach
     started = time.perf_counter()
     mined = mine_task(str(top), sorted(done_commits(home, top)))
     mining_s = time.perf_counter() - started
-    chosen = newest(mined.commits, last)
-    record_missing(home, top, mined)
-    held = sorted(eval_commits(chosen, after=newest_stored(home, top)))
+    chosen, held_out = select_commits(home, top, mined, last)
+    held = sorted(held_out)
     size = max(1, -(-len(chosen) // max(1, partitions)))
     parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
     futures = [derive_task.submit(str(top), part, config, home, held, i, use_teacher) for i, part in enumerate(parts)]
