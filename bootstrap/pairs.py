@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -161,7 +161,7 @@ def derive_commits(
                     _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {})
                     continue
                 try:
-                    index_repo(worktree, home=scratch / "home", embed=False)
+                    index_repo(worktree, home=scratch / "home", embed=False, keep_versions=timedelta(0))  # no other reader
                     description = commit.description
                     if teacher is not None and weak_description(description):
                         better = teacher.description(description, commit_patch(top, commit.parent, commit.sha, _paths(commit)))

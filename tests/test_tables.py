@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agent import store
-from agent.errors import InvalidInput
+from agent.errors import InvalidInput, NotIndexed
 from agent.index import catalog, graph
 from agent.index.embed import load_embedder
 from agent.index.parse import parse_file
@@ -199,3 +201,25 @@ def test_index_maintenance_after_many_replacements(tables: SearchTables, monkeyp
     assert ids(tables.search_symbols("rod", 5)) == ["include/constants/flags.h::macro::FLAG_GOT_ROD"]
     assert ids(tables.nearest_symbols(tables.embed_query("damage of an attack"), 1)) == [
         "src/battle_util.c::function::ComputeDamage"]
+
+
+def test_writes_delete_old_versions_but_keep_the_recorded_and_tagged_ones(tmp_path: Path, embedder,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.index.tables.MAX_OLD_VERSIONS", 2)
+    monkeypatch.setattr("agent.index.tables.CLEANUP_MARGIN", timedelta(seconds=1))
+    search = SearchTables(tmp_path / "lance", embedder, repo="fixture", keep_versions=timedelta(0))
+    recorded = [search.build(1, None, search.prepare(parsed(SOURCES)))]
+    for i in range(5):
+        time.sleep(1.2)  # every earlier version is older than the recorded one by more than the margin
+        search.open(1, *recorded[-1])  # as the indexer does: at the versions it recorded last
+        edited = {"src/battlex.c": SOURCES["src/battlex.c"].replace("BattleXIntro", f"BattleIntro{i}")}
+        recorded.append(search.replace_paths(None, set(edited), search.prepare(parsed(edited))))
+    symbols = search.db.open_table("symbols_g1")
+    assert len(symbols.list_versions()) < symbols.version // 2
+    with pytest.raises(NotIndexed):
+        search.checkout(*recorded[1])  # deleted
+    search.checkout(*recorded[-2])  # what a failed write rolls back to
+    assert ids(search.search_symbols("battleintro3 battle intro3", 1)) == ["src/battlex.c::function::BattleIntro3"]
+    search.open(1, *recorded[-1])  # its vectors by tag
+    assert ids(search.nearest_symbols(search.embed_query("damage of an attack"), 1)) == [
+        "src/battle_util.c::function::CalculateBaseDamage"]

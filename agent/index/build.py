@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from multiprocessing import current_process, get_context
 from pathlib import Path
 
@@ -165,8 +166,13 @@ def index_repo(
     wait_s: float = 60.0,
     workers: int | None = None,
     on_progress: Progress | None = None,
+    keep_versions: timedelta | None = None,
 ) -> IndexReport:
-    """Index `repo` (HEAD plus uncommitted edits); incremental when an index exists, full otherwise."""
+    """Index `repo` (HEAD plus uncommitted edits); incremental when an index exists, full otherwise.
+
+    Search-table versions older than `keep_versions` (default tables.KEEP_VERSIONS) are deleted once they pile up:
+    zero suits an index no other process reads.
+    """
     say = on_progress or (lambda _msg: None)
     top = git_repo.require_repo(repo)
     head = git_repo.head_commit(top)
@@ -223,7 +229,8 @@ def index_repo(
 
         from agent.index import tables  # lancedb is imported after the parse pool has forked, and only when needed
 
-        search = tables.SearchTables(paths.lance, embedder_name, repo=str(top), models=paths.models, on_progress=say)
+        search = tables.SearchTables(paths.lance, embedder_name, repo=str(top), models=paths.models, on_progress=say,
+                                     keep_versions=tables.KEEP_VERSIONS if keep_versions is None else keep_versions)
         known = {}
         if not full:
             search.open(state.generation, state.symbols_version, state.files_version)

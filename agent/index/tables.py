@@ -11,8 +11,10 @@ version is tied to the symbols version by a tag (`s<version>`), written with eve
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -101,8 +103,16 @@ PATH_COLUMN = {SYMBOLS: "file_path", FILES: "path", VECTORS: "file_path"}
 VECTOR_PARTITIONS = 4
 # Rows added since the last optimize are searched unindexed (flat) until they pass this many.
 OPTIMIZE_UNINDEXED_ROWS = 5_000
+# Every write makes table versions, each keeping the files it replaced (pokeemerald: ~20 MB a commit). Once
+# more than MAX_OLD_VERSIONS are older than the keep window, an optimize deletes them. A reader that opened
+# the index within KEEP_VERSIONS keeps its version; a walk with no other reader keeps none.
+KEEP_VERSIONS = timedelta(hours=1)
+MAX_OLD_VERSIONS = 64
 
 Progress = Callable[[str], None]
+# LanceDB deletes versions older than its clock at cleanup time minus the window; the cleanup comes after the
+# compaction (seconds on a large table), so a needed version gets this much more than its age as the window.
+CLEANUP_MARGIN = timedelta(minutes=1)
 
 _SYMBOL_FIELDS = [
     ("id", pa.string()), ("name", pa.string()), ("kind", pa.string()), ("repo", pa.string()),
@@ -219,12 +229,15 @@ class SearchTables:
     """One project's LanceDB search tables: written by the indexer, read at recorded versions by search."""
 
     def __init__(self, lance_dir: Path, embedder: str | Embedder | None = None, *, repo: str = "",
-                 models: Path | None = None, on_progress: Progress | None = None) -> None:
+                 models: Path | None = None, on_progress: Progress | None = None,
+                 keep_versions: timedelta = KEEP_VERSIONS) -> None:
         """Tables under `lance_dir`; `embedder` is an embedder name, a loaded Embedder, or None for none; `models`
-        caches the query model's ONNX export (see load_query_embedder)."""
+        caches the query model's ONNX export (see load_query_embedder); writes delete versions older than
+        `keep_versions` once they pile up."""
         lance_dir.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(lance_dir))
         self.repo = repo
+        self.keep_versions = keep_versions
         self.models = models
         self.say = on_progress or (lambda _msg: None)
         self._embedder_spec = embedder
@@ -363,8 +376,8 @@ class SearchTables:
         if con is not None:
             names.update(_flat_names(symbols.column("callees")))
             self._sync_graph(con, tables[SYMBOLS], names, gone)
-        for table in tables.values():
-            _optimize_if_stale(table)
+        for kind, table in tables.items():
+            self._optimize_if_stale(kind, table)
         _link_vectors(tables[SYMBOLS], tables.get(VECTORS))
         self._pinned, self._read = dict.fromkeys(tables), tables
         return self.versions
@@ -376,7 +389,7 @@ class SearchTables:
         vectors = self._writer(VECTORS) if VECTORS in self._read else None
         if table.num_rows:
             sym.merge_insert("id").when_matched_update_all().execute(table.select(GRAPH_SCHEMA.names))
-            _optimize_if_stale(sym)
+            self._optimize_if_stale(SYMBOLS, sym)
         _link_vectors(sym, vectors)
         for kind, table in ((SYMBOLS, sym), (VECTORS, vectors)):
             if table is not None:
@@ -426,6 +439,23 @@ class SearchTables:
         if pinned is not None and table.version != pinned:
             table.restore(pinned)
         return table
+
+    def _optimize_if_stale(self, kind: str, table: lancedb.table.Table) -> None:
+        """Fold new rows into the indexes, compact, and delete old versions, once either has piled up.
+
+        Versions still needed survive whatever their age: tagged ones (the vectors of a symbols version; LanceDB
+        refuses to delete them) and the recorded one that a failed write rolls back to.
+        """
+        versions = table.list_versions()
+        needed = {tag["version"] for tag in table.tags.list().values()} | {self._pinned.get(kind)}
+        now = datetime.now()  # LanceDB's version timestamps are naive local time
+        keep = max([self.keep_versions] + [now - v["timestamp"] + CLEANUP_MARGIN for v in versions if v["version"] in needed])
+        old = sum(now - v["timestamp"] > keep for v in versions)
+        unindexed = (table.index_stats(index.name) for index in table.list_indices())
+        if old > MAX_OLD_VERSIONS or any(s is not None and s.num_unindexed_rows > OPTIMIZE_UNINDEXED_ROWS for s in unindexed):
+            with warnings.catch_warnings():  # LanceDB warns that a zero window fails other readers: the caller has none
+                warnings.filterwarnings("ignore", r"optimize\(cleanup_older_than=0\)")
+                table.optimize(cleanup_older_than=keep)
 
     def drop_other_generations(self, keep: int) -> list[str]:
         """Drop the tables of every generation but `keep`; return their names."""
@@ -592,15 +622,6 @@ def _link_vectors(symbols: lancedb.table.Table, vectors: lancedb.table.Table | N
 def _flat_names(column: pa.ChunkedArray) -> set[str]:
     """Every name in a list<string> column."""
     return set(pc.list_flatten(column).to_pylist())
-
-
-def _optimize_if_stale(table: lancedb.table.Table) -> None:
-    """Fold rows added since the last optimize into the indexes (and compact) once there are many of them."""
-    for index in table.list_indices():
-        stats = table.index_stats(index.name)
-        if stats is not None and stats.num_unindexed_rows > OPTIMIZE_UNINDEXED_ROWS:
-            table.optimize()
-            return
 
 
 def _list_tables(db: lancedb.DBConnection) -> list[str]:
