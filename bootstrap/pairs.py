@@ -88,22 +88,44 @@ def commit_log(home: str | Path | None, repo: Path | None = None, *, status: str
              "done_at": r[6].isoformat()} for r in rows]
 
 
-def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE, after: datetime | None = None) -> set[str]:
-    """The newest `share` of the commits (given oldest first), held out for evaluation and never trained on.
+@dataclass(frozen=True)
+class StoredSplit:
+    """What bootstrapping did with a repo before: commits done (derived, or skipped for what they change), commits
+    held out, and the date of the newest commit with stored pairs."""
 
-    Only commits newer than `after` (the newest already stored) are candidates, so a pass that fills in older
-    history after a `--last N` one trains on all of it and the held-out commits stay the newest.
+    done: int = 0
+    held: int = 0
+    newest: datetime | None = None
+
+
+def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE, stored: StoredSplit = StoredSplit()) -> set[str]:
+    """The commits (given oldest first) to hold out for evaluation and never train on: the newest ones, enough for
+    the held-out commits, stored and new, to be `share` of them all.
+
+    Only commits newer than every stored one qualify and nothing stored moves, so a run resumed after a crash holds
+    out what the whole run would have, a refresh with new commits trains on most of them, and older history filled
+    in after a `--last N` pass is all trained on.
     """
-    ordered = [c for c in commits if after is None or _utc_date(c) > after]
-    held = max(1, round(len(ordered) * share)) if len(ordered) >= 10 else 0
-    return {c.sha for c in ordered[len(ordered) - held:]}
+    total = stored.done + len(commits)
+    target = max(1, round(total * share)) if total >= 10 else 0
+    newer = [c for c in commits if stored.newest is None or _utc_date(c) > stored.newest]
+    held = min(len(newer), max(0, target - stored.held))
+    return {c.sha for c in newer[len(newer) - held:]}
 
 
-def newest_stored(home: str | Path | None, repo: Path) -> datetime | None:
-    """The date of the newest commit of `repo` whose synthetic pairs are stored (None before any)."""
+def stored_split(home: str | Path | None, repo: Path) -> StoredSplit:
+    """What bootstrapping did with `repo` before (see eval_commits). Commits mining could not read were never done;
+    in ledgers from before records kept their split, a commit counts as held out when its stored pairs are."""
     with opened(ledger_path(home), schema=LEDGER) as con:
-        return con.execute("SELECT max(commit_date) FROM training_examples WHERE repo = ? AND source = 'synthetic'",
-                           [str(repo)]).fetchone()[0]
+        row = con.execute(
+            "WITH stored AS (SELECT commit_sha, bool_or(split = 'eval') AS eval, max(commit_date) AS date"
+            "                FROM training_examples WHERE repo = $repo AND source = 'synthetic' GROUP BY ALL)"
+            " SELECT count(*) FILTER (c.facts->>'split' IS NOT NULL OR coalesce(c.reason, '') NOT LIKE 'missing objects%'),"
+            "        count(*) FILTER (coalesce(c.facts->>'split' = 'eval', s.eval, false)),"
+            "        (SELECT max(date) FROM stored)"
+            " FROM bootstrap_commits c LEFT JOIN stored s USING (commit_sha) WHERE c.repo = $repo",
+            {"repo": str(repo)}).fetchone()
+    return StoredSplit(*row)
 
 
 def chronological(commits: Sequence[MinedCommit]) -> list[MinedCommit]:
@@ -126,7 +148,10 @@ def weak_description(text: str) -> bool:
     return len(text.split()) < WEAK_WORDS
 
 
-def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: str | None, pairs: int, facts: dict) -> None:
+def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: str | None, pairs: int, facts: dict,
+            split: str | None = None) -> None:
+    """Record what became of a commit; `split` is where a commit the walk reached was meant to go."""
+    facts = facts if split is None else {**facts, "split": split}
     with opened(ledger_path(home), schema=LEDGER) as con:
         con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [str(repo), sha, status, reason, pairs, json.dumps(facts), utc_now()])
@@ -138,7 +163,7 @@ def select_commits(home: str | Path | None, repo: Path, mined: MiningReport, las
     for sha, reason in mined.missing.items():
         _record(home, repo, sha, "skipped", f"missing objects: {reason}", 0, {})
     chosen = newest(mined.commits, last)
-    return chosen, eval_commits(chosen, eval_share, after=newest_stored(home, repo))
+    return chosen, eval_commits(chosen, eval_share, stored_split(home, repo))
 
 
 def derive_commits(
@@ -155,10 +180,11 @@ def derive_commits(
         with git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
             for i, commit in enumerate(commits, 1):
                 on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
+                split = "eval" if commit.sha in held else "train"
                 problem = git_repo.checkout_detached(worktree, commit.parent)
                 if problem:
                     _bump(report.skipped, "missing objects")
-                    _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {})
+                    _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {}, split)
                     continue
                 try:
                     index_repo(worktree, home=scratch / "home", embed=False, keep_versions=timedelta(0))  # no other reader
@@ -171,17 +197,16 @@ def derive_commits(
                                                 description=description, files=_paths(commit), repo=top)
                 except (CraError, ValidationError) as exc:  # a pair that does not fit a stage's schema is skipped
                     _bump(report.skipped, type(exc).__name__)
-                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {})
+                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {}, split)
                     continue
                 if not pairs:
                     _bump(report.skipped, facts.get("skipped", "no pairs"))
-                    _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts)
+                    _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts, split)
                     continue
                 report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
                 report.code_exact += facts["code_exact"]
                 if "code_failed" in facts:
                     _bump(report.code_failed, facts["code_failed"][0])
-                split = "eval" if commit.sha in held else "train"
                 examples = [Example(p.stage, "synthetic", family_for(p.stage, config), p.messages,
                                     p.output.model_dump(mode="json"), split, str(top), commit.sha,
                                     _utc_date(commit),
@@ -190,7 +215,7 @@ def derive_commits(
                 for pair in pairs:
                     _bump(report.pairs, pair.stage)
                 report.derived += 1
-                _record(home, top, commit.sha, "derived", None, len(pairs), facts)
+                _record(home, top, commit.sha, "derived", None, len(pairs), facts, split)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report.seconds = time.perf_counter() - started

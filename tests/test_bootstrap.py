@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -128,3 +129,29 @@ def test_the_flow_records_commits_with_missing_objects_as_skipped(tmp_path: Path
     assert reasons[fixed].startswith("missing objects")
     again = run_bootstrap_flow(repo.path, config=load_config(repo.path), home=None, use_teacher=False, last=None)
     assert "missing objects" not in again.dropped and again.kept == 0  # recorded for good: not mined again
+
+
+def splits(home: Path) -> dict[str, str]:
+    con = duckdb.connect(str(ledger_path(home)), read_only=True)
+    try:
+        return dict(con.execute("SELECT DISTINCT commit_sha, split FROM training_examples").fetchall())
+    finally:
+        con.close()
+
+
+def test_a_run_resumed_after_a_kill_holds_out_what_an_uninterrupted_one_does(decomp_template: DecompRepo,
+                                                                             tmp_path: Path) -> None:
+    config = load_config(decomp_template.path)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    bootstrap_repo(decomp_template.path, config=config, home=whole)
+
+    def killed_before_the_last_three(message: str) -> None:
+        step = re.match(r"(\d+)/(\d+) [0-9a-f]{10} ", message)
+        if step and int(step[1]) == int(step[2]) - 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bootstrap_repo(decomp_template.path, config=config, home=resumed, on_progress=killed_before_the_last_three)
+    assert "eval" not in splits(resumed).values()
+    bootstrap_repo(decomp_template.path, config=config, home=resumed)
+    assert splits(resumed) == splits(whole) and "eval" in splits(whole).values()

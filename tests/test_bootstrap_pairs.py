@@ -18,7 +18,7 @@ from agent.stages import STAGE_NAMES
 from agent.stages.code import EditBlock
 from bootstrap.derive import derive_pairs, parse_hunks, reapply_problem
 from bootstrap.mining import MinedCommit
-from bootstrap.pairs import bootstrap_repo, eval_commits
+from bootstrap.pairs import StoredSplit, bootstrap_repo, eval_commits
 from curation.datasets import Example, add_examples, export, import_file, load_examples, model_family, summary
 from tests.fixtures.decomp import DecompRepo
 
@@ -175,13 +175,19 @@ def test_reapply_problem_names_blocks_that_miss_or_give_other_bytes(decomp_repo:
     assert (decomp_repo.path / files[0]).read_bytes() == before  # the worktree is restored either way
 
 
-def test_only_commits_newer_than_those_stored_are_held_out() -> None:
+def test_the_newest_commits_are_held_out_across_passes() -> None:
     commits = [MinedCommit(f"{i:040x}", "0" * 40, f"2020-01-{i + 1:02d}T12:00:00+02:00", "a", "s", "s", "", None, [], 1)
-               for i in range(20)]
-    assert eval_commits(commits) == {c.sha for c in commits[18:]}  # the newest tenth
-    filling_in = eval_commits(commits[:15], after=datetime(2020, 1, 16))
+               for i in range(30)]
+    newest = {c.sha for c in commits[27:]}
+    assert eval_commits(commits) == newest  # the newest tenth
+    resumed = eval_commits(commits[25:], stored=StoredSplit(done=25, held=0, newest=datetime(2020, 1, 25, 10)))
+    assert resumed == newest  # a run cut short after 25 commits holds out what the whole run would have
+    refresh = [MinedCommit(f"{i:040x}", "0" * 40, f"2020-02-{i - 29:02d}T12:00:00Z", "a", "s", "s", "", None, [], 1)
+               for i in range(30, 50)]
+    assert eval_commits(refresh, stored=StoredSplit(done=30, held=3, newest=datetime(2020, 1, 30, 10))) == {
+        c.sha for c in refresh[-2:]}  # 20 new commits: 2 more held out, 18 trained on
+    filling_in = eval_commits(commits[:15], stored=StoredSplit(done=15, held=2, newest=datetime(2020, 1, 30, 10)))
     assert filling_in == set()  # older history added after a `--last N` pass is all trained on
-    assert eval_commits(commits, after=datetime(2020, 1, 5, 10)) == {c.sha for c in commits[-2:]}
 
 
 def test_more_hunks_than_a_code_answer_holds_are_joined_into_blocks(decomp_repo: DecompRepo, tmp_path: Path) -> None:
