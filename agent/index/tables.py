@@ -103,16 +103,16 @@ PATH_COLUMN = {SYMBOLS: "file_path", FILES: "path", VECTORS: "file_path"}
 VECTOR_PARTITIONS = 4
 # Rows added since the last optimize are searched unindexed (flat) until they pass this many.
 OPTIMIZE_UNINDEXED_ROWS = 5_000
-# Every write makes table versions, each keeping the files it replaced (pokeemerald: ~20 MB a commit). Once
+# Every write makes table versions, each keeping the files it replaced (~20 MB a pokeemerald commit). Once
 # more than MAX_OLD_VERSIONS are older than the keep window, an optimize deletes them. A reader that opened
 # the index within KEEP_VERSIONS keeps its version; a walk with no other reader keeps none.
 KEEP_VERSIONS = timedelta(hours=1)
 MAX_OLD_VERSIONS = 64
-
-Progress = Callable[[str], None]
 # LanceDB deletes versions older than its clock at cleanup time minus the window; the cleanup comes after the
 # compaction (seconds on a large table), so a needed version gets this much more than its age as the window.
 CLEANUP_MARGIN = timedelta(minutes=1)
+
+Progress = Callable[[str], None]
 
 _SYMBOL_FIELDS = [
     ("id", pa.string()), ("name", pa.string()), ("kind", pa.string()), ("repo", pa.string()),
