@@ -573,7 +573,7 @@ def apply_run(
 def bootstrap(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Have the [teacher] model label plans and weak descriptions.")] = False,
-    last: Annotated[int | None, typer.Option("--last", help="Only the newest N mined commits.")] = None,
+    last: Annotated[int | None, typer.Option("--last", help="Only the newest N kept commits, done before or not: run again, it resumes.")] = None,
     partitions: Annotated[int, typer.Option(help="Slices of history derived in parallel (each in its own worktree).")] = 1,
     dask: Annotated[str | None, typer.Option("--dask", help="A Dask scheduler address, or 'local:N' for a local cluster of N workers.")] = None,
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as the Prefect flow cra-bootstrap.")] = True,

@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,15 @@ def git(repo: Path, *args: str, check: bool = True, input: bytes | None = None) 
             raise MissingObjects(f"git {args[0]} in {repo}: {err}")
         raise GitError(f"git {' '.join(args[:3])} failed in {repo}: {err}")
     return proc.stdout
+
+
+def author_dates(repo: Path, shas: Iterable[str]) -> dict[str, str]:
+    """Each commit's author date (ISO 8601, the author's offset); commits `repo` does not have are left out."""
+    revs = "\n".join(shas)
+    if not revs:
+        return {}
+    out = git(repo, "log", "--no-walk=unsorted", "--ignore-missing", "--stdin", "--format=%H %aI", input=revs.encode())
+    return dict(line.split(" ", 1) for line in out.decode().splitlines())
 
 
 def require_repo(path: Path) -> Path:

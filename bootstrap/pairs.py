@@ -113,6 +113,11 @@ def eval_commits(commits: Sequence[MinedCommit], share: float = EVAL_SHARE, stor
     return {c.sha for c in newer[len(newer) - held:]}
 
 
+# The ledger's records of kept commits, those the walk reached: a commit mining could not read has a record saying
+# "missing objects" and no split.
+_KEPT = "(facts->>'split' IS NOT NULL OR coalesce(reason, '') NOT LIKE 'missing objects%')"
+
+
 def stored_split(home: str | Path | None, repo: Path) -> StoredSplit:
     """What bootstrapping did with `repo` before (see eval_commits). Commits mining could not read were never done;
     in ledgers from before records kept their split, a commit counts as held out when its stored pairs are."""
@@ -120,12 +125,20 @@ def stored_split(home: str | Path | None, repo: Path) -> StoredSplit:
         row = con.execute(
             "WITH stored AS (SELECT commit_sha, bool_or(split = 'eval') AS eval, max(commit_date) AS date"
             "                FROM training_examples WHERE repo = $repo AND source = 'synthetic' GROUP BY ALL)"
-            " SELECT count(*) FILTER (c.facts->>'split' IS NOT NULL OR coalesce(c.reason, '') NOT LIKE 'missing objects%'),"
-            "        count(*) FILTER (coalesce(c.facts->>'split' = 'eval', s.eval, false)),"
+            f" SELECT count(*) FILTER {_KEPT},"
+            "        count(*) FILTER (coalesce(facts->>'split' = 'eval', s.eval, false)),"
             "        (SELECT max(date) FROM stored)"
-            " FROM bootstrap_commits c LEFT JOIN stored s USING (commit_sha) WHERE c.repo = $repo",
+            " FROM bootstrap_commits LEFT JOIN stored s USING (commit_sha) WHERE repo = $repo",
             {"repo": str(repo)}).fetchone()
     return StoredSplit(*row)
+
+
+def done_dates(home: str | Path | None, repo: Path) -> list[datetime]:
+    """The author dates (naive UTC) of `repo`'s kept commits that bootstrapping handled before."""
+    with opened(ledger_path(home), schema=LEDGER) as con:
+        shas = [r[0] for r in con.execute(f"SELECT commit_sha FROM bootstrap_commits WHERE repo = ? AND {_KEPT}",
+                                          [str(repo)]).fetchall()]
+    return [_utc(date) for date in git_repo.author_dates(repo, shas).values()]
 
 
 def chronological(commits: Sequence[MinedCommit]) -> list[MinedCommit]:
@@ -136,7 +149,11 @@ def chronological(commits: Sequence[MinedCommit]) -> list[MinedCommit]:
 
 def _utc_date(commit: MinedCommit) -> datetime:
     """The commit's author date as naive UTC, as the ledger stores it."""
-    return datetime.fromisoformat(commit.author_date).astimezone(UTC).replace(tzinfo=None)
+    return _utc(commit.author_date)
+
+
+def _utc(iso: str) -> datetime:
+    return datetime.fromisoformat(iso).astimezone(UTC).replace(tzinfo=None)
 
 
 def _paths(commit: MinedCommit) -> list[str]:
@@ -159,10 +176,14 @@ def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: 
 
 def select_commits(home: str | Path | None, repo: Path, mined: MiningReport, last: int | None,
                    eval_share: float = EVAL_SHARE) -> tuple[list[MinedCommit], set[str]]:
-    """The commits to derive now (oldest first) and those held out; unreadable ones are recorded as skipped for good."""
+    """The commits to derive now (oldest first) and those held out; unreadable ones are recorded as skipped for good.
+
+    `last` scopes the pass to the newest `last` kept commits, done before or not: run again, it resumes the pass,
+    then does only what new commits bring into the scope.
+    """
     for sha, reason in mined.missing.items():
         _record(home, repo, sha, "skipped", f"missing objects: {reason}", 0, {})
-    chosen = newest(mined.commits, last)
+    chosen = newest(mined.commits, last, done_dates(home, repo) if last is not None else ())
     return chosen, eval_commits(chosen, eval_share, stored_split(home, repo))
 
 
@@ -294,10 +315,14 @@ class BootstrapReport:
     mining_s: float
 
 
-def newest(commits: Sequence[MinedCommit], last: int | None) -> list[MinedCommit]:
-    """The newest `last` commits by author date (all when `last` is None)."""
+def newest(commits: Sequence[MinedCommit], last: int | None, done: Sequence[datetime] = ()) -> list[MinedCommit]:
+    """Those of `commits` (oldest first) among the newest `last` by author date, counting the commits done before
+    (their dates, naive UTC) toward the `last`; all when `last` is None."""
     ordered = chronological(commits)
-    return ordered if last is None else ordered[len(ordered) - last:] if last > 0 else []
+    if last is None:
+        return ordered
+    merged = sorted([(date, 0, i) for i, date in enumerate(done)] + [(_utc_date(c), 1, i) for i, c in enumerate(ordered)])
+    return [ordered[i] for _, pending, i in merged[len(merged) - last:] if pending] if last > 0 else []
 
 
 def bootstrap_repo(

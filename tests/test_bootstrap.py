@@ -139,11 +139,11 @@ def splits(home: Path) -> dict[str, str]:
         con.close()
 
 
-def test_a_run_resumed_after_a_kill_holds_out_what_an_uninterrupted_one_does(decomp_template: DecompRepo,
-                                                                             tmp_path: Path) -> None:
+def test_a_pass_resumed_after_a_kill_holds_out_what_an_uninterrupted_one_does(decomp_template: DecompRepo,
+                                                                              tmp_path: Path) -> None:
     config = load_config(decomp_template.path)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    bootstrap_repo(decomp_template.path, config=config, home=whole)
+    bootstrap_repo(decomp_template.path, config=config, home=whole, last=10)
 
     def killed_before_the_last_three(message: str) -> None:
         step = re.match(r"(\d+)/(\d+) [0-9a-f]{10} ", message)
@@ -151,7 +151,8 @@ def test_a_run_resumed_after_a_kill_holds_out_what_an_uninterrupted_one_does(dec
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        bootstrap_repo(decomp_template.path, config=config, home=resumed, on_progress=killed_before_the_last_three)
-    assert "eval" not in splits(resumed).values()
-    bootstrap_repo(decomp_template.path, config=config, home=resumed)
+        bootstrap_repo(decomp_template.path, config=config, home=resumed, last=10, on_progress=killed_before_the_last_three)
+    assert len(splits(resumed)) < len(splits(whole)) and "eval" not in splits(resumed).values()
+    assert bootstrap_repo(decomp_template.path, config=config, home=resumed, last=10).derive.commits == 3  # the rest
     assert splits(resumed) == splits(whole) and "eval" in splits(whole).values()
+    assert bootstrap_repo(decomp_template.path, config=config, home=resumed, last=10).derive.commits == 0
