@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,7 @@ from curation.datasets import Example, add_examples, family_for
 
 Progress = Callable[[str], None]
 EVAL_SHARE = 0.1
+SCRATCH_PREFIX = "cra-bootstrap-"  # + the walking process's pid: a killed walk's folder is removed by the next
 WEAK_WORDS = 4
 
 
@@ -187,6 +190,31 @@ def select_commits(home: str | Path | None, repo: Path, mined: MiningReport, las
     return chosen, eval_commits(chosen, eval_share, stored_split(home, repo))
 
 
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    """A folder for a walk's worktree and index, removed afterwards; first, those of walks whose process is gone."""
+    for old in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = old.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def derive_commits(
     repo: Path, commits: Sequence[MinedCommit], *, config: Config, home: str | Path | None = None,
     teacher: Teacher | None = None, held_out: Iterable[str] = (), on_progress: Progress = lambda _: None,
@@ -196,49 +224,45 @@ def derive_commits(
     report = DeriveReport(commits=len(commits))
     held = set(held_out)
     top = git_repo.require_repo(repo)
-    scratch = Path(tempfile.mkdtemp(prefix="cra-bootstrap-"))
-    try:
-        with git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
-            for i, commit in enumerate(commits, 1):
-                on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
-                split = "eval" if commit.sha in held else "train"
-                problem = git_repo.checkout_detached(worktree, commit.parent)
-                if problem:
-                    _bump(report.skipped, "missing objects")
-                    _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {}, split)
-                    continue
-                try:
-                    index_repo(worktree, home=scratch / "home", embed=False, keep_versions=timedelta(0))  # no other reader
-                    description = commit.description
-                    if teacher is not None and weak_description(description):
-                        better = teacher.description(description, commit_patch(top, commit.parent, commit.sha, _paths(commit)))
-                        if better is not None:
-                            description, report.described_by_teacher = better.description, report.described_by_teacher + 1
-                    pairs, facts = derive_pairs(worktree, scratch / "home", sha=commit.sha, parent=commit.parent,
-                                                description=description, files=_paths(commit), repo=top)
-                except (CraError, ValidationError) as exc:  # a pair that does not fit a stage's schema is skipped
-                    _bump(report.skipped, type(exc).__name__)
-                    _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {}, split)
-                    continue
-                if not pairs:
-                    _bump(report.skipped, facts.get("skipped", "no pairs"))
-                    _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts, split)
-                    continue
-                report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
-                report.code_exact += facts["code_exact"]
-                if "code_failed" in facts:
-                    _bump(report.code_failed, facts["code_failed"][0])
-                examples = [Example(p.stage, "synthetic", family_for(p.stage, config), p.messages,
-                                    p.output.model_dump(mode="json"), split, str(top), commit.sha,
-                                    _utc_date(commit),
-                                    {"description": description, "subject": commit.subject, **p.meta}) for p in pairs]
-                report.new_examples += add_examples(home, examples)
-                for pair in pairs:
-                    _bump(report.pairs, pair.stage)
-                report.derived += 1
-                _record(home, top, commit.sha, "derived", None, len(pairs), facts, split)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with _scratch() as scratch, git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
+        for i, commit in enumerate(commits, 1):
+            on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
+            split = "eval" if commit.sha in held else "train"
+            problem = git_repo.checkout_detached(worktree, commit.parent)
+            if problem:
+                _bump(report.skipped, "missing objects")
+                _record(home, top, commit.sha, "skipped", f"missing objects: {problem}", 0, {}, split)
+                continue
+            try:
+                index_repo(worktree, home=scratch / "home", embed=False, keep_versions=timedelta(0))  # no other reader
+                description = commit.description
+                if teacher is not None and weak_description(description):
+                    better = teacher.description(description, commit_patch(top, commit.parent, commit.sha, _paths(commit)))
+                    if better is not None:
+                        description, report.described_by_teacher = better.description, report.described_by_teacher + 1
+                pairs, facts = derive_pairs(worktree, scratch / "home", sha=commit.sha, parent=commit.parent,
+                                            description=description, files=_paths(commit), repo=top)
+            except (CraError, ValidationError) as exc:  # a pair that does not fit a stage's schema is skipped
+                _bump(report.skipped, type(exc).__name__)
+                _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {}, split)
+                continue
+            if not pairs:
+                _bump(report.skipped, facts.get("skipped", "no pairs"))
+                _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts, split)
+                continue
+            report.code_tried += facts["hunks"] > 0 and "code_skipped" not in facts
+            report.code_exact += facts["code_exact"]
+            if "code_failed" in facts:
+                _bump(report.code_failed, facts["code_failed"][0])
+            examples = [Example(p.stage, "synthetic", family_for(p.stage, config), p.messages,
+                                p.output.model_dump(mode="json"), split, str(top), commit.sha,
+                                _utc_date(commit),
+                                {"description": description, "subject": commit.subject, **p.meta}) for p in pairs]
+            report.new_examples += add_examples(home, examples)
+            for pair in pairs:
+                _bump(report.pairs, pair.stage)
+            report.derived += 1
+            _record(home, top, commit.sha, "derived", None, len(pairs), facts, split)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -13,7 +17,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.config import ledger_path, load_config
-from bootstrap.pairs import bootstrap_repo, label_plans
+from bootstrap.pairs import SCRATCH_PREFIX, bootstrap_repo, label_plans
 from bootstrap.teacher import Teacher
 from curation.datasets import load_examples, summary
 from tests.fixtures.decomp import DecompRepo
@@ -156,3 +160,16 @@ def test_a_pass_resumed_after_a_kill_holds_out_what_an_uninterrupted_one_does(de
     assert bootstrap_repo(decomp_template.path, config=config, home=resumed, last=10).derive.commits == 3  # the rest
     assert splits(resumed) == splits(whole) and "eval" in splits(whole).values()
     assert bootstrap_repo(decomp_template.path, config=config, home=resumed, last=10).derive.commits == 0
+
+
+def test_a_walk_removes_what_killed_walks_left_behind(decomp_template: DecompRepo, tmp_path: Path) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    left = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{ended.pid}-killed"
+    (left / "home").mkdir(parents=True)
+    running = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    try:
+        bootstrap_repo(decomp_template.path, config=load_config(decomp_template.path), home=tmp_path, last=1)
+        assert not left.exists() and running.exists()
+    finally:
+        shutil.rmtree(running)
