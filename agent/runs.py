@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.stages.base import StageResult
@@ -97,15 +99,8 @@ def finish_run(home: str | Path | None, run_id: str, *, status: str, success: bo
 
 
 def _alive(pid: int, host: str) -> bool:
-    if host != socket.gethostname():
-        return True  # another machine's run: cannot tell, so leave it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a run's process may still be running (another machine's run: cannot tell, so yes)."""
+    return host != socket.gethostname() or psutil.pid_exists(pid)
 
 
 def reap_killed(home: str | Path | None) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 from pydantic import ValidationError
 
 from agent import repo as git_repo
@@ -156,6 +157,7 @@ def _utc_date(commit: MinedCommit) -> datetime:
 
 
 def _utc(iso: str) -> datetime:
+    """An ISO 8601 date with an offset as naive UTC."""
     return datetime.fromisoformat(iso).astimezone(UTC).replace(tzinfo=None)
 
 
@@ -195,24 +197,13 @@ def _scratch() -> Iterator[Path]:
     """A folder for a walk's worktree and index, removed afterwards; first, those of walks whose process is gone."""
     for old in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
         pid = old.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def derive_commits(
