@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psutil
 from pydantic import ValidationError
 
 from agent import repo as git_repo
 from agent.config import Config, ledger_path
 from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
+from agent.scratch import scratch_folder
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 from bootstrap.derive import commit_patch, derive_pairs
@@ -192,20 +188,6 @@ def select_commits(home: str | Path | None, repo: Path, mined: MiningReport, las
     return chosen, eval_commits(chosen, eval_share, stored_split(home, repo))
 
 
-@contextmanager
-def _scratch() -> Iterator[Path]:
-    """A folder for a walk's worktree and index, removed afterwards; first, those of walks whose process is gone."""
-    for old in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = old.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def derive_commits(
     repo: Path, commits: Sequence[MinedCommit], *, config: Config, home: str | Path | None = None,
     teacher: Teacher | None = None, held_out: Iterable[str] = (), on_progress: Progress = lambda _: None,
@@ -215,7 +197,7 @@ def derive_commits(
     report = DeriveReport(commits=len(commits))
     held = set(held_out)
     top = git_repo.require_repo(repo)
-    with _scratch() as scratch, git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
+    with scratch_folder(SCRATCH_PREFIX) as scratch, git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
         for i, commit in enumerate(commits, 1):
             on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
             split = "eval" if commit.sha in held else "train"
