@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from agent.index.parse import language_of, mask_c, parse_file
+from agent.index.parse import language_of, mask_c, parse_file, syntax_problems
 from agent.index.symbols import (
     ASM_MACRO,
     ASM_USE,
@@ -416,3 +416,38 @@ def test_empty_files(path: str) -> None:
 def test_asm_without_labels() -> None:
     pf = _parse("asm/macros/thing.inc", b"\t.macro thing_cmd arg:req\n\t.byte \\arg\n\t.endm\n")
     assert [(s.name, s.kind, s.start_line, s.end_line) for s in pf.symbols] == [("thing_cmd", ASM_MACRO, 1, 3)]
+
+
+SYNTAX_BASE = b"""#include "global.h"
+EWRAM_DATA static u8 sCount = 0;
+#define TRACE(x)
+void Step(u8 x)
+{
+    u8 y = x + 1;
+    Bar(y);
+    TRACE(y)
+    switch (x)
+    {
+    case 1:
+        y = 2;
+        break;
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "what"), [
+    (b"Bar(y);", b"Bar(y)", "Bar read as a macro call"),  # the validation looks for a #define of Bar
+    (b"u8 y = x + 1;", b"u8 y = x + 1", "syntax error"),
+    (b"switch (x)", b"swich (x)", "a function or declaration inside a function body"),  # after a macro line
+    (b"        break;\n    }\n", b"        break;\n    }\n    {\n", "missing '}'"),
+    (b"        y = 2;", b"        y = 2", "syntax error"),
+])
+def test_syntax_problems_the_decomp_fixups_would_hide(old: bytes, new: bytes, what: str) -> None:
+    # A bare macro line is noted with its name (the validation checks that a #define gives it)
+    assert [p.macro for p in syntax_problems(SYNTAX_BASE)] == ["TRACE"]
+    broken = SYNTAX_BASE.replace(old, new)
+    problems = [p for p in syntax_problems(broken) if p.macro != "TRACE"]
+    assert problems and problems[0].what.startswith(what), problems
+    assert problems[0].line == next(i for i, line in enumerate(broken.split(b"\n"), 1) if new.split(b"\n")[0] in line
+                                    ) or what == "missing '}'"

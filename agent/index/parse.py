@@ -6,6 +6,7 @@ import hashlib
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from posixpath import basename, splitext
 
@@ -215,6 +216,10 @@ _REF_QUERY = Query(C_LANGUAGE, """
 """)
 _ERROR_QUERY = Query(C_LANGUAGE, "(ERROR) @error")
 _BROKEN_QUERY = Query(C_LANGUAGE, "(ERROR) @broken (MISSING) @broken")
+# Shapes tree-sitter-c accepts inside a function body but pret's C never has: a nested function definition
+# (`swich (x) {` or a call missing its `;` before a block) and a declaration typed by a macro call.
+_NESTED_QUERY = Query(C_LANGUAGE, "(compound_statement (function_definition) @nested) "
+                                  "(compound_statement (declaration type: (macro_type_specifier) @nested))")
 
 _DEFINE_RE = re.compile(rb"#(?<![^\s]#)[ \t]*define[ \t]+([A-Za-z_]\w*)(\([^)\n]*\))?((?:[^\n\\]|\\[\s\S])*)")
 _INCLUDE_RE = re.compile(rb"#(?<![^\s]#)[ \t]*include[ \t]*([<\"])([^>\"\n]+)[>\"]")
@@ -233,6 +238,9 @@ _STATEMENT_KEYWORDS = frozenset(b"return case else do".split())
 _CONTAINERS = frozenset({"preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif", "preproc_elifdef",
                          "linkage_specification", "declaration_list", "ERROR"})
 _START_BYTE = attrgetter("start_byte")
+_WORD_RE = re.compile(rb"[A-Za-z_]\w*")
+_LONE_CALL_RE = re.compile(r"([A-Za-z_]\w*)\s*\(.*\)$")  # a line that is one call, without its ';'
+_LABEL_RE = re.compile(r"[A-Za-z_]\w*:$")
 _TAG_KINDS = {"struct_specifier": STRUCT, "union_specifier": UNION, "enum_specifier": ENUM}
 
 
@@ -427,14 +435,17 @@ def _resolve_group(group: list[re.Match[bytes]], out: bytearray, blanked: list[t
             blanked.append((m.end(), group[i + 1].start()))
 
 
-def _fix_by_context(masked: bytes, tree: Tree) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]]]:
+def _fix_by_context(masked: bytes, tree: Tree) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]],
+                                                       list[tuple[int, str]]]:
     """Masking that needs a parse with errors: #if groups that split constructs, and bare macro lines.
 
-    Returns the new bytes, the spans changed, and the spans blanked whose references need a token scan.
+    Returns the new bytes, the spans changed, the spans blanked whose references need a token scan, and the
+    (offset, name) of each line read as a bare macro call.
     """
     out = bytearray(masked)
     spans: list[tuple[int, int]] = []
     blanked: list[tuple[int, int]] = []
+    macro_lines: list[tuple[int, str]] = []
     errors = [_error_scope(e, masked) for e in QueryCursor(_BROKEN_QUERY).captures(tree.root_node).get("broken", [])]
     for group in _conditional_groups(masked) if b"#" in masked else []:
         start, end = group[0].start(), group[-1].end()
@@ -446,15 +457,19 @@ def _fix_by_context(masked: bytes, tree: Tree) -> tuple[bytes, list[tuple[int, i
         if out[name_at] != masked[name_at]:
             continue  # in a branch just blanked
         context = _context_of(tree.root_node.descendant_for_byte_range(name_at, name_at))
+        name = (m.group(2) or m.group(3)).decode("utf-8", "replace")
         if context in _SEPARATORS:
             if m.group(4) and m.group(5) != b"#":  # the separator goes into the next line's indentation
                 out[m.start(4)] = _SEPARATORS[context][0]
                 spans.append((m.start(4), m.start(4) + 1))
+                macro_lines.append((name_at, name))
         elif context == _ENUM or (context == _FILE_SCOPE and not m.group(1) and m.group(5) not in (b"{", b"}")):
             out[m.start():m.end()] = masked[m.start():m.end()].translate(_BLANK)
             spans.append(m.span())
             blanked.append(m.span())
-    return bytes(out), spans, blanked
+            if context != _ENUM or m.group(2):  # a lone name in an enum is its last enumerator: C as it is
+                macro_lines.append((name_at, name))
+    return bytes(out), spans, blanked, macro_lines
 
 
 def _error_scope(error: Node, data: bytes) -> tuple[int, int]:
@@ -729,24 +744,102 @@ def _member_name(member: Node) -> Node | None:
 # ---------------------------------------------------------------------------------------------
 # C: the whole file
 # ---------------------------------------------------------------------------------------------
-def _fill_c(pf: ParsedFile, data: bytes) -> None:
-    """Parse C source with masking, then extract symbols, includes and references into `pf`."""
+@dataclass
+class _DecompParse:
+    """C source parsed the decomp-aware way: the tree of the masked and fixed-up text, and what the fixes did."""
+
+    tree: Tree
+    masked: bytes
+    plain_errors: list[Node]
+    unparsed: list[tuple[bytes, int, int, bool]]  # (source, start, end, all recovered): to token-scan
+    macro_lines: list[tuple[int, str]]  # (offset, name) of the lines read as bare macro calls
+
+
+def _decomp_parse(data: bytes) -> _DecompParse:
+    """Parse plain, mask pret's macros, then fix by context (#if groups, bare macro lines) until it parses."""
     tree = _PARSER.parse(data)
     plain_errors = _error_nodes(tree)
-    pf.raw_error_nodes = len(plain_errors)
-    plain_ranges = _merged_ranges(plain_errors)
     masked, spans = mask_c(data)
     if spans:
         tree = _reparse(tree, data, masked, spans)
-    unparsed: list[tuple[bytes, int, int, bool]] = []  # (source, start, end, all recovered): token-scanned
+    unparsed: list[tuple[bytes, int, int, bool]] = []
+    macro_lines: list[tuple[int, str]] = []
     for _round in range(MAX_FIX_ROUNDS):  # a fixed #if group can expose its partner further down
         if not tree.root_node.has_error:
             break
-        fixed, spans, blanked = _fix_by_context(masked, tree)
+        fixed, spans, blanked, lines = _fix_by_context(masked, tree)
         if not spans:
             break
         unparsed += [(masked, start, end, False) for start, end in _merge_spans(blanked)]
+        macro_lines += lines
         tree, masked = _reparse(tree, masked, fixed, spans), fixed
+    return _DecompParse(tree, masked, plain_errors, unparsed, macro_lines)
+
+
+@dataclass(frozen=True)
+class SyntaxProblem:
+    """One place where C does not parse: a syntax error, a missing token, or a line read as a bare macro call."""
+
+    line: int
+    what: str
+    text: str  # the line, stripped: what identifies the problem across edits that move lines
+    macro: str | None = None  # for a bare macro call: the name, which must be a macro for the line to be C
+
+
+def syntax_problems(data: bytes, rounds: int = MAX_FIX_ROUNDS) -> list[SyntaxProblem]:
+    """Every ERROR and MISSING node left after the decomp-aware fixups, and every line they read as a macro call.
+
+    tree-sitter-c reads a bare macro call before a block or a declaration (`TRACE(x)` then `switch (x) {`) as the
+    type of a nested definition: such a call is noted as a macro line, blanked, and the text looked at again.
+    """
+    parsed = _decomp_parse(data)
+    lines = data.split(b"\n")
+    at = _Lines(data)
+
+    def text(line: int) -> str:
+        return lines[line - 1].strip().decode("utf-8", "replace")[:MAX_DETAIL] if line <= len(lines) else ""
+
+    problems = []
+    nested = QueryCursor(_NESTED_QUERY).captures(parsed.tree.root_node).get("nested", [])
+    macro_types = [t for n in nested if (t := n.child_by_field_name("type") if n.type != "macro_type_specifier" else n)
+                   is not None and t.type == "macro_type_specifier"]
+    if macro_types and rounds:
+        blanked = bytearray(data)
+        for node in macro_types:
+            blanked[node.start_byte:node.end_byte] = data[node.start_byte:node.end_byte].translate(_BLANK)
+            name = node.child_by_field_name("name")
+            line = node.start_point[0] + 1
+            problems.append(SyntaxProblem(line, f"{name.text.decode() if name else '?'} read as a macro call with "
+                                                "no ';'", text(line), name.text.decode() if name else None))
+        return sorted(problems + [p for p in syntax_problems(bytes(blanked), rounds - 1)
+                                  if (p.line, p.macro) not in {(q.line, q.macro) for q in problems}],
+                      key=attrgetter("line"))
+    for node in sorted(QueryCursor(_BROKEN_QUERY).captures(parsed.tree.root_node).get("broken", []), key=_START_BYTE):
+        line = node.start_point[0] + 1
+        if node.is_missing and node.type == ";" and (call := _LONE_CALL_RE.match(text(line))):
+            problems.append(SyntaxProblem(line, f"{call.group(1)} read as a macro call with no ';'", text(line),
+                                          call.group(1)))  # an X-macro line in a data fragment, or a missing ';'
+        elif not (node.is_missing and node.type == ";" and _LABEL_RE.match(text(line))):  # GNU C: `label: }`
+            problems.append(SyntaxProblem(line, f"missing '{node.type}'" if node.is_missing else "syntax error",
+                                          text(line)))
+    for node in nested:
+        line = node.start_point[0] + 1  # C only if its first word is a macro; else a missing ';' or a misspelt word
+        first = _WORD_RE.match(data, node.start_byte)
+        problems.append(SyntaxProblem(line, "a function or declaration inside a function body (a missing ';' or a "
+                                            "misspelt keyword?)", text(line),
+                                      first.group(0).decode("utf-8", "replace") if first else None))
+    for pos, name in sorted(parsed.macro_lines):
+        line = at.at(pos)
+        problems.append(SyntaxProblem(line, f"{name} read as a macro call with no ';'", text(line), name))
+    return sorted(problems, key=attrgetter("line"))
+
+
+def _fill_c(pf: ParsedFile, data: bytes) -> None:
+    """Parse C source with masking, then extract symbols, includes and references into `pf`."""
+    parsed = _decomp_parse(data)
+    tree, masked, plain_errors, unparsed = parsed.tree, parsed.masked, parsed.plain_errors, parsed.unparsed
+    pf.raw_error_nodes = len(plain_errors)
+    plain_ranges = _merged_ranges(plain_errors)
 
     ex = _CExtractor(pf, data, masked)
     macro_bodies = ex.macros()
