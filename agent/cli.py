@@ -200,6 +200,54 @@ def eval_localize(
     out.print(f"report written to {escape(str(json_out))}")
 
 
+@eval_app.command("validation")
+def eval_validation(
+    repo: RepoOpt = Path("."),
+    last: Annotated[int, typer.Option("--last", help="The newest N ROM-preserving commits to replay.")] = 20,
+    gate: Annotated[int, typer.Option("--gate", help="Also validate the gold edits of the newest N held-out code "
+                                                      "examples through the gate's path (needs `cra bootstrap`).")] = 0,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("validation.json"),
+    config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Replay past ROM-preserving commits through validation, each with a changed constant and a syntax break."""
+    from agent.builds import BuildEnvironment
+    from agent.eval.validation import run_validation_bench
+    from curation.gate import replay_gold_edits
+
+    try:
+        cfg = _config(repo, config)
+        env = BuildEnvironment.of(repo, cfg.validation, home)
+        with err.status("replaying commits") as status:
+            report = run_validation_bench(repo, env, last, on_progress=lambda msg: status.update(escape(msg)))
+            if gate:
+                status.update(f"the gate's path: {gate} held-out code examples")
+                gold = replay_gold_edits(cfg, home, repo, gate)
+    except CraError as exc:
+        _fail(exc)
+    data = report.as_dict()
+    if gate:
+        data["gate"] = {"validated": sum(r["validated"] is True for r in gold), "of": len(gold), "examples": gold}
+    _write_json(json_out, data)
+    summary = data["summary"]
+    table = _table(("validations", "n", "median s", "base build", "prepare", "build", "compare", "parse"),
+                   title=f"validation: {summary['verdicts_right']}/{summary['validations']} verdicts right")
+    for label, key in (("first at a commit", "first_at_a_commit"), ("reused tree", "reused_tree"),
+                       ("one file, reused", "one_file_after_the_first"), ("syntax break", "syntax"),
+                       (f"header ({escape('include/global.h')})", "header")):
+        row = summary[key]
+        table.add_row(label, str(row["n"]), *("-" if row[k] is None else f"{row[k]:.2f}" for k in (
+            "median_s", "median_base_build_s", "median_prepare_s", "median_build_s", "median_compare_s",
+            "median_parse_s")))
+    out.print(table)
+    if gate:
+        out.print(f"the gate's path: {data['gate']['validated']}/{data['gate']['of']} held-out gold edits validate")
+    for case in data["cases"]:
+        if not case["right"]:
+            out.print(f"[red]wrong[/] {case['commit'][:10]} {case['case']}: expected {case['expected']}, "
+                      f"got {case['verdict']} ({escape(case['detail'])})")
+    out.print(f"report written to {escape(str(json_out))}")
+
+
 @eval_app.command("speed")
 def eval_speed(
     repo: RepoOpt = Path("."),
@@ -467,6 +515,12 @@ def _print_checks(validation: dict) -> None:
                                                            f"[dim]skipped: {escape(check['skipped_reason'])}[/]" if check.get("skipped_reason") else "[red]fail[/]")
         table.add_row(check["name"], result, str(check["exit_code"]), f"{check['seconds']:.1f}")
     out.print(table)
+    timings = validation.get("timings") or {}
+    if validation.get("base_tree"):
+        tree = {"cached": "a copy of the kept tree built at the base commit",
+                "built": f"the base commit built first ({timings.get('base_build', 0):.1f} s), then a copy of it",
+                "fresh": "the base commit's files, built whole (keep_trees = 0)"}[validation["base_tree"]]
+        out.print(f"[dim]built in {tree}; preparing it took {timings.get('prepare', 0):.1f} s[/]")
 
 
 @runs_app.command("list")

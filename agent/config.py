@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.repo import safe_relative
 from agent.llm.roles import STAGE_ROLES, Role
 
 HOME_ENV = "CRA_HOME"
@@ -129,13 +130,29 @@ class ServeConfig(_Strict):
 
 
 class ValidationSettings(_Strict):
-    """`[validation]`: the checks a run's edits must pass."""
+    """`[validation]`: how a checkout is built and compared, the same for runs, the gate and the benchmarks."""
 
-    build: list[str] = Field(default_factory=lambda: ["make"], description="the build check")
-    compare: list[str] = Field(default_factory=lambda: ["make", "compare"], description="the match check (ROM SHA-1)")
+    build: list[str] = Field(default_factory=lambda: ["make"], min_length=1,
+                             description="the build, for tasks that may change the ROM")
+    compare: list[str] = Field(default_factory=lambda: ["make", "compare"], min_length=1,
+                               description="build and compare in one invocation, for ROM-preserving tasks")
+    jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="parallel jobs (MAKEFLAGS=-jN)")
+    env: dict[str, str] = Field(default_factory=dict, description="added to the build's environment")
     timeout_s: float = Field(900.0, gt=0)
     carry: list[str] = Field(default_factory=lambda: ["tools/agbcc"],
-                             description="ignored paths of the checkout the build needs, linked into the run's worktree")
+                             description="ignored paths of the checkout the build needs, linked into every build tree")
+    rom: list[str] = Field(default_factory=list,
+                           description="the built ROM files; empty: those named by the checkout's top-level *.sha1 files")
+    keep_trees: int = Field(3, ge=0, description="built trees kept per project; 0 builds every validation whole")
+    max_tree_age_days: float = Field(14.0, gt=0, description="built trees unused this long are removed")
+
+    @field_validator("carry", "rom")
+    @classmethod
+    def _inside(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not safe_relative(path):
+                raise ValueError(f"{path!r} must be a path inside the checkout, relative to its top level")
+        return value
 
 
 class TeacherConfig(_Strict):

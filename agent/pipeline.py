@@ -14,13 +14,14 @@ from pydantic import BaseModel
 
 from agent import repo as git_repo
 from agent import runs, workspace
+from agent.builds import BuildEnvironment
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.index.build import index_repo, open_index
 from agent.llm.client import LLM
 from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES
 from agent.stages.base import Stage, StageContext, StageResult
-from agent.validation import ValidationConfig, ValidationResult, validate
+from agent.validation import ValidationResult, validate
 
 MAX_TASK_CHARS = 4000
 Events = Callable[[str], None]
@@ -92,6 +93,7 @@ class TaskRun:
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self.ws: workspace.Workspace | None = None
+        self.builds: BuildEnvironment | None = None
         self.ctx: StageContext | None = None
         self.base_commit = ""
         self.failed_stage: str | None = None
@@ -119,6 +121,8 @@ class TaskRun:
                 self.notes.append(f"the run starts from HEAD {self.base_commit[:10]}; {len(dirty)} uncommitted file(s) are "
                                   "not included (use --include-dirty to start from the working state)")
             if self.edits:
+                self.builds = BuildEnvironment.of(self.repo, self.config.validation, self.home)
+                self.builds.carried()  # a missing build tool stops the run before any model is asked
                 self.ws = workspace.create_workspace(self.repo, self.run_id, home=self.home,
                                                      include_dirty=self.options.include_dirty)
             llm = LLM(self.config, home=self.home, run_id=self.run_id) if self.needs_model else None
@@ -169,26 +173,12 @@ class TaskRun:
     def validate(self) -> ValidationResult | None:
         """Check the worktree after the code stage: parse, build, and (for ROM-preserving tasks) match."""
         code = self.results.get("code")
-        if self.ws is None or code is None or code.detail.get("failed"):
+        if self.ws is None or self.builds is None or code is None or code.detail.get("failed"):
             return None
         started = time.perf_counter()
-        changed = workspace.changed_files(self.ws)
-        links = []
-        for carried in self.config.validation.carry:  # e.g. pret's tools/agbcc: ignored, installed once per checkout
-            source, target = self.repo / carried, self.ws.path / carried
-            if source.exists() and not target.exists() and not target.is_symlink():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(source.resolve())
-                links.append(target)
         analysis = self.done.get("task_analysis")
-        checks = ValidationConfig(build=self.config.validation.build, compare=self.config.validation.compare,
-                                  timeout_s=self.config.validation.timeout_s)
-        try:
-            result = validate(self.ws.path, changed, base_commit=self.base_commit,
-                              keep_rom=bool(analysis and analysis.keep_rom), config=checks)
-        finally:
-            for link in links:
-                link.unlink()
+        result = validate(self.ws.path, sorted(git_repo.changed_since(self.ws.path, self.base_commit)),
+                          base_commit=self.base_commit, keep_rom=bool(analysis and analysis.keep_rom), env=self.builds)
         self.timings["validation"] = time.perf_counter() - started
         return result
 

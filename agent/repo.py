@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from agent.errors import CraError, EmptyRepository, MissingObjects, NotAGitRepository
 
@@ -94,6 +94,19 @@ def changed_since(repo: Path, commit: str) -> set[str]:
 def dirty_files(repo: Path) -> set[str]:
     """Paths with uncommitted changes (staged, unstaged or untracked) relative to HEAD."""
     return changed_since(repo, "HEAD")
+
+
+def file_at(repo: Path, commit: str, path: str) -> bytes | None:
+    """The content of `path` at `commit`, or None when the commit has no such file."""
+    if not git(repo, "ls-tree", "-z", "--name-only", commit, "--", path):
+        return None
+    return git(repo, "cat-file", "blob", f"{commit}:{path}")
+
+
+def safe_relative(path: str) -> bool:
+    """Whether `path` is relative and stays inside the folder it is relative to (no `..`)."""
+    pure = PurePosixPath(path)
+    return bool(path) and not pure.is_absolute() and ".." not in pure.parts
 
 
 def blob_sha(data: bytes) -> str:

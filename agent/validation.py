@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from pydantic import BaseModel
 
+from agent.builds import BuildEnvironment, prepared_tree, rom_files, rom_hashes
 from agent.errors import InvalidInput, NotAGitRepository
-from agent.index.parse import language_of, parse_file
-from agent.index.symbols import ParsedFile
-from agent.repo import GitError, git
+from agent.index.parse import SyntaxProblem, language_of, syntax_problems
+from agent.repo import GitError, file_at, git, safe_relative
 
 LOG_TAIL_LINES = 60
 LOG_TAIL_BYTES = 256 * 1024  # read no more than this from the end of a command's output
 PARSED_LANGS = ("c", "h")
-_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GNUMAKEFLAGS")  # a parent make's flags and jobserver stay out
+CPLUSPLUS = re.compile(rb"\bstd::|^\s*(?:class|namespace|template)\b|\benum class\b", re.MULTILINE)
+COMPARE_FAILED = re.compile(r"^\S+: FAILED$", re.MULTILINE)  # sha1sum -c's line for a ROM that differs
 
 
 class Check(BaseModel):
@@ -40,88 +42,156 @@ class Check(BaseModel):
 
 
 class ValidationResult(BaseModel):
-    """The checks in the order they ran, and the verdict."""
+    """The checks in the order they ran, the verdict, and where the time went."""
 
     checks: list[Check]
     success: bool
-    rom_changed: bool | None  # None: the compare did not run, or timed out
+    rom_changed: bool | None  # None: no ROM was built, or none is known to compare with
     keep_rom: bool
+    base_tree: str | None = None  # "cached", "built" (this validation built it first) or "fresh" (none kept)
+    timings: dict[str, float] = {}  # parse, prepare (base_build within it), build, compare
 
     def check(self, name: str) -> Check:
         """The check called `name` ("parse", "build" or "compare")."""
         return next(c for c in self.checks if c.name == name)
 
 
-@dataclass
-class ValidationConfig:
-    """The commands that build the ROM and compare it with the original, and how long each may run."""
+def validate(edited: Path, changed: Sequence[str], *, base_commit: str, keep_rom: bool,
+             env: BuildEnvironment) -> ValidationResult:
+    """Check edits made at `base_commit`: `edited` holds the repo-relative `changed` files (a worktree, or just them).
 
-    build: list[str] = field(default_factory=lambda: ["make"])
-    compare: list[str] = field(default_factory=lambda: ["make", "compare"])
-    timeout_s: float = 600
-    env: dict[str, str] = field(default_factory=dict)  # added to the commands' environment, e.g. MAKEFLAGS=-j8
-
-
-def validate(worktree: Path, changed: Sequence[str], *, base_commit: str, keep_rom: bool,
-             config: ValidationConfig) -> ValidationResult:
-    """Run the parse, build and compare checks on `worktree`, whose repo-relative `changed` files were edited."""
-    worktree = Path(worktree)
-    if not worktree.is_dir():
-        raise NotAGitRepository(f"{worktree} is not a directory; validation needs the edited worktree")
-    if not config.build or not config.compare:
-        raise InvalidInput("the build and compare commands must not be empty")
+    The parse check runs first and stops a broken file before any build. Then one build in a private copy of the
+    tree built at `base_commit`: `make compare` for a ROM-preserving task, `make` for the others, with the ROM's
+    hash recorded either way.
+    """
+    edited = Path(edited)
+    if not edited.is_dir():
+        raise NotAGitRepository(f"{edited} is not a directory; validation needs the folder with the edited files")
     for path in changed:
-        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+        if not safe_relative(path):
             raise InvalidInput(f"changed path {path!r} is not relative to the worktree's top level")
     try:
-        git(worktree, "rev-parse", "--verify", "--quiet", f"{base_commit}^{{commit}}")
+        git(env.repo, "rev-parse", "--verify", "--quiet", f"{base_commit}^{{commit}}")
     except GitError:
-        raise InvalidInput(f"{base_commit!r} is not a commit of the repository at {worktree}") from None
+        raise InvalidInput(f"{base_commit!r} is not a commit of the repository at {env.repo}") from None
 
-    parse = parse_check(worktree, changed, base_commit)
-    build = run_check("build", config.build, worktree, config)
-    if build.passed:
-        compare = run_check("compare", config.compare, worktree, config)
-        rom_changed = None if compare.timed_out else not compare.passed
-    else:
-        compare = Check(name="compare", command=config.compare, passed=False, skipped_reason="the build failed")
-        rom_changed = None
-    success = parse.passed and build.passed and (compare.passed or not keep_rom)
-    return ValidationResult(checks=[parse, build, compare], success=success, rom_changed=rom_changed,
-                            keep_rom=keep_rom)
+    timings: dict[str, float] = {}
+    parse = parse_check(edited, changed, base_commit, env.repo)
+    timings["parse"] = parse.seconds
+    command = env.command(keep_rom)
+    if not parse.passed:
+        skipped = "the parse check failed"
+        return ValidationResult(checks=[parse, _skipped("build", command, skipped), _skipped("compare", None, skipped)],
+                                success=False, rom_changed=None, keep_rom=keep_rom, timings=timings)
+    env.carried()  # a missing tool is the user's to fix, not a failed check
+
+    def base_build(cmd: list[str], tree: Path) -> tuple[bool, str]:
+        check = run_check("base build", cmd, tree, env)
+        return check.passed, check.log_tail
+
+    with prepared_tree(env, base_commit, edited, changed, base_build) as prep:
+        timings["prepare"] = prep.prepare_s
+        base = prep.base
+        if base is not None and base.built_now:
+            timings["base_build"] = base.build_s
+        tree_kind = "fresh" if base is None else "built" if base.built_now else "cached"
+        if base is not None and not base.ok:
+            build = Check(name="build", command=env.settings.build, passed=False, seconds=base.build_s,
+                          log_tail=f"the base commit {base_commit[:12]} itself does not build, before any edit:\n"
+                                   f"{base.log_tail}")
+            return ValidationResult(checks=[parse, build, _skipped("compare", None, "the build failed")],
+                                    success=False, rom_changed=None, keep_rom=keep_rom, base_tree=tree_kind,
+                                    timings=timings)
+        build = run_check("build", command, prep.path, env)
+        timings["build"] = build.seconds
+        compared = keep_rom and build.exit_code not in (0, None) and COMPARE_FAILED.search(build.log_tail) is not None
+        built = build.passed or compared  # `make compare` says FAILED only once the ROM is built
+        build = build.model_copy(update={"passed": built})
+        if not built:
+            return ValidationResult(checks=[parse, build, _skipped("compare", None, "the build failed")],
+                                    success=False, rom_changed=None, keep_rom=keep_rom, base_tree=tree_kind,
+                                    timings=timings)
+        compare, rom_changed = compare_rom(prep.path, env, base.roms if base else None,
+                                           passed=build.exit_code == 0 if keep_rom else None)
+        timings["compare"] = compare.seconds
+    success = build.passed and (compare.passed or not keep_rom)
+    return ValidationResult(checks=[parse, build, compare], success=success, rom_changed=rom_changed, keep_rom=keep_rom,
+                            base_tree=tree_kind, timings=timings)
 
 
-def parse_check(worktree: Path, changed: Sequence[str], base_commit: str) -> Check:
-    """Count ERROR nodes in each changed C file at `base_commit` and now; fail if any file has more."""
+def compare_rom(tree: Path, env: BuildEnvironment, base_roms: dict[str, str] | None, *,
+                passed: bool | None) -> tuple[Check, bool | None]:
+    """Hash the built ROM against the base build's (else the checksum file's); `passed` is `make compare`'s verdict."""
     start = time.monotonic()
-    lines, passed = [], True
+    expected = base_roms or {k: v for k, v in rom_files(tree, env.settings).items() if v}
+    built = rom_hashes(tree, env.settings)
+    lines, changed = [], None
+    for name, digest in built.items():
+        if name in expected:
+            same = digest == expected[name]
+            changed = bool(changed) or not same
+            lines.append(f"{name}: {'OK' if same else 'FAILED'} (sha1 {digest}" + ("" if same else f", base {expected[name]}") + ")")
+    if changed is None:
+        lines.append("no ROM file to compare: name it in [validation] rom" if not built
+                     else "no base hash known for " + ", ".join(built))
+    if passed is not None and changed is None:
+        changed = not passed
+    verdict = (not changed) if passed is None else passed
+    return Check(name="compare", command=env.settings.compare if passed is not None else None, passed=bool(verdict),
+                 seconds=time.monotonic() - start, log_tail="\n".join(lines)), changed
+
+
+def _skipped(name: str, command: list[str] | None, reason: str) -> Check:
+    """A check that did not run, and why."""
+    return Check(name=name, command=command, passed=False, skipped_reason=reason)
+
+
+def parse_check(edited: Path, changed: Sequence[str], base_commit: str, repo: Path) -> Check:
+    """Fail on any syntax problem a changed C file has now and did not have at `base_commit`, naming its line.
+
+    Problems are ERROR and MISSING nodes after the decomp-aware fixups, shapes pret's C never has, and lines the
+    fixups read as bare macro calls whose name is not a macro the repository defines.
+    """
+    start = time.monotonic()
+    lines, failures, macro_lines = [], [], []
     for path in dict.fromkeys(changed):  # each file once, in order
         if language_of(path) not in PARSED_LANGS:
             continue
-        now = worktree / path
-        before = _error_nodes(path, _at_commit(worktree, base_commit, path))
-        after = _error_nodes(path, now.read_bytes() if now.is_file() else None)
-        worse = after > before
-        passed = passed and not worse
-        lines.append(f"{path}: {before} -> {after} ERROR nodes" + (" (more than before)" if worse else ""))
-    return Check(name="parse", command=None, passed=passed, seconds=time.monotonic() - start,
-                 log_tail="\n".join(lines[-LOG_TAIL_LINES:]) or "no C files changed")
+        now = edited / path
+        old, new = file_at(repo, base_commit, path), now.read_bytes() if now.is_file() else None
+        if any(data is not None and CPLUSPLUS.search(data) for data in (old, new)):
+            lines.append(f"{path}: C++, not checked")  # a host tool's header (pret's tools/): not the ROM's C
+            continue
+        before, after = _problems(old), _problems(new)
+        lines.append(f"{path}: {len(before)} -> {len(after)} syntax problems")
+        for problem in _new_problems(before, after):
+            if problem.macro:
+                macro_lines.append((path, problem))
+            else:
+                failures.append(f"{path}:{problem.line}: {problem.what}: {problem.text}")
+    if macro_lines:
+        defined = _defined_macros(repo, base_commit, edited, {p.macro for _, p in macro_lines if p.macro})
+        failures += [f"{path}:{p.line}: {p.what}, and the repository has no #define {p.macro}: {p.text}"
+                     for path, p in macro_lines if p.macro not in defined]
+    log = failures + lines
+    return Check(name="parse", command=None, passed=not failures, seconds=time.monotonic() - start,
+                 log_tail="\n".join(log[:LOG_TAIL_LINES]) or "no C files changed")
 
 
-def run_check(name: str, command: list[str], worktree: Path, config: ValidationConfig) -> Check:
-    """Run `command` in `worktree` in its own process group; past the timeout, SIGKILL the whole group."""
-    env = {k: v for k, v in os.environ.items() if k not in _MAKE_VARS} | config.env
+def run_check(name: str, command: list[str], tree: Path, env: BuildEnvironment) -> Check:
+    """Run `command` in `tree` in its own process group; past the timeout, SIGKILL the whole group."""
+    timeout = env.settings.timeout_s
     start = time.monotonic()
     with tempfile.TemporaryFile() as log:
         try:
-            proc = subprocess.Popen(command, cwd=worktree, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(command, cwd=tree, env=env.environment(), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             return Check(name=name, command=command, passed=False, seconds=time.monotonic() - start,
                          log_tail=f"could not start {command[0]}: {exc.strerror or exc}")
         timed_out = False
         try:
-            proc.wait(timeout=config.timeout_s)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
@@ -129,7 +199,7 @@ def run_check(name: str, command: list[str], worktree: Path, config: ValidationC
                 _kill_group(proc)
         tail = _tail(log)
     if timed_out:
-        tail = f"{tail}\n[killed after {config.timeout_s:g} s]".lstrip("\n")
+        tail = f"{tail}\n[killed after {timeout:g} s]".lstrip("\n")
     return Check(name=name, command=command, exit_code=proc.returncode, passed=proc.returncode == 0 and not timed_out,
                  timed_out=timed_out, seconds=time.monotonic() - start, log_tail=tail)
 
@@ -148,16 +218,34 @@ def _tail(log: IO[bytes]) -> str:
     return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:])
 
 
-def _at_commit(worktree: Path, commit: str, path: str) -> bytes | None:
-    """The content of `path` at `commit`, or None when the commit has no such file."""
-    if not git(worktree, "ls-tree", "-z", "--name-only", commit, "--", path):
-        return None
-    return git(worktree, "cat-file", "blob", f"{commit}:{path}")
+def _problems(data: bytes | None) -> list[SyntaxProblem]:
+    """The syntax problems of one C file's content (none for no file)."""
+    return syntax_problems(data) if data is not None else []
 
 
-def _error_nodes(path: str, data: bytes | None) -> int:
-    """ERROR nodes left by cra's decomp-aware parse of `data` (0 for no file, or one the parser skips)."""
-    if data is None:
-        return 0
-    parsed = parse_file(path, data)
-    return parsed.error_nodes if isinstance(parsed, ParsedFile) else 0
+def _new_problems(before: list[SyntaxProblem], after: list[SyntaxProblem]) -> list[SyntaxProblem]:
+    """The problems `after` has beyond `before`, counted per kind; named by the lines whose text is new."""
+    left = Counter((p.what, p.text) for p in before)
+    unmatched = []
+    for problem in after:
+        key = (problem.what, problem.text)
+        if left[key]:
+            left[key] -= 1
+        else:
+            unmatched.append(problem)
+    extra = Counter(p.what for p in after) - Counter(p.what for p in before)  # an edited line keeps its problem
+    new = []
+    for problem in unmatched:
+        if extra[problem.what]:
+            extra[problem.what] -= 1
+            new.append(problem)
+    return new
+
+
+def _defined_macros(repo: Path, commit: str, edited: Path, names: set[str]) -> set[str]:
+    """Which of `names` a `#define` names, in the repository at `commit` or in the edited files."""
+    pattern = r"^[[:space:]]*#[[:space:]]*define[[:space:]]+(" + "|".join(sorted(names)) + r")([^A-Za-z0-9_]|$)"
+    found = git(repo, "grep", "-h", "-E", pattern, commit, "--", "*.c", "*.h", check=False)
+    found += subprocess.run(["grep", "-rhE", "--include=*.c", "--include=*.h", pattern, "."], cwd=edited,
+                            capture_output=True, check=False).stdout
+    return {m.decode() for m in re.findall(rb"define\s+(\w+)", found)} & names

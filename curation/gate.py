@@ -9,14 +9,15 @@ it beats both the active adapter and the base; a stage with no gain two rounds r
 from __future__ import annotations
 
 import json
-import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent import repo as git_repo
+from agent.builds import BuildEnvironment
 from agent.config import Config, ledger_path
 from agent.edits import Edit, EditError, apply_edits
-from agent.errors import InvalidInput, InvalidModelOutput
+from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.llm.client import LLM
 from agent.llm.resolve import describe_bases, resolve_stage
 from agent.llm.roles import STAGE_ROLES
@@ -24,12 +25,14 @@ from agent.llm.serve import load_adapter, reload, unload_adapter
 from agent.stages import PIPELINE
 from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
-from agent.validation import ValidationConfig, validate
+from agent.scratch import scratch_folder
+from agent.validation import validate
 from curation.datasets import Example, family_for, load_examples
 from curation.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
 
 MIN_GAIN = 0.01
 PLATEAU_ROUNDS = 2
+SCRATCH_PREFIX = "cra-gate-"  # + pid: the edited files of one held-out answer
 OUTPUTS = {stage.name: stage.Output for stage in PIPELINE}
 
 
@@ -87,22 +90,57 @@ def score(stage: str, gold: dict, predicted: dict, prompt: str = "", validated: 
     return (applies + exact) / 2 if validated is None else (applies + exact + float(validated)) / 3
 
 
-def validates(example: Example, edits: list[dict], checks: ValidationConfig) -> bool | None:
-    """Whether `edits` apply at the example commit's parent and pass parse and build; None if it cannot be checked."""
-    if not example.repo or not example.commit_sha or not Path(example.repo).is_dir():
+def validates(example: Example, edits: list[dict], env: BuildEnvironment | None) -> bool | None:
+    """Whether `edits` apply at the example commit's parent and pass the parse check and the build.
+
+    None when it cannot be checked here (no checkout of the example's repository).
+    """
+    if env is None or not example.commit_sha:
         return None
-    repo = Path(example.repo)
-    with tempfile.TemporaryDirectory(prefix="cra-gate-") as scratch, \
-            git_repo.temporary_worktree(repo, Path(scratch) / "worktree") as worktree:
-        parent = f"{example.commit_sha}^"
-        if git_repo.checkout_detached(worktree, parent) is not None:
-            return None
+    try:
+        parent = git_repo.git(env.repo, "rev-parse", "--verify", "--quiet", f"{example.commit_sha}^{{commit}}^"
+                              ).decode().strip()
+    except git_repo.GitError:
+        return None
+    with scratch_folder(SCRATCH_PREFIX) as edited:
+        for path in {e["path"] for e in edits if git_repo.safe_relative(e["path"])}:  # the files the edits touch, at the parent
+            if (data := git_repo.file_at(env.repo, parent, path)) is not None:
+                (edited / path).parent.mkdir(parents=True, exist_ok=True)
+                (edited / path).write_bytes(data)
         try:
-            applied = apply_edits(worktree, [Edit(**e) for e in edits])
+            applied = apply_edits(edited, [Edit(**e) for e in edits])
         except EditError:
             return False
-        result = validate(worktree, sorted({a.path for a in applied}), base_commit=parent, keep_rom=False, config=checks)
+        result = validate(edited, sorted({a.path for a in applied}), base_commit=parent, keep_rom=False, env=env)
         return result.success
+
+
+def build_environment(config: Config, home: str | Path | None, example: Example,
+                      known: dict[str, BuildEnvironment | None]) -> BuildEnvironment | None:
+    """The build environment of the example's checkout, made once per checkout; None where it is not here."""
+    if example.repo not in known:
+        try:
+            known[example.repo] = BuildEnvironment.of(Path(example.repo), config.validation, home) if example.repo else None
+        except CraError:
+            known[example.repo] = None
+    return known[example.repo]
+
+
+def replay_gold_edits(config: Config, home: str | Path | None, repo: Path, limit: int) -> list[dict]:
+    """The gold edits of the newest `limit` held-out code examples of `repo`, validated through the gate's path."""
+    env = BuildEnvironment.of(repo, config.validation, home)
+    examples = [e for e in load_examples(home, stage="code", split="eval")
+                if e.repo and Path(e.repo).resolve() == env.repo][-limit:]
+    if not examples:
+        raise InvalidInput(f"no held-out code examples of {env.repo} in the cra home; run `cra bootstrap --repo "
+                           f"{env.repo}` first")
+    rows = []
+    for example in examples:
+        started = time.monotonic()
+        passed = validates(example, example.output["edits"], env)
+        rows.append({"commit": example.commit_sha, "files": sorted({e["path"] for e in example.output["edits"]}),
+                     "validated": passed, "seconds": round(time.monotonic() - started, 2)})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -125,8 +163,7 @@ def evaluate(config: Config, home: str | Path | None, stage: str, model: str, ex
     bases = describe_bases(config)
     resolution = replace(resolve_stage(stage, config, [], bases), model=model, source="override", reason="gate evaluation")
     llm = LLM(config, home=home, run_id=f"gate:{stage}:{model}", resolutions=[resolution])
-    checks = ValidationConfig(build=config.validation.build, compare=config.validation.compare,
-                              timeout_s=config.validation.timeout_s)
+    environments: dict[str, BuildEnvironment | None] = {}
     total, failures, validated = 0.0, 0, []
     for example in examples:
         try:
@@ -134,7 +171,8 @@ def evaluate(config: Config, home: str | Path | None, stage: str, model: str, ex
         except InvalidModelOutput:
             failures += 1
             continue
-        passed = validates(example, answer["edits"], checks) if stage == "code" and validate_code else None
+        passed = (validates(example, answer["edits"], build_environment(config, home, example, environments))
+                  if stage == "code" and validate_code else None)
         if passed is not None:
             validated.append(passed)
         total += score(stage, example.output, answer, example.messages[-1]["content"], passed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -121,20 +123,25 @@ def test_code_answers_are_validated_at_the_commits_parent(decomp_template, tmp_p
     from agent.config import load_config
     from bootstrap.pairs import bootstrap_repo
     from curation.datasets import load_examples
-    from curation.gate import validates
-    from agent.validation import ValidationConfig
+    from curation.gate import replay_gold_edits, validates
+    from agent.builds import BuildEnvironment
     from tests.fixtures.decomp import host_build_missing
 
     if reason := host_build_missing():
         pytest.skip(reason)
-    bootstrap_repo(decomp_template.path, config=load_config(decomp_template.path))
+    config = load_config(decomp_template.path)
+    bootstrap_repo(decomp_template.path, config=config)
     example = next(e for e in load_examples(None, stage="code") if e.output["edits"][0]["path"].endswith(".c"))
-    checks = ValidationConfig(timeout_s=120)
+    env = BuildEnvironment.of(decomp_template.path, config.validation)
     gold = example.output["edits"]
-    assert validates(example, gold, checks) is True
+    assert validates(example, gold, env) is True
     broken = [{**gold[0], "replace": gold[0]["replace"] + "\n{ broken"}] + gold[1:]
-    assert validates(example, broken, checks) is False
-    assert validates(example, [{"path": gold[0]["path"], "search": "no such text", "replace": "x"}], checks) is False
+    assert validates(example, broken, env) is False
+    assert validates(example, [{"path": gold[0]["path"], "search": "no such text", "replace": "x"}], env) is False
+    assert validates(example, gold, None) is None  # no checkout of the example's repository here
+    replayed = replay_gold_edits(config, None, decomp_template.path, 5)
+    assert replayed and all(r["validated"] is True for r in replayed)
+    assert not list(Path(tempfile.gettempdir()).glob(f"cra-gate-{os.getpid()}-*"))
     assert score("code", example.output, {"edits": gold}, example.messages[-1]["content"], True) == 1.0
 
 

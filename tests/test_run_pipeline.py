@@ -14,6 +14,7 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
+from agent.builds import BuildEnvironment, MissingBuildTool
 from agent.cli import app
 from agent.config import ledger_path, load_config
 from agent.errors import InvalidInput
@@ -133,15 +134,60 @@ def test_behaviour_change_builds_but_fails_compare(tmp_path: Path, indexed: Deco
     assert fixed.status == "succeeded" and fixed.validation.rom_changed is True  # a fix may change the ROM
 
 
-def test_broken_edit_fails_parse_and_build_and_is_recorded(tmp_path: Path, indexed: DecompRepo) -> None:
-    if reason := host_build_missing():
-        pytest.skip(reason)
+def test_broken_edit_stops_at_the_parse_check_and_is_recorded(tmp_path: Path, indexed: DecompRepo) -> None:
     edit = [{"path": WALLCLOCK, "search": "    u8 delta;\n", "replace": "    u8 delta = (;\n"}]
     outcome, _ = run_with(tmp_path, indexed, f"Refactor {OLD}", answers_for("refactor", True, edit))
     assert outcome.status == "failed"
-    assert not outcome.validation.check("parse").passed and not outcome.validation.check("build").passed
+    parse, build, _ = outcome.validation.checks
+    assert not parse.passed and parse.log_tail.startswith(f"{WALLCLOCK}:")  # the broken line is named
+    assert build.skipped_reason == "the parse check failed" and build.exit_code is None
     stored = get_run(None, outcome.run_id)
-    assert stored.validation["checks"][1]["exit_code"] != 0 and stored.validation["checks"][1]["log_tail"]
+    assert stored.validation["checks"][0]["log_tail"] == parse.log_tail and stored.validation["checks"][1]["skipped_reason"]
+
+
+def test_the_gate_and_a_run_build_with_the_same_carried_paths(tmp_path: Path, indexed: DecompRepo) -> None:
+    from curation.datasets import Example
+    from curation.gate import validates
+
+    tool = indexed.path / "tools/fakecc"  # an ignored, installed tool, as pret's tools/agbcc
+    tool.mkdir(parents=True)
+    (tool / "marker").write_text("installed\n")
+    with (indexed.path / ".git/info/exclude").open("a") as exclude:
+        exclude.write("tools/fakecc/\n")
+    needs = "test -f tools/fakecc/marker && echo carried: $(readlink tools/fakecc)"
+    settings = (f'[validation]\ncarry = ["tools/fakecc"]\nbuild = ["sh", "-c", "{needs}"]\n'
+                f'compare = ["sh", "-c", "{needs}"]\n')
+    text = (indexed.path / WALLCLOCK).read_text()
+    with standin_server(scripted(answers_for("rename", True, rename_edits(text, OLD, NEW)))) as server:
+        (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           f'[models.coding]\nbase = "tiny"\nendpoint = "{server.url}"\n' + settings)
+        config = load_config(tmp_path)
+        outcome = drive(TaskRun(f"Rename {OLD} to {NEW}", indexed.path, config=config, options=RunOptions()))
+    assert outcome.success, outcome.validation
+    example = Example(stage="code", source="bootstrap", family="qwen2.5-coder", messages=[], output={},
+                      repo=str(indexed.path), commit_sha=indexed.head)
+    parent_text = subprocess.run(["git", "-C", str(indexed.path), "show", f"{indexed.head}^:{WALLCLOCK}"],
+                                 capture_output=True, text=True, check=True).stdout
+    env = BuildEnvironment.of(indexed.path, config.validation)
+    assert validates(example, rename_edits(parent_text, OLD, NEW), env) is True
+    logs = [outcome.validation.check("build").log_tail]
+    assert logs == [f"carried: {tool}"]
+    assert env.carried() == [("tools/fakecc", tool)]
+
+
+def test_a_run_without_the_build_tool_stops_before_any_model_call(tmp_path: Path, indexed: DecompRepo) -> None:
+    with standin_server(scripted({})) as server:
+        (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           f'[models.coding]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           '[validation]\ncarry = ["tools/agbcc"]\n')
+        run = TaskRun(f"Rename {OLD} to {NEW}", indexed.path, config=load_config(tmp_path), options=RunOptions())
+        with pytest.raises(MissingBuildTool, match="tools/agbcc"):
+            drive(run)
+        assert server.requests == []
+    assert get_run(None, run.run_id).status == "error"
+    branches = subprocess.run(["git", "-C", str(indexed.path), "branch", "--list", "cra/*"], capture_output=True,
+                              text=True, check=True).stdout
+    assert branches == "" and not (indexed.path / "tools").exists()
 
 
 def test_edits_that_never_apply_are_fed_back_then_the_run_fails(tmp_path: Path, indexed: DecompRepo) -> None:

@@ -1,27 +1,43 @@
-"""Validation on the fixture decomp, with its real Makefile: parse, build and ROM compare after real edits."""
+"""Validation on the fixture decomp, with its real Makefile: parse, one build in a copy of a built tree, ROM compare."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from agent.builds import COPY_PREFIX, BuildEnvironment, MissingBuildTool, prune
+from agent.config import ValidationSettings
 from agent.edits import Edit, apply_edits
 from agent.errors import InvalidInput, NotAGitRepository
-from agent.validation import ValidationConfig, ValidationResult, validate
+from agent.validation import ValidationResult, validate
 from tests.fixtures.decomp import DecompRepo
 
-FAST = ValidationConfig(build=["true"], compare=["true"], timeout_s=30)  # for checks that need no compiler
+FAST = ValidationSettings(build=["true"], compare=["true"], timeout_s=30, carry=[])  # for checks that need no compiler
+HOST = ValidationSettings(timeout_s=120, carry=[])
+
+
+def _env(repo: DecompRepo, settings: ValidationSettings = HOST) -> BuildEnvironment:
+    return BuildEnvironment.of(repo.path, settings)
 
 
 def _edit_and_validate(repo: DecompRepo, edits: list[Edit], *, keep_rom: bool = True,
-                       config: ValidationConfig | None = None) -> ValidationResult:
+                       settings: ValidationSettings = HOST) -> ValidationResult:
     """Apply `edits` to the fixture and validate the files they touched against its HEAD."""
     changed = [a.path for a in apply_edits(repo.path, edits)]
-    return validate(repo.path, changed, base_commit=repo.head, keep_rom=keep_rom,
-                    config=config or ValidationConfig(timeout_s=60))
+    return validate(repo.path, changed, base_commit=repo.head, keep_rom=keep_rom, env=_env(repo, settings))
+
+
+def _compiled(check_log: str) -> list[str]:
+    """The C files a build log shows compiled (the fixture's rule prints `cc ... -c -o OBJ SRC`)."""
+    return sorted(line.split()[-1] for line in check_log.splitlines() if " -c -o " in line)
 
 
 def _alive(pid: int) -> bool:
@@ -34,57 +50,109 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
+RENAME = [
+    Edit(path="src/main.c", search="static void ReadKeys(void);", replace="static void ReadKeyInput(void);"),
+    Edit(path="src/main.c", search="        ReadKeys();\n", replace="        ReadKeyInput();\n"),
+    Edit(path="src/main.c", search="static void ReadKeys(void)\n{", replace="static void ReadKeyInput(void)\n{"),
+]
+
+
 def test_renaming_a_static_function_keeps_the_rom(decomp_repo: DecompRepo, host_build: None) -> None:
-    result = _edit_and_validate(decomp_repo, [
-        Edit(path="src/main.c", search="static void ReadKeys(void);", replace="static void ReadKeyInput(void);"),
-        Edit(path="src/main.c", search="        ReadKeys();\n", replace="        ReadKeyInput();\n"),
-        Edit(path="src/main.c", search="static void ReadKeys(void)\n{", replace="static void ReadKeyInput(void)\n{"),
-    ])
+    result = _edit_and_validate(decomp_repo, RENAME)
     assert [c.name for c in result.checks] == ["parse", "build", "compare"]
-    assert all(c.passed and c.exit_code in (0, None) for c in result.checks), result
-    assert result.check("parse").log_tail == "src/main.c: 0 -> 0 ERROR nodes"
-    assert result.check("build").command == ["make"]
-    assert "rom.bin: OK" in result.check("compare").log_tail
+    assert all(c.passed for c in result.checks), result
+    assert result.check("parse").log_tail == "src/main.c: 0 -> 0 syntax problems"
+    build = result.check("build")
+    assert build.command == ["make", "compare"] and build.exit_code == 0  # one invocation builds and compares
+    assert "rom.bin: OK" in build.log_tail and "build/rom.bin: OK (sha1 " in result.check("compare").log_tail
     assert result.success and result.rom_changed is False and result.keep_rom
+    assert result.base_tree == "built" and result.timings["base_build"] > 0  # the first validation at this commit
+    assert not (decomp_repo.path / "build").exists()  # nothing was built in the checkout
 
 
 def test_changing_a_constant_builds_but_changes_the_rom(decomp_repo: DecompRepo, host_build: None) -> None:
     result = _edit_and_validate(decomp_repo, [
         Edit(path="src/sprite.c", search="    return MAX_SPRITES;", replace="    return SPRITE_NONE;"),
     ], keep_rom=True)
-    assert result.check("parse").passed and result.check("build").passed
-    compare = result.check("compare")
-    assert not compare.passed and compare.exit_code not in (0, None) and "FAILED" in compare.log_tail
+    build, compare = result.check("build"), result.check("compare")
+    assert result.check("parse").passed and build.passed and build.exit_code not in (0, None)
+    assert "FAILED" in build.log_tail and not compare.passed and "FAILED (sha1 " in compare.log_tail
     assert result.rom_changed is True and not result.success
-    # A task that may change the ROM succeeds with the same edit; compare still ran to record the change.
+    # A task that may change the ROM runs `make` only, succeeds, and still records the change from the ROM's hash.
     relaxed = validate(decomp_repo.path, ["src/sprite.c"], base_commit=decomp_repo.head, keep_rom=False,
-                       config=ValidationConfig(timeout_s=60))
-    assert relaxed.success and relaxed.rom_changed is True and relaxed.check("compare").exit_code
+                       env=_env(decomp_repo))
+    assert relaxed.check("build").command == ["make"] and relaxed.base_tree == "cached"
+    assert relaxed.success and relaxed.rom_changed is True and relaxed.check("compare").command is None
 
 
-def test_a_syntax_error_fails_parse_and_build(decomp_repo: DecompRepo, host_build: None) -> None:
+def test_the_second_validation_at_a_commit_compiles_only_the_changed_file(decomp_repo: DecompRepo,
+                                                                           host_build: None) -> None:
+    first = _edit_and_validate(decomp_repo, RENAME)
+    assert first.base_tree == "built" and len(_compiled(first.check("build").log_tail)) == 1
+    second = _edit_and_validate(decomp_repo, [
+        Edit(path="src/task.c", search="void DestroyTask(u8 taskId)\n{\n", replace="void DestroyTask(u8 taskId)\n{\n    // gone\n"),
+    ])
+    assert second.base_tree == "cached" and "base_build" not in second.timings
+    assert _compiled(second.check("build").log_tail) == ["src/task.c"]  # one incremental build of the one file
+    assert second.success and second.rom_changed is False
+
+
+def test_a_syntax_error_stops_validation_before_the_build(decomp_repo: DecompRepo) -> None:
     result = _edit_and_validate(decomp_repo, [
         Edit(path="src/task.c", search="void DestroyTask(u8 taskId)\n{\n", replace="void DestroyTask(u8 taskId)\n"),
     ])
     parse, build, compare = result.checks
-    assert not parse.passed and "src/task.c: 0 -> " in parse.log_tail and "(more than before)" in parse.log_tail
-    assert not build.passed and build.exit_code not in (0, None) and not build.timed_out
-    assert "src/task.c" in build.log_tail and "error" in build.log_tail
-    assert compare.skipped_reason == "the build failed" and compare.exit_code is None
-    assert not result.success and result.rom_changed is None
+    assert not parse.passed and parse.log_tail.startswith("src/task.c:")
+    assert build.skipped_reason == compare.skipped_reason == "the parse check failed" and build.exit_code is None
+    assert not result.success and result.rom_changed is None and "prepare" not in result.timings
+
+
+@pytest.mark.parametrize(("search", "replace", "what"), [
+    ("    gTasks[taskId].isActive = FALSE;", "    gTasks[taskId].isActive = FALSE", "syntax error"),
+    ("void DestroyTask(u8 taskId)\n{\n", "void DestroyTask(u8 taskId)\n{\n    {\n", "missing '}'"),
+    ("DestroyTask(u8 taskId)\n{\n    if (", "DestroyTask(u8 taskId)\n{\n    iff (", "no #define iff"),
+    ("    if (gTasks[taskId].isActive)\n    {\n        gTasks[taskId].isActive = FALSE;",
+     "    swich (gTasks[taskId].isActive) {\n        gTasks[taskId].isActive = FALSE;", "swich"),
+    ("        gTasks[i].priority = -1;\n", "        gTasks[i].priority = -1;\n        gTasks[i].next = i\n", "missing ';'"),
+    ("            InsertTask(i);", "            InsertTask(i)", "no #define InsertTask"),
+])
+def test_the_parse_check_catches_what_the_decomp_fixups_would_hide(decomp_repo: DecompRepo, search: str,
+                                                                   replace: str, what: str) -> None:
+    source = (decomp_repo.path / "src/task.c").read_text()
+    if search not in source:
+        pytest.fail(f"the fixture's src/task.c has no {search!r}")
+    result = _edit_and_validate(decomp_repo, [Edit(path="src/task.c", search=search, replace=replace)], settings=FAST)
+    parse = result.check("parse")
+    assert not parse.passed and what in parse.log_tail, parse.log_tail
+    line = parse.log_tail.splitlines()[0]
+    assert line.startswith("src/task.c:") and line.split(":")[1].isdigit()  # the line is named
+    assert result.check("build").skipped_reason == "the parse check failed"
+
+
+def test_a_macro_the_repository_defines_may_stand_without_a_semicolon(decomp_repo: DecompRepo) -> None:
+    header = decomp_repo.path / "include/task.h"
+    apply_edits(decomp_repo.path, [Edit(path="include/task.h", search="#endif", replace="#define TASK_TRACE(x)\n#endif")])
+    assert "TASK_TRACE" in header.read_text()
+    result = _edit_and_validate(decomp_repo, [
+        Edit(path="src/task.c", search="void DestroyTask(u8 taskId)\n{\n",
+             replace="void DestroyTask(u8 taskId)\n{\n    TASK_TRACE(taskId)\n"),
+    ], settings=FAST)
+    assert result.check("parse").passed, result.check("parse").log_tail
 
 
 def test_a_hanging_build_is_killed_with_its_children(decomp_repo: DecompRepo) -> None:
-    hang = ["sh", "-c", "echo building; sleep 30 & echo $! > sleeper.pid; wait"]
+    pid_file = decomp_repo.path.parent / "sleeper.pid"
+    hang = ["sh", "-c", "echo building; sleep 30 & echo $! > \"$CRA_TEST_PID\"; wait"]
+    settings = ValidationSettings(build=hang, compare=hang, timeout_s=1, carry=[], keep_trees=0,
+                                  env={"CRA_TEST_PID": str(pid_file)})
     start = time.monotonic()
-    result = validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False,
-                      config=ValidationConfig(build=hang, timeout_s=1))
+    result = validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False, env=_env(decomp_repo, settings))
     assert time.monotonic() - start < 10
     build = result.check("build")
     assert build.timed_out and not build.passed and 1 <= build.seconds < 10
     assert build.log_tail.startswith("building") and "killed after 1 s" in build.log_tail
     assert result.check("compare").skipped_reason and not result.success
-    sleeper = int((decomp_repo.path / "sleeper.pid").read_text())
+    sleeper = int(pid_file.read_text())
     deadline = time.monotonic() + 5
     while _alive(sleeper) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -92,33 +160,141 @@ def test_a_hanging_build_is_killed_with_its_children(decomp_repo: DecompRepo) ->
 
 
 def test_parse_check_counts_against_the_base_commit(decomp_repo: DecompRepo) -> None:
-    # The window table is a fragment included inside an initializer: it has ERROR nodes at HEAD already.
+    # The window table is a fragment included inside an initializer: it has syntax problems at HEAD already.
     result = _edit_and_validate(decomp_repo, [
         Edit(path="src/data/wallclock_windows.h", search=".tilemapLeft = 3,", replace=".tilemapLeft = 4,"),
         Edit(path="src/fresh.c", search="", replace="void Fresh(void)\n{\n    u8 x = 1 +;\n}\n"),
         Edit(path="docs/notes.txt", search="", replace="int (\n"),
-    ], config=FAST)
+    ], settings=FAST)
     log = result.check("parse").log_tail.splitlines()
-    assert log[0].startswith("src/data/wallclock_windows.h: ") and "(more than before)" not in log[0]
-    before, after = log[0].split(": ")[1].split(" ERROR")[0].split(" -> ")
+    assert log[0].startswith("src/fresh.c:3: ") and "u8 x = 1 +;" in log[0]
+    before, after = log[1].removeprefix("src/data/wallclock_windows.h: ").split(" syntax")[0].split(" -> ")
     assert before == after and int(before) > 0
-    assert log[1].startswith("src/fresh.c: 0 -> ") and log[1].endswith("(more than before)")
-    assert len(log) == 2  # the text file is not parsed
-    assert not result.check("parse").passed and result.check("build").passed and not result.success
+    assert log[2].startswith("src/fresh.c: 0 -> ")
+    assert len(log) == 3  # the text file is not parsed
+    assert not result.check("parse").passed and not result.success
 
 
 def test_a_missing_command_is_a_failed_check(decomp_repo: DecompRepo) -> None:
+    settings = ValidationSettings(build=["cra-no-such-build-tool"], timeout_s=5, carry=[], keep_trees=0)
     result = validate(decomp_repo.path, ["src/task.c"], base_commit=decomp_repo.head, keep_rom=False,
-                      config=ValidationConfig(build=["cra-no-such-build-tool"], timeout_s=5))
+                      env=_env(decomp_repo, settings))
     build = result.check("build")
     assert not build.passed and build.exit_code is None and "could not start cra-no-such-build-tool" in build.log_tail
     assert result.check("parse").passed and not result.success
 
 
+def test_a_base_commit_that_does_not_build_is_named(decomp_repo: DecompRepo) -> None:
+    settings = ValidationSettings(build=["sh", "-c", "echo no toolchain; exit 2"], timeout_s=5, carry=[])
+    result = validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False, env=_env(decomp_repo, settings))
+    build = result.check("build")
+    assert not build.passed and f"the base commit {decomp_repo.head[:12]} itself does not build" in build.log_tail
+    assert "no toolchain" in build.log_tail and not any(_env(decomp_repo).trees.glob("*.json"))  # nothing cached
+
+
+def test_a_missing_carry_source_is_a_clear_error(decomp_repo: DecompRepo) -> None:
+    settings = ValidationSettings(build=["true"], compare=["true"], carry=["tools/agbcc"])
+    with pytest.raises(MissingBuildTool, match=r"needs tools/agbcc in the checkout .*install\.sh"):
+        validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=True, env=_env(decomp_repo, settings))
+    assert not (_env(decomp_repo).trees).exists() or not any(_env(decomp_repo).trees.iterdir())
+
+
+def test_carried_paths_are_linked_into_the_build_tree(decomp_repo: DecompRepo) -> None:
+    tool = decomp_repo.path / "tools/fakecc"
+    tool.mkdir(parents=True)
+    (tool / "marker").write_text("installed\n")
+    needs_tool = ["sh", "-c", "test -L tools/fakecc && cat tools/fakecc/marker"]
+    settings = ValidationSettings(build=needs_tool, compare=needs_tool, carry=["tools/fakecc"], timeout_s=10)
+    result = validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False, env=_env(decomp_repo, settings))
+    assert result.check("build").passed and "installed" in result.check("build").log_tail
+
+
+def test_two_concurrent_validations_never_write_to_one_tree(decomp_repo: DecompRepo) -> None:
+    # Each build records the tree it ran in and leaves a marker there; the kept tree must never get one.
+    record = ["sh", "-c", "pwd >> \"$CRA_TEST_TREES\"; test ! -e marker; touch marker; sleep 1"]
+    log = decomp_repo.path.parent / "trees.log"
+    settings = ValidationSettings(build=["true"], compare=record, env={"CRA_TEST_TREES": str(log)}, carry=[])
+    env = _env(decomp_repo, settings)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=True,
+                                                   env=env), range(2)))
+    assert all(r.success for r in results), [r.check("build").log_tail for r in results]
+    trees = log.read_text().split()
+    assert len(trees) == 2 and len(set(trees)) == 2 and all(COPY_PREFIX in t for t in trees)
+    assert sorted(r.base_tree for r in results) == ["built", "cached"]  # built once, the other waited for it
+    kept = env.trees / decomp_repo.head
+    assert kept.is_dir() and not (kept / "marker").exists()
+    assert not any(env.trees.glob(f"{COPY_PREFIX}*"))  # both copies removed
+
+
+def test_a_killed_validation_leaves_no_tree_behind(decomp_repo: DecompRepo) -> None:
+    settings = ValidationSettings(build=["true"], compare=["sleep", "60"], carry=[], timeout_s=120)
+    env = _env(decomp_repo, settings)
+    script = ("import sys; from pathlib import Path; from agent.builds import BuildEnvironment; "
+              "from agent.config import ValidationSettings; from agent.validation import validate; "
+              f"s = ValidationSettings.model_validate_json({settings.model_dump_json()!r}); "
+              f"validate(Path({str(decomp_repo.path)!r}), [], base_commit={decomp_repo.head!r}, keep_rom=True, "
+              f"env=BuildEnvironment.of(Path({str(decomp_repo.path)!r}), s))")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(env.trees.glob(f"{COPY_PREFIX}{proc.pid}-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the build
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any(env.trees.glob(f"{COPY_PREFIX}{proc.pid}-*"))  # a kill leaves its copy...
+    validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False, env=env)
+    assert not any(env.trees.glob(f"{COPY_PREFIX}*"))  # ...and the next validation sweeps it
+
+
+def test_built_trees_are_pruned_by_count(decomp_repo: DecompRepo) -> None:
+    settings = ValidationSettings(build=["true"], compare=["true"], carry=[], keep_trees=2)
+    env = _env(decomp_repo, settings)
+    for commit in decomp_repo.commits[-3:]:
+        validate(decomp_repo.path, [], base_commit=commit, keep_rom=True, env=env)
+        time.sleep(0.01)
+    kept = sorted(p.stem for p in env.trees.glob("*.json"))
+    assert kept == sorted(decomp_repo.commits[-2:])  # the least recently used went
+    assert all(json.loads((env.trees / f"{c}.json").read_text())["commit"] == c for c in kept)
+    assert prune(env) == [] and sorted(p.name for p in env.trees.iterdir() if p.is_dir()) == kept
+
+
 def test_misuse_raises_typed_errors(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    env = _env(decomp_repo, FAST)
     with pytest.raises(NotAGitRepository):
-        validate(tmp_path / "missing", [], base_commit=decomp_repo.head, keep_rom=True, config=FAST)
+        validate(tmp_path / "missing", [], base_commit=decomp_repo.head, keep_rom=True, env=env)
     with pytest.raises(InvalidInput, match="not a commit"):
-        validate(decomp_repo.path, [], base_commit="0" * 40, keep_rom=True, config=FAST)
+        validate(decomp_repo.path, [], base_commit="0" * 40, keep_rom=True, env=env)
     with pytest.raises(InvalidInput, match="not relative"):
-        validate(decomp_repo.path, ["../x.c"], base_commit=decomp_repo.head, keep_rom=True, config=FAST)
+        validate(decomp_repo.path, ["../x.c"], base_commit=decomp_repo.head, keep_rom=True, env=env)
+
+
+def test_the_benchmark_replays_commits_with_a_mutation_and_a_syntax_break(decomp_repo: DecompRepo,
+                                                                         host_build: None) -> None:
+    from agent.eval.validation import candidates, run_validation_bench
+
+    picked = candidates(decomp_repo.path, 3)
+    assert picked and all(f.endswith((".c", ".h")) for c in picked for f in c.files)
+    report = run_validation_bench(decomp_repo.path, _env(decomp_repo), 3)
+    wrong = [c for c in report.cases if not c.right]
+    assert not wrong, wrong
+    cases = {c.case for c in report.cases}
+    assert {"commit", "mutation", "syntax"} <= cases
+    summary = report.summary()
+    assert summary["accuracy"] == 1.0 and summary["first_at_a_commit"]["median_base_build_s"] is not None
+    assert all(c.base_tree == "cached" for c in report.cases if c.case == "mutation")  # the commit's tree, reused
+    assert all(c.verdict == "parse failed" and "build" not in c.timings for c in report.cases if c.case == "syntax")
+    assert not any(_env(decomp_repo).trees.glob(f"{COPY_PREFIX}*"))
+
+
+@pytest.mark.real_repo
+def test_real_pokeemerald_validation_verdicts() -> None:
+    """On a real pokeemerald checkout with agbcc installed (CRA_POKEEMERALD): the newest commit's three verdicts."""
+    from agent.eval.validation import run_validation_bench
+
+    checkout = os.environ.get("CRA_POKEEMERALD")
+    if not checkout:
+        pytest.skip("set CRA_POKEEMERALD to a pokeemerald clone with tools/agbcc installed to run this")
+    env = BuildEnvironment.of(Path(checkout), ValidationSettings())
+    report = run_validation_bench(Path(checkout), env, 1)
+    assert all(c.right for c in report.cases), [c for c in report.cases if not c.right]
