@@ -66,37 +66,78 @@ def _add_pairs(home: str | Path | None, rows: list[tuple]) -> int:
         return con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0] - before
 
 
-def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
-    """SFT examples from the model calls of successful runs; DPO pairs where the same task also failed. Return (sft, dpo)."""
+@dataclass(frozen=True)
+class LoggedStage:
+    """One stage of a finished run, as curation reads it: the call the run used and the attempts it discarded."""
+
+    run_id: str
+    task: str
+    repo: str
+    commit: str
+    good: bool
+    stage: str
+    prompt: list[dict]  # the stage's original prompt: the first attempt's messages
+    used: dict | None  # the answer the run went on with (for code: the edits that applied); None if none did
+    discarded: list[dict]  # answers of earlier attempts that did not apply (the code stage's retries)
+
+
+def logged_stages(home: str | Path | None) -> list[LoggedStage]:
+    """Every model-answered stage of the finished runs with a verdict, oldest run first."""
     with opened(ledger_path(home), schema=LEDGER) as con:
-        calls = con.execute(
+        stages = con.execute(
             """
-            SELECT r.id, r.task, r.repo, r.base_commit, coalesce(r.verdict = 'success', r.success) AS good, c.stage,
-                   c.messages, c.parsed
-            FROM runs r JOIN llm_calls c ON c.run_id = r.id
-            WHERE c.schema_ok AND c.repairs = 0 AND r.status IN ('succeeded', 'failed')
-              AND coalesce(r.verdict = 'success', r.success) IS NOT NULL AND c.stage NOT LIKE 'teacher:%'
-            ORDER BY r.started_at
-            """
-        ).fetchall()
-    examples, good, bad = [], {}, {}
-    for run_id, task, repo, commit, ok, stage, messages, parsed in calls:
-        messages, parsed = json.loads(messages), json.loads(parsed)
-        key = (task, stage)
-        if ok:
-            examples.append(Example(stage, "logged", family_for(stage, config), messages, parsed, "train", repo, commit,
-                                    metadata={"run": run_id}))
-            good.setdefault(key, (messages, parsed, run_id))
-        else:
-            bad.setdefault(key, (parsed, run_id))
-    pairs = []
+            SELECT r.id, r.task, r.repo, r.base_commit, coalesce(r.verdict = 'success', r.success), s.stage,
+                   s.call_ids, s.detail
+            FROM runs r JOIN run_stages s ON s.run_id = r.id
+            WHERE s.source = 'model' AND s.error IS NULL AND r.status IN ('succeeded', 'failed')
+              AND coalesce(r.verdict = 'success', r.success) IS NOT NULL
+            ORDER BY r.started_at, s.ordinal
+            """).fetchall()
+        calls = {row[0]: row[1:] for row in con.execute(
+            "SELECT c.id, c.messages, c.parsed, c.schema_ok AND c.repairs = 0 FROM llm_calls c JOIN runs r"
+            " ON c.run_id = r.id WHERE r.status IN ('succeeded', 'failed')").fetchall()}
+    found = []
+    for run_id, task, repo, commit, good, stage, call_ids, detail in stages:
+        known = [calls[c] for c in call_ids or [] if c in calls]
+        if not known:
+            continue
+        detail = json.loads(detail) if detail else {}
+        # The code stage asks once per attempt and stops at the first edits that apply; the others use their last call.
+        used_at = None if detail.get("failed") else (detail.get("attempts") or len(known)) - 1
+        used = known[used_at] if used_at is not None and used_at < len(known) else None
+        discarded = [json.loads(c[1]) for c in known[:used_at if used_at is not None else len(known)] if c[1] and c[2]]
+        found.append(LoggedStage(run_id, task, repo, commit, bool(good), stage, json.loads(known[0][0]),
+                                 json.loads(used[1]) if used and used[1] and used[2] else None, discarded))
+    return found
+
+
+def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
+    """Training data from the run log; return (sft, dpo).
+
+    SFT: the answers successful runs went on with (for code, the edits that applied and validated), never an attempt
+    the run discarded. DPO: within a successful run, each code attempt that did not apply (rejected) against the one
+    that applied and validated (chosen), on the original prompt; across runs of one task, a failed run's answer
+    against a successful run's.
+    """
+    examples, good, bad, pairs = [], {}, {}, []
+
+    def pair(stage: str, messages: list, chosen: dict, rejected: dict, meta: dict) -> list:
+        return [_pair_id(stage, messages, chosen, rejected), stage, "logged", family_for(stage, config),
+                json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train", json.dumps(meta), utc_now()]
+
+    for s in logged_stages(home):
+        if s.good and s.used is not None:
+            examples.append(Example(s.stage, "logged", family_for(s.stage, config), s.prompt, s.used, "train", s.repo,
+                                    s.commit, metadata={"run": s.run_id}))
+            good.setdefault((s.task, s.stage), (s.prompt, s.used, s.run_id))
+            pairs += [pair(s.stage, s.prompt, s.used, rejected, {"run": s.run_id, "rejected_attempt": n + 1})
+                      for n, rejected in enumerate(s.discarded) if rejected != s.used]
+        elif not s.good and (s.used or s.discarded):
+            bad.setdefault((s.task, s.stage), (s.used or s.discarded[-1], s.run_id))
     for key, (messages, chosen, won) in good.items():
         if key in bad and bad[key][0] != chosen:
             rejected, lost = bad[key]
-            stage = key[1]
-            pairs.append([_pair_id(stage, messages, chosen, rejected), stage, "logged", family_for(stage, config),
-                          json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train",
-                          json.dumps({"chosen_run": won, "rejected_run": lost}), utc_now()])
+            pairs.append(pair(key[1], messages, chosen, rejected, {"chosen_run": won, "rejected_run": lost}))
     return add_examples(home, examples), _add_pairs(home, pairs)
 
 

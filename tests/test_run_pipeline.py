@@ -206,6 +206,36 @@ def test_edits_that_never_apply_are_fed_back_then_the_run_fails(tmp_path: Path, 
     assert get_run(None, outcome.run_id).stages[-1]["detail"]["failed"] is True
 
 
+def test_curation_learns_from_the_attempt_that_applied_and_prefers_it_to_the_ones_that_did_not(
+        tmp_path: Path, indexed: DecompRepo) -> None:
+    from curation.datasets import load_examples
+    from curation.rounds import collect_logged
+
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    text = (indexed.path / WALLCLOCK).read_text()
+    good = rename_edits(text, OLD, NEW)
+    wrong = {"edits": [{"path": WALLCLOCK, "search": "no such text", "replace": "x"}]}
+    prompts = []
+
+    def second_time_right(body: dict) -> dict:
+        prompts.append(body["messages"])
+        return wrong if len(prompts) == 1 else {"edits": good}
+
+    outcome, _ = run_with(tmp_path, indexed, f"Rename {OLD} to {NEW}",
+                          answers_for("rename", True, good) | {"CodeEdits": second_time_right})
+    assert outcome.success and outcome.results["code"].detail["attempts"] == 2
+    sft, dpo = collect_logged(None, load_config(tmp_path))
+    code = load_examples(None, stage="code", source="logged")
+    assert [e.output for e in code] == [{"edits": good}]  # the edits that applied and validated, not the first try
+    assert code[0].messages == prompts[0]  # on the original prompt, without the retry's feedback turns
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    pairs = con.execute("SELECT messages, chosen, rejected FROM preference_pairs WHERE stage = 'code'").fetchall()
+    con.close()
+    assert [(json.loads(m), json.loads(c), json.loads(r)) for m, c, r in pairs] == [(prompts[0], {"edits": good}, wrong)]
+    assert sft == 5 and dpo == 1
+
+
 def test_retrieval_only_needs_no_model_and_logs_decisions(indexed: DecompRepo) -> None:
     before = tree_digest(indexed.path)
     result = runner.invoke(app, ["run", f"Rename {OLD} to {NEW}", "--repo", str(indexed.path), "--retrieval-only",
