@@ -100,7 +100,6 @@ class ModelsConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
     max_tokens: int = Field(1024, gt=0)
-    max_prompt_chars: int = Field(12_000, gt=500, description="longer stage prompts are cut to this")
 
     @field_validator("overrides")
     @classmethod

@@ -18,6 +18,7 @@ from agent.builds import BuildEnvironment
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.index.build import index_repo, open_index
+from agent.llm.budget import PromptBudget, budget_for
 from agent.llm.client import LLM
 from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES
 from agent.stages.base import Stage, StageContext, StageResult
@@ -131,8 +132,18 @@ class TaskRun:
             raise
         self.ctx = StageContext(task=self.task, repo=self.repo, home=self.home, llm=llm,
                                 worktree=self.ws.path if self.ws else None, run_id=self.run_id,
-                                max_prompt_chars=self.config.models.max_prompt_chars)
+                                budgets=self._budgets() if self.needs_model else {})
         self.timings["prepare"] = time.perf_counter() - started
+
+    def _budgets(self) -> dict[str, PromptBudget]:
+        """Each planned stage's prompt budget, in the tokens of the base its role serves."""
+        models, by_base = self.config.models, {}
+        for stage in self.plan:
+            base = models.role_of(stage.name).base
+            if base not in by_base:
+                by_base[base] = budget_for(base, max_model_len=self.config.serve.max_model_len,
+                                           answer_tokens=models.max_tokens)
+        return {stage.name: by_base[models.role_of(stage.name).base] for stage in self.plan}
 
     def _refresh_index(self) -> None:
         """Index the checkout first if it never was, or bring a stale index forward incrementally."""

@@ -250,7 +250,7 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
         kind=kind, key_terms=rules.key_terms, symbols=[n for _, n in labels.primary][:8], files=files[:5],
         subsystems=list(dict.fromkeys(Path(p).stem for p in files))[:5], keep_rom=kind in ROM_PRESERVING,
     )
-    pairs = [StagePair("task_analysis", stages["task_analysis"].prompt(ctx, stages["task_analysis"].build_input(ctx, {})), analysis)]
+    pairs = [StagePair("task_analysis", stages["task_analysis"].prompt(ctx, stages["task_analysis"].build_input(ctx, {})).messages, analysis)]
     scope_in = stages["scope"].build_input(ctx, {"task_analysis": rules})
     support_files = {p for p, _ in labels.supporting} - set(files)
     scope = ScopeOutput(files=[
@@ -259,7 +259,7 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
                     if c.path in support_files else "the commit did not need it")
         for c in scope_in.candidates])
     found = {c.path for c in scope_in.candidates}
-    pairs.append(StagePair("scope", stages["scope"].prompt(ctx, scope_in), scope,
+    pairs.append(StagePair("scope", stages["scope"].prompt(ctx, scope_in).messages, scope,
                            {"gold_in_candidates": sum(p in found for p in files), "gold": len(files)}))
     gold_scope = ScopeOutput(files=[FileVerdict(path=p, label="relevant", reason="the commit changed it") for p in code_files])
     precision_in = stages["precision"].build_input(ctx, {"task_analysis": rules, "scope": gold_scope})
@@ -270,10 +270,10 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
                       reason="the commit modified it" if (c.path, c.name) in primary else "the modified code uses it"
                       if (c.path, c.name) in supporting else "not touched")
         for c in precision_in.candidates])
-    pairs.append(StagePair("precision", stages["precision"].prompt(ctx, precision_in), precision))
+    pairs.append(StagePair("precision", stages["precision"].prompt(ctx, precision_in).messages, precision))
     plan = _plan_for(description, labels, kind)
     plan_in = stages["plan"].build_input(ctx, {"task_analysis": analysis, "scope": gold_scope, "precision": precision})
-    pairs.append(StagePair("plan", stages["plan"].prompt(ctx, plan_in), plan))
+    pairs.append(StagePair("plan", stages["plan"].prompt(ctx, plan_in).messages, plan))
     facts["kind"] = kind
     listed = git_repo.git(repo, "ls-tree", "--name-only", "-z", sha, "--", *code_files).decode("utf-8", "surrogateescape")
     if set(code_files) - set(listed.split("\0")):
@@ -297,6 +297,6 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
             for block, hunk in zip(blocks, edited, strict=True):  # the answer may only edit code the prompt shows
                 if block.search not in shown:
                     code_in.excerpts.append(Excerpt(path=block.path, start_line=hunk.old_start, text=block.search))
-            pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in), CodeEdits(edits=blocks)))
+            pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in).messages, CodeEdits(edits=blocks)))
             facts["code_exact"] = True
     return pairs, facts

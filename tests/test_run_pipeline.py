@@ -236,6 +236,48 @@ def test_curation_learns_from_the_attempt_that_applied_and_prefers_it_to_the_one
     assert sft == 5 and dpo == 1
 
 
+def test_a_long_prompt_loses_context_never_its_instructions(tmp_path: Path, indexed: DecompRepo, tiny_models) -> None:
+    prompts = {}
+
+    def remember(name: str, value: dict):
+        def answer(body: dict) -> dict:
+            prompts[name] = body["messages"][-1]["content"]
+            return value
+        return answer
+
+    answers = answers_for("rename", True, [])
+    answers = {name: remember(name, value) for name, value in answers.items()}
+    with standin_server(scripted(answers)) as server:
+        # the tiny model's own tokenizer counts; a 1,000-token context less a 256-token answer leaves little room
+        (tmp_path / "cra.toml").write_text(
+            f'[models]\nmax_tokens = 256\n[models.reasoning]\nbase = "{tiny_models.base}"\nendpoint = "{server.url}"\n'
+            f'[models.coding]\nbase = "{tiny_models.base}"\nendpoint = "{server.url}"\n[serve]\nmax_model_len = 1000\n')
+        outcome = drive(TaskRun(f"Rename {OLD} to {NEW}", indexed.path, config=load_config(tmp_path),
+                                options=RunOptions(until="precision")))
+    scope = prompts["ScopeOutput"]
+    assert scope.endswith("Use only the paths listed.") and scope.startswith(f"Task: Rename {OLD} to {NEW}")
+    notes = get_run(None, outcome.run_id).stages[1]["notes"]
+    assert any(n.startswith("prompt budget (") and f"the tokenizer of {tiny_models.base}" in n
+               and "candidate files shown whole" in n for n in notes), notes
+    shown = [line for line in scope.splitlines() if line.startswith("- ")]
+    assert 0 < len(shown) < len(outcome.results["scope"].output.files), notes  # some went, the best stayed
+
+
+def test_code_excerpts_come_from_the_text_the_model_edits(tmp_path: Path, indexed: DecompRepo) -> None:
+    # The user's uncommitted edit shifts every line of the file; the index holds it, the run starts from HEAD.
+    path = indexed.path / WALLCLOCK
+    head_text = path.read_text()
+    path.write_text("// a note\n" * 40 + head_text)
+    index_repo(indexed.path, embed=False)
+    outcome, _ = run_with(tmp_path, indexed, f"Rename {OLD} to {NEW}", answers_for("rename", True, rename_edits(
+        head_text, OLD, NEW)))
+    excerpts = get_run(None, outcome.run_id).stages[-1]["input"]["excerpts"]
+    mine = [e for e in excerpts if e["path"] == WALLCLOCK]
+    lines = head_text.splitlines()
+    assert mine and all(e["text"].splitlines()[0] == lines[e["start_line"] - 1] for e in mine)
+    assert any(e["text"].startswith(f"static u16 {OLD}(") for e in mine)
+
+
 def test_retrieval_only_needs_no_model_and_logs_decisions(indexed: DecompRepo) -> None:
     before = tree_digest(indexed.path)
     result = runner.invoke(app, ["run", f"Rename {OLD} to {NEW}", "--repo", str(indexed.path), "--retrieval-only",

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from agent.errors import CraError
+from agent.llm.budget import PromptBudget, char_budget, fit
 from agent.llm.client import LLM
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - the conventional name for an input type
@@ -48,8 +49,20 @@ class StageContext:
     llm: LLM | None
     worktree: Path | None = None
     run_id: str | None = None
-    max_prompt_chars: int = 12_000
+    budgets: dict[str, PromptBudget] = field(default_factory=dict)  # per stage, in the served model's tokens
     code_retries: int = 2
+
+    def budget(self, stage: str) -> PromptBudget:
+        """The prompt budget of `stage`: its served model's, else a character estimate (no model serves it)."""
+        return self.budgets.get(stage) or char_budget()
+
+
+@dataclass
+class Prompt:
+    """A stage's chat messages, and notes on the context its budget left out."""
+
+    messages: list[dict[str, str]]
+    cut: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -77,8 +90,8 @@ class Stage(ABC, Generic[I, O]):
         """This stage's input from the task and the outputs of the stages before it."""
 
     @abstractmethod
-    def prompt(self, ctx: StageContext, inp: I) -> list[dict[str, str]]:
-        """The chat messages for the model, built from the index."""
+    def prompt(self, ctx: StageContext, inp: I) -> Prompt:
+        """The chat messages for the model, built from the index, within the stage's prompt budget."""
 
     @abstractmethod
     def decisions(self, inp: I, out: O) -> list[Decision]:
@@ -99,16 +112,28 @@ class Stage(ABC, Generic[I, O]):
             return StageResult(out, "rules", self.decisions(inp, out))
         if ctx.llm is None:
             raise StageUnavailable(f"the {self.name} stage needs a model, and none is configured")
-        answer = ctx.llm.ask(self.name, self.prompt(ctx, inp), self.Output)
+        prompt = self.prompt(ctx, inp)
+        answer = ctx.llm.ask(self.name, prompt.messages, self.Output)
         out, notes = self.check(ctx, inp, answer.value)
         if answer.fallback_reason:
             notes.insert(0, f"fallback: {answer.fallback_reason}")
-        return StageResult(out, "model", self.decisions(inp, out), [answer.call_id], notes)
+        return StageResult(out, "model", self.decisions(inp, out), [answer.call_id], prompt.cut + notes)
 
 
 def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, saying so."""
     return text if len(text) <= limit else text[: max(0, limit - 20)] + "\n… (cut)"
+
+
+def budgeted(ctx: StageContext, stage: str, role: str, head: str, context: list[str], tail: str, *, what: str,
+             joiner: str = "\n") -> Prompt:
+    """The system message and one user message: `head`, the `context` items that fit the budget, then `tail`.
+
+    `head` and `tail` (the task and the instructions) are never cut; context items are kept in order while they fit.
+    """
+    sys = system(role)
+    kept, cut = fit(ctx.budget(stage), [sys["content"], head, tail], context, what=what, joiner=joiner)
+    return Prompt([sys, {"role": "user", "content": head + joiner.join(kept) + tail}], cut)
 
 
 def system(role: str) -> dict[str, str]:

@@ -7,8 +7,19 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from agent.edits import Edit, EditError, apply_edits, format_feedback
-from agent.index.query import symbols_in_files
-from agent.stages.base import Decision, RepoPath, Stage, StageContext, StageResult, StageUnavailable, clip, system
+from agent.index.parse import parse_file
+from agent.index.symbols import ParsedFile
+from agent.stages.base import (
+    Decision,
+    Prompt,
+    RepoPath,
+    Stage,
+    StageContext,
+    StageResult,
+    StageUnavailable,
+    budgeted,
+    clip,
+)
 from agent.stages.plan import Plan
 from agent.stages.precision import PrecisionOutput
 
@@ -55,7 +66,8 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
     Output = CodeEdits
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> CodeInput:
-        """The plan, with the text of the primary symbols (or the head of each planned file) from the worktree."""
+        """The plan, with the text of the primary symbols (or the head of each planned file), spans and text both from
+        the files the model will edit (the worktree), never from the index, which may hold other edits."""
         plan: Plan = done["plan"]
         precision: PrecisionOutput | None = done.get("precision")
         root = ctx.worktree or ctx.repo
@@ -63,27 +75,28 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
         wanted = {(v.path, v.name) for v in (precision.symbols if precision else []) if v.tier == "primary"}
         wanted |= {(step.file, name) for step in plan.steps for name in step.symbols}
         excerpts = []
-        spans = [(s.path, s.start_line, s.end_line) for s in symbols_in_files(ctx.repo, files, home=ctx.home)
-                 if (s.path, s.name) in wanted]
         for path in files:
             target = root / path
             if not target.is_file():
                 continue
-            lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
-            mine = [(a, b) for p, a, b in spans if p == path] or [(1, min(len(lines), EXCERPT_LINES))]
-            for start, end in mine:
+            data = target.read_bytes()
+            lines = data.decode("utf-8", errors="replace").splitlines()
+            parsed = parse_file(path, data)
+            spans = [(s.start_line, s.end_line) for s in parsed.symbols if (path, s.name) in wanted] \
+                if isinstance(parsed, ParsedFile) else []
+            for start, end in spans or [(1, min(len(lines), EXCERPT_LINES))]:
                 end = min(end, start + EXCERPT_LINES - 1, len(lines))
                 excerpts.append(Excerpt(path=path, start_line=start, text="\n".join(lines[start - 1:end])))
         return CodeInput(task=ctx.task, plan=plan, excerpts=excerpts)
 
-    def prompt(self, ctx: StageContext, inp: CodeInput) -> list[dict[str, str]]:
-        """The plan and the excerpts, with the edit format."""
+    def prompt(self, ctx: StageContext, inp: CodeInput) -> Prompt:
+        """The plan and the excerpts (as many as fit, the last one cut short if need be), with the edit format."""
         steps = "\n".join(f"{i}. {s.file}: {s.change}" for i, s in enumerate(inp.plan.steps, 1))
-        code = "\n\n".join(f"--- {e.path} (from line {e.start_line})\n{e.text}" for e in inp.excerpts)
-        body = (f"Task: {inp.task}\nPlan: {inp.plan.summary}\n{steps}\n\nCode:\n{code}\n\n"
-                "Write search/replace edits: `search` is copied exactly from the file and matches one place only; "
-                "`replace` is its new text. An empty `search` creates a new file.")
-        return [system("C programmer"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+        code = [f"--- {e.path} (from line {e.start_line})\n{e.text}" for e in inp.excerpts]
+        return budgeted(ctx, self.name, "C programmer", f"Task: {inp.task}\nPlan: {inp.plan.summary}\n{steps}\n\nCode:\n",
+                        code, "\n\nWrite search/replace edits: `search` is copied exactly from the file and matches one "
+                              "place only; `replace` is its new text. An empty `search` creates a new file.",
+                        what="code excerpts", joiner="\n\n")
 
     def run(self, ctx: StageContext, inp: CodeInput, *, use_model: bool) -> StageResult[CodeEdits]:
         """Ask for edits and apply them; an edit that does not apply goes back to the model, a bounded number of times."""
@@ -91,8 +104,8 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
             raise StageUnavailable("the code stage needs a model; run without --retrieval-only")
         if ctx.worktree is None:
             raise StageUnavailable("the code stage needs the run's worktree")
-        messages = self.prompt(ctx, inp)
-        calls, notes = [], []
+        prompt = self.prompt(ctx, inp)
+        messages, calls, notes = prompt.messages, [], list(prompt.cut)
         for attempt in range(ctx.code_retries + 1):
             answer = ctx.llm.ask(self.name, messages, CodeEdits)
             calls.append(answer.call_id)

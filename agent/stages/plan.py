@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from agent.edits import resolve_in_repo
 from agent.errors import PathOutsideRepo
-from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, system
+from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, budgeted
 from agent.stages.precision import PrecisionOutput
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
@@ -56,13 +56,15 @@ class PlanStage(Stage[PlanInput, Plan]):
             supporting=[f"{v.path}:{v.name}" for v in precision.symbols if v.tier == "supporting"],
         )
 
-    def prompt(self, ctx: StageContext, inp: PlanInput) -> list[dict[str, str]]:
-        """The task with the files and symbols to work from."""
-        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\nFiles: {', '.join(inp.files)}\n"
-                f"Primary symbols: {', '.join(inp.primary) or '-'}\nSupporting symbols: {', '.join(inp.supporting) or '-'}\n\n"
-                "Write the plan: a one-line summary and ordered steps, each naming one file, the symbols it changes and "
-                "the change in one sentence. Keep the ROM byte-identical when the analysis says so.")
-        return [system("planner"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+    def prompt(self, ctx: StageContext, inp: PlanInput) -> Prompt:
+        """The task with the files and symbols to work from (symbols as many as fit)."""
+        symbols = [f"- {name} (primary)" for name in inp.primary] + [f"- {name} (supporting)" for name in inp.supporting]
+        return budgeted(ctx, self.name, "planner",
+                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
+                        f"Files: {', '.join(inp.files)}\nSymbols:\n", symbols or ["-"],
+                        "\n\nWrite the plan: a one-line summary and ordered steps, each naming one file, the symbols it "
+                        "changes and the change in one sentence. Keep the ROM byte-identical when the analysis says so.",
+                        what="symbols")
 
     def check(self, ctx: StageContext, inp: PlanInput, out: Plan) -> tuple[Plan, list[str]]:
         """Drop steps whose file would leave the repository."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from agent import retrieval
 from agent.index.query import symbols_in_files
-from agent.stages.base import Decision, Reason, RepoPath, Short, Stage, StageContext, clip, keep_listed, system
+from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, budgeted, keep_listed
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -101,14 +101,15 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
             verdicts.append(SymbolVerdict(name=cand.name, path=cand.path, tier=tier, reason=reason))
         return PrecisionOutput(symbols=verdicts)
 
-    def prompt(self, ctx: StageContext, inp: PrecisionInput) -> list[dict[str, str]]:
-        """The task and each candidate symbol with its file and score."""
+    def prompt(self, ctx: StageContext, inp: PrecisionInput) -> Prompt:
+        """The task and each candidate symbol with its file and score, best first, as many as fit."""
         lines = [f"- {c.name} ({c.kind}, {c.path}:{c.line}, score {c.score:.2f})" for c in inp.candidates]
-        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
-                f"Relevant files: {', '.join(inp.relevant_files)}\n\nCandidate symbols:\n" + "\n".join(lines)
-                + "\n\nPut each symbol in a tier: primary (the change edits it), supporting (the change reads or calls it) "
-                  "or excluded, with a short reason. Use only the symbols listed.")
-        return [system("symbol selector"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+        return budgeted(ctx, self.name, "symbol selector",
+                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
+                        f"Relevant files: {', '.join(inp.relevant_files)}\n\nCandidate symbols:\n",
+                        lines, "\n\nPut each symbol in a tier: primary (the change edits it), supporting (the change "
+                               "reads or calls it) or excluded, with a short reason. Use only the symbols listed.",
+                        what="candidate symbols")
 
     def check(self, ctx: StageContext, inp: PrecisionInput, out: PrecisionOutput) -> tuple[PrecisionOutput, list[str]]:
         """Keep verdicts on listed symbols only; the rest are excluded."""

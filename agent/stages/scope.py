@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from agent import retrieval
 from agent.errors import UnknownSymbol
 from agent.index.query import indexed_files, symbols_in_files
-from agent.stages.base import Decision, Reason, RepoPath, Stage, StageContext, clip, keep_listed, system
+from agent.stages.base import Decision, Prompt, Reason, RepoPath, Stage, StageContext, budgeted, keep_listed
 from agent.stages.task_analysis import TaskAnalysis
 
 Label = Literal["relevant", "supporting", "irrelevant"]
@@ -131,13 +131,14 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
             verdicts[first] = FileVerdict(path=first, label="relevant", reason="best search hit")
         return ScopeOutput(files=list(verdicts.values()))
 
-    def prompt(self, ctx: StageContext, inp: ScopeInput) -> list[dict[str, str]]:
-        """The task, its analysis and each candidate with its score and definitions."""
+    def prompt(self, ctx: StageContext, inp: ScopeInput) -> Prompt:
+        """The task, its analysis and each candidate with its score and definitions, best first, as many as fit."""
         lines = [f"- {c.path} (score {c.score:.2f}; {c.why}; defines {', '.join(c.symbols) or '-'})" for c in inp.candidates]
-        body = (f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n" + "\n".join(lines)
-                + "\n\nLabel every candidate relevant (must change), supporting (needed to understand the change) or "
-                  "irrelevant, with a short reason. Use only the paths listed.")
-        return [system("scope selector"), {"role": "user", "content": clip(body, ctx.max_prompt_chars)}]
+        return budgeted(ctx, self.name, "scope selector",
+                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n",
+                        lines, "\n\nLabel every candidate relevant (must change), supporting (needed to understand the "
+                               "change) or irrelevant, with a short reason. Use only the paths listed.",
+                        what="candidate files")
 
     def check(self, ctx: StageContext, inp: ScopeInput, out: ScopeOutput) -> tuple[ScopeOutput, list[str]]:
         """Keep verdicts on listed candidates only; candidates the model skipped are irrelevant."""

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agent.index.query import defined, indexed_files
-from agent.stages.base import Decision, RepoPath, Short, Stage, StageContext, system
+from agent.stages.base import Decision, Prompt, RepoPath, Short, Stage, StageContext, system
 
 Kind = Literal["documentation", "rename", "bug_fix", "feature", "refactor"]
 ROM_PRESERVING: frozenset[str] = frozenset({"documentation", "rename", "refactor"})
@@ -111,13 +111,13 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
             keep_rom=kind in ROM_PRESERVING,
         )
 
-    def prompt(self, ctx: StageContext, inp: TaskInput) -> list[dict[str, str]]:
+    def prompt(self, ctx: StageContext, inp: TaskInput) -> Prompt:
         """The task, with the kinds and the ROM rule spelled out."""
-        return [system("task analyst"), {"role": "user", "content": (
+        return Prompt([system("task analyst"), {"role": "user", "content": (
             f"Task: {inp.task}\n\nClassify the change (documentation, rename, bug_fix, feature, refactor), list its key "
             "terms, the code identifiers and repository files it names, the subsystems it touches, and whether the "
             "built ROM must stay byte-identical (true for documentation, renames and refactors)."
-        )}]
+        )}])
 
     def decisions(self, inp: TaskInput, out: TaskAnalysis) -> list[Decision]:
         """One row per field: the kind, each named symbol and file."""
