@@ -890,10 +890,11 @@ def adapters_add(
     path: Annotated[Path, typer.Argument(help="A PEFT LoRA adapter folder.")],
     name: Annotated[str, typer.Option(help="Its name in the registry and on the server.")],
     stage: Annotated[str, typer.Option(help="The stage it was trained for.")],
-    base: Annotated[str | None, typer.Option(help="The base it was trained on (default: the stage's configured base).")] = None,
+    base: Annotated[str | None, typer.Option(help="The base it was trained on (default: the one its adapter_config.json names).")] = None,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
-    """Copy an adapter into the adapter store as a candidate."""
+    """Copy an adapter's own files into the adapter store as a candidate."""
+    from agent.llm.adapters import same_name
     from agent.llm.roles import STAGE_ROLES
     from curation.registry import register
 
@@ -901,10 +902,14 @@ def adapters_add(
         cfg = _config(repo, config)
         if stage not in STAGE_ROLES:
             raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
-        adapter = register(home, path, name=name, stage=stage, base_model=base or cfg.models.role(STAGE_ROLES[stage]).base)
+        adapter = register(home, path, name=name, stage=stage, base_model=base)
     except CraError as exc:
         _fail(exc)
     out.print(f"registered {escape(adapter.name)} for {adapter.stage} (rank {adapter.rank}, base {escape(adapter.base_model)}) as a candidate")
+    served = cfg.models.role(STAGE_ROLES[stage]).base
+    if not same_name(adapter.base_model, served):
+        err.print(f"[yellow]note:[/] the {STAGE_ROLES[stage]} role serves {escape(served)}, not "
+                  f"{escape(adapter.base_model)}: this adapter is not used until that base is served")
 
 
 @adapters_app.command("promote")

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from agent.config import adapter_store, ledger_path
 from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
-from agent.llm.adapters import describe_base, read_adapter
+from agent.llm.adapters import describe_base, read_adapter, same_name
 from agent.llm.names import check_name
 from agent.llm.roles import STAGE_ROLES
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
 STATUSES = ("candidate", "active", "retired")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # all the store keeps of one
+MAX_ADAPTER_BYTES = 8 << 30
 _COLUMNS = "name, stage, base_model, base_fingerprint, path, rank, status, created_at, promoted_at, metadata"
 
 
@@ -52,13 +54,29 @@ def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
 
 
 def register(
-    home: str | Path | None, source: Path, *, name: str, stage: str, base_model: str, metadata: dict | None = None,
+    home: str | Path | None, source: Path, *, name: str, stage: str, base_model: str | None,
+    metadata: dict | None = None,
 ) -> Adapter:
-    """Copy the adapter at `source` into the adapter store and record it as a candidate for `stage`."""
+    """Copy the adapter at `source` into the adapter store and record it as a candidate for `stage`.
+
+    `base_model` is the base it is registered for; None takes the base the adapter's own config names, and an
+    adapter naming another base than `base_model` is refused.
+    """
     check_name(name, what="adapter name")
+    if "/" in name:
+        raise UnsafeName(f"adapter name {name!r} has a '/'; an adapter name is one word (as in scope-r3)")
     if stage not in STAGE_ROLES:
         raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    _refuse_links(source)
     files = read_adapter(source)
+    if base_model is None:
+        if not files.base_model:
+            raise BadAdapter(f"{source} does not say which base it was trained on (no base_model_name_or_path in its "
+                             "adapter_config.json); name the base with --base")
+        base_model = files.base_model
+    elif files.base_model and not same_name(files.base_model, base_model):
+        raise BadAdapter(f"{source} was trained on {files.base_model}, not on {base_model}; register it with --base "
+                         f"{files.base_model} if that is right (it is then served only where that base is)")
     base = describe_base(base_model)
     store = adapter_store(home)
     target = store / name
@@ -68,7 +86,9 @@ def register(
         store.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=store))
         try:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+            for file in ADAPTER_FILES:
+                if (source / file).is_file():
+                    shutil.copyfile(source / file, staging / file)
             staging.rename(target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -82,6 +102,20 @@ def register(
             shutil.rmtree(target, ignore_errors=True)
             raise
     return get(home, name)
+
+
+def _refuse_links(source: Path) -> None:
+    """Refuse an adapter folder holding links, or files larger than an adapter can be."""
+    if not source.is_dir():
+        raise BadAdapter(f"adapter folder {source} does not exist")
+    for entry in source.iterdir():
+        if entry.is_symlink():
+            raise BadAdapter(f"{entry} is a symbolic link; cra copies only an adapter's own files, so put the file "
+                             "itself in the folder")
+    size = sum((source / f).stat().st_size for f in ADAPTER_FILES if (source / f).is_file())
+    if size > MAX_ADAPTER_BYTES:
+        raise BadAdapter(f"{source}'s files take {size / 2**30:.1f} GiB, more than a LoRA adapter's "
+                         f"{MAX_ADAPTER_BYTES / 2**30:.0f} GiB; is this a merged model?")
 
 
 def get(home: str | Path | None, name: str) -> Adapter:

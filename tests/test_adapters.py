@@ -121,3 +121,60 @@ def test_cli_add_list_promote(tiny_models, tmp_path: Path) -> None:
     assert "no running server to reload" in promoted.output
     listed = runner.invoke(app, ["adapters", "list", "--json"])
     assert [(a["name"], a["status"], a["base_model"]) for a in json.loads(listed.output)] == [("scope-r1", "active", str(tiny_models.base))]
+
+
+def test_register_copies_only_the_adapters_own_files_and_refuses_links(tiny_models, tmp_path: Path) -> None:
+    base = str(tiny_models.base)
+    for name, link in (("passwd", Path("/etc/passwd")), ("up", Path(".."))):
+        folder = tmp_path / name
+        shutil.copytree(tiny_models.adapters[0], folder)
+        (folder / name).symlink_to(link)
+        with pytest.raises(BadAdapter, match="symbolic link"):
+            register(None, folder, name=f"scope-{name}", stage="scope", base_model=base)
+    linked = tmp_path / "linked-config"
+    shutil.copytree(tiny_models.adapters[0], linked)
+    (linked / "adapter_config.json").unlink()
+    (linked / "adapter_config.json").symlink_to(tiny_models.adapters[0] / "adapter_config.json")
+    with pytest.raises(BadAdapter, match="symbolic link"):
+        register(None, linked, name="scope-linked", stage="scope", base_model=base)
+    assert not adapter_store().exists() or not any(adapter_store().iterdir())  # nothing copied, nothing half-written
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny_models.adapters[0], extra)
+    (extra / "notes").mkdir()
+    (extra / "notes" / "big.bin").write_bytes(b"x" * 1024)
+    stored = register(None, extra, name="scope-extra", stage="scope", base_model=base)
+    assert sorted(p.name for p in stored.path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_an_adapter_is_registered_for_the_base_it_names_or_refused(tiny_models, tmp_path: Path) -> None:
+    base = str(tiny_models.base)
+    other = register(None, tiny_models.other_adapter, name="scope-other", stage="scope", base_model=None)
+    assert other.base_model.endswith("tiny-small")  # its own base, not the configured one
+    assert other.base_fingerprint != describe_base(base).fingerprint
+    with pytest.raises(BadAdapter, match="trained on .*tiny-small, not on"):
+        register(None, tiny_models.other_adapter, name="scope-other2", stage="scope", base_model=base)
+    nameless = tmp_path / "nameless"
+    shutil.copytree(tiny_models.adapters[0], nameless)
+    config = json.loads((nameless / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    (nameless / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(BadAdapter, match="name the base with --base"):
+        register(None, nameless, name="scope-nameless", stage="scope", base_model=None)
+    assert register(None, nameless, name="scope-named", stage="scope", base_model=base).base_model == base
+
+
+def test_cli_add_refuses_a_slash_in_the_name_and_an_adapter_of_another_base(tiny_models, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.llm.resolve import resolve_all
+
+    (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "{tiny_models.base}"\nendpoint = "http://127.0.0.1:9/v1"\n')
+    slash = runner.invoke(app, ["adapters", "add", str(tiny_models.adapters[0]), "--name", "team/scope", "--stage",
+                                "scope", "--repo", str(tmp_path)])
+    assert slash.exit_code == 2 and "has a '/'" in slash.output and "Traceback" not in slash.output
+    added = runner.invoke(app, ["adapters", "add", str(tiny_models.other_adapter), "--name", "scope-other", "--stage",
+                                "scope", "--repo", str(tmp_path)])
+    assert added.exit_code == 0 and "not used until that base is served" in " ".join(added.output.split())
+    assert runner.invoke(app, ["adapters", "promote", "scope-other", "--force", "--no-reload", "--repo",
+                               str(tmp_path)]).exit_code == 0
+    scope = next(r for r in resolve_all(load_config(tmp_path), None) if r.stage == "scope")
+    assert scope.adapter is None and scope.source == "base"  # never served on a base it was not trained on

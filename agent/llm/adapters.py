@@ -54,7 +54,7 @@ def _is_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_dir()
 
 
-def _same_name(a: str, b: str) -> bool:
+def same_name(a: str, b: str) -> bool:
     """Two base names meaning the same model: equal up to case, a trailing slash and the folder or org prefix."""
     return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
@@ -182,7 +182,7 @@ def check_adapter(
             f"adapter {path.name} was trained on a different base than {base.name} (fingerprint {trained_on} vs "
             f"{base.fingerprint}); serve it on its own base or retrain it"
         )
-    if not trained_on and files.base_model and not _same_name(files.base_model, base.name):
+    if not trained_on and files.base_model and not same_name(files.base_model, base.name):
         raise BadAdapter(f"adapter {path.name} was trained on {files.base_model}, not {base.name}; serve it on its own base or retrain it")
     if base.config is None:
         return files
