@@ -441,12 +441,17 @@ def _role(role: str):
 
 
 def _prefect_defaults() -> None:
-    """Quiet, patient Prefect defaults for an ephemeral server, unless the user set their own."""
+    """Quiet, patient Prefect defaults for an ephemeral server, unless the user set their own; and a watcher that
+    ends that server (a child of this process) if this process is killed."""
     import os
+
+    from agent.lifeline import watch_children
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not os.environ.get("PREFECT_API_URL"):
+        watch_children()
 
 
 @app.command()

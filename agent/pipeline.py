@@ -194,14 +194,14 @@ class TaskRun:
         return result
 
     def finish(self, validation: ValidationResult | None = None) -> RunOutcome:
-        """Write the patch, close the run in the log, and remove the worktree (the branch stays)."""
+        """Write the patch, close the run in the log, and remove the worktree (the branch stays if there is a patch)."""
         patch = None
         code = self.results.get("code")
         if self.ws is not None:
             try:
                 patch = workspace.finish(self.ws, f"cra: {self.task.splitlines()[0][:72]}")
             finally:
-                workspace.remove_worktree(self.ws)
+                workspace.remove_worktree(self.ws, keep_branch=patch is not None)  # the log names a kept branch
         if self.failed_stage:
             status, success = "failed", False
         elif code is None:
@@ -225,7 +225,7 @@ class TaskRun:
     def fail(self, exc: BaseException) -> None:
         """Close the run as an error (or killed, on an interrupt), keeping what was logged."""
         if self.ws is not None:
-            workspace.remove_worktree(self.ws)
+            workspace.remove_worktree(self.ws, keep_branch=False)
         status = "killed" if isinstance(exc, KeyboardInterrupt) else "error"
         runs.finish_run(self.home, self.run_id, status=status, success=False, timings=self.timings,
                         error=f"{type(exc).__name__}: {exc}")

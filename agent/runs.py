@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from agent import workspace
 from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.stages.base import StageResult
@@ -104,14 +105,16 @@ def _alive(pid: int, host: str) -> bool:
 
 
 def reap_killed(home: str | Path | None) -> list[str]:
-    """Mark runs whose process died without finishing as killed; return their ids."""
+    """Mark runs whose process died without finishing as killed, and remove their worktrees and branches."""
     with opened(ledger_path(home), schema=LEDGER) as con:
-        rows = con.execute("SELECT id, pid, host FROM runs WHERE status = 'running'").fetchall()
-        dead = [run_id for run_id, pid, host in rows if not _alive(pid, host)]
-        for run_id in dead:
+        rows = con.execute("SELECT id, repo, pid, host FROM runs WHERE status = 'running'").fetchall()
+        dead = [(run_id, repo) for run_id, repo, pid, host in rows if not _alive(pid, host)]
+        for run_id, _ in dead:
             con.execute("UPDATE runs SET status = 'killed', success = false, error = 'the run process died before it finished'"
                         " WHERE id = ?", [run_id])
-    return dead
+    for run_id, repo in dead:
+        workspace.discard(Path(repo), run_id, home)
+    return [run_id for run_id, _ in dead]
 
 
 def _run(row: tuple) -> Run:

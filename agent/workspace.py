@@ -124,11 +124,22 @@ def finish(ws: Workspace, message: str) -> Path | None:
 
 def remove_worktree(ws: Workspace, *, keep_branch: bool = True) -> None:
     """Remove the run's worktree (its branch and patch stay for review unless `keep_branch` is False)."""
-    _git_quiet(ws.repo, "worktree", "remove", "--force", "--force", str(ws.path))
-    shutil.rmtree(ws.path, ignore_errors=True)
-    _git_quiet(ws.repo, "worktree", "prune")
-    if not keep_branch and _branch_exists(ws.repo, ws.branch):
-        _git_quiet(ws.repo, "branch", "-D", ws.branch)
+    _remove(ws.repo, ws.path, None if keep_branch else ws.branch)
+
+
+def discard(repo: Path, run_id: str, home: str | Path | None = None) -> None:
+    """Remove what a killed run left in `repo`: its worktree and its branch (its run folder's other files stay)."""
+    if RUN_ID.fullmatch(run_id) and (Path(repo) / ".git").exists():
+        _remove(Path(repo), project_paths(Path(repo), home).root / "runs" / run_id / "worktree", BRANCH_PREFIX + run_id)
+
+
+def _remove(repo: Path, worktree: Path, branch: str | None) -> None:
+    """Remove a worktree of `repo`, and `branch` with it when one is given."""
+    _git_quiet(repo, "worktree", "remove", "--force", "--force", str(worktree))
+    shutil.rmtree(worktree, ignore_errors=True)
+    _git_quiet(repo, "worktree", "prune")
+    if branch and _branch_exists(repo, branch):
+        _git_quiet(repo, "branch", "-D", branch)
 
 
 def apply_patch(repo: Path, patch: Path) -> list[str]:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from agent.builds import BuildEnvironment, MissingBuildTool
 from agent.cli import app
-from agent.config import ledger_path, load_config
-from agent.errors import InvalidInput
+from agent.config import ledger_path, load_config, project_paths
+from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
 from agent.llm.roles import STAGE_ROLES
 from agent.pipeline import RunOptions, TaskRun, drive
@@ -350,6 +350,28 @@ def test_an_unindexed_repo_is_indexed_first(decomp_repo: DecompRepo) -> None:
     assert outcome.results["task_analysis"].output.symbols == [OLD]
 
 
+def _run_branches(repo: DecompRepo) -> list[str]:
+    """The run branches in the fixture's repository."""
+    out = subprocess.run(["git", "-C", str(repo.path), "branch", "--list", "cra/*", "--format=%(refname:short)"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def test_a_run_that_fails_or_errs_leaves_no_branch(tmp_path: Path, indexed: DecompRepo) -> None:
+    wrong = {"edits": [{"path": WALLCLOCK, "search": "no such text", "replace": "x"}]}
+    failed, _ = run_with(tmp_path, indexed, f"Rename {OLD} to {NEW}", answers_for("rename", True, []) | {"CodeEdits": wrong})
+    assert failed.status == "failed" and failed.branch is None and _run_branches(indexed) == []
+    (tmp_path / "cra.toml").write_text('[models]\nmax_retries = 0\n[models.reasoning]\nbase = "tiny"\n'
+                                       'endpoint = "http://127.0.0.1:9/v1"\n[models.coding]\nbase = "tiny"\n'
+                                       'endpoint = "http://127.0.0.1:9/v1"\n')
+    with pytest.raises(CraError):
+        drive(TaskRun(f"Rename {OLD} to {NEW}", indexed.path, config=load_config(tmp_path), options=RunOptions()))
+    assert [r.status for r in list_runs(None)] == ["error", "failed"] and _run_branches(indexed) == []
+    worktrees = subprocess.run(["git", "-C", str(indexed.path), "worktree", "list"], capture_output=True, text=True,
+                               check=True).stdout
+    assert len(worktrees.splitlines()) == 1  # the checkout's own only
+
+
 def test_a_killed_run_is_recorded_as_killed(tmp_path: Path, indexed: DecompRepo) -> None:
     import os
     import signal
@@ -374,9 +396,12 @@ def test_a_killed_run_is_recorded_as_killed(tmp_path: Path, indexed: DecompRepo)
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert len(_run_branches(indexed)) == 1  # the kill left its branch and worktree...
     (run,) = list_runs(None)
     assert (run.status, run.success) == ("killed", False)
     assert [s["stage"] for s in get_run(None, run.id).stages] == list(STAGE_NAMES)  # what it did is still there
+    assert _run_branches(indexed) == []  # ...and the reaper removed them
+    assert not (project_paths(indexed.path).root / "runs" / run.id / "worktree").exists()
 
 
 @pytest.mark.real_repo

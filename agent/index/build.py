@@ -27,6 +27,7 @@ from agent.index.embed import embedder_name as recorded_embedder_name
 from agent.index.lock import index_lock
 from agent.index.parse import language_of, parse_file
 from agent.index.symbols import PARSER_VERSION, ParsedFile, Skipped
+from agent.lifeline import die_with_parent
 
 POOL_MIN_FILES = 64  # below this, parsing in-process beats starting workers
 MAX_FILE_BYTES = 8 * 1024 * 1024  # never read more than this from one file
@@ -139,7 +140,8 @@ def _parse_all(jobs: list[tuple[str, bytes]], workers: int) -> list[ParsedFile |
     # was mid-operation): in a process that has loaded it (one that searched or indexed before), the workers come
     # from a fresh forkserver instead.
     method = "forkserver" if "lancedb" in sys.modules else "fork"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         return list(pool.map(_parse_or_skip, [p for p, _ in jobs], [d for _, d in jobs], chunksize=8))
 
 

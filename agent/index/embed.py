@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.errors import CraError, InvalidInput
+from agent.lifeline import die_with_parent
 
 DEFAULT_EMBEDDER = "minilm"
 MAX_SEQ_LENGTH = 128  # tokens; compact symbol texts run 20-60, longer ones lose only their tail
@@ -222,7 +223,8 @@ def export_onnx(source: Path, target: Path) -> Path:
 def embed_isolated(name: str | None, texts: list[str], models: Path | None) -> np.ndarray:
     """Embed `texts` with load_embedder(name) in a fresh worker process, first exporting the query model if it is
     the default and not yet exported (torch is loaded there anyway); the worker's memory is returned when it ends."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         try:
             return pool.submit(_embed_in_worker, name, texts, models).result()
         except BrokenProcessPool as exc:
