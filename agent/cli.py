@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.errors import CraError, InvalidInput
+from agent.llm.names import scrub_urls
 
 app = typer.Typer(help="cra: a staged coding agent for large legacy C codebases.", no_args_is_help=True)
 eval_app = typer.Typer(help="Benchmarks measured on a repository's own history.", no_args_is_help=True)
@@ -54,7 +56,7 @@ def _emit_json(data: object) -> None:
 
 
 def _fail(exc: CraError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")
+    err.print(f"[bold red]error:[/] {escape(scrub_urls(str(exc)))}")
     raise typer.Exit(exc.exit_code)
 
 
@@ -452,6 +454,32 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     if not os.environ.get("PREFECT_API_URL"):
         watch_children()
+    _quiet_expected_errors()
+
+
+def _quiet_expected_errors() -> None:
+    """Keep Prefect's console from printing the tracebacks of cra's own typed errors, which cra prints as one line
+    (the Prefect UI still gets them)."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    def kinds(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(kinds(sub) for sub in cls.__subclasses__()))
+
+    ours = re.compile(r"encountered an exception (?:%s):" % "|".join(sorted(kinds(CraError))))
+
+    def expected(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None and not isinstance(error, CraError):
+            error = error.__cause__ or error.__context__
+        return error is None and not ours.search(record.getMessage())  # nor its "Finished in state Failed" line
+
+    setup_logging()
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in logging.root.manager.loggerDict]
+    for handler in {h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, PrefectConsoleHandler)}:
+        handler.addFilter(expected)
 
 
 @app.command()
@@ -698,14 +726,14 @@ def models(
     if as_json:
         sys.stdout.write(json.dumps([{
             "stage": r.stage, "role": r.role, "model": r.model, "source": r.source, "reason": r.reason,
-            "base": r.base.name, "endpoint": r.server.endpoint, "provider": r.server.provider,
+            "base": r.base.name, "endpoint": r.server.shown_endpoint, "provider": r.server.provider,
             "adapter": r.adapter.name if r.adapter else None, "passed_over": list(r.passed_over),
         } for r in resolutions], indent=2) + "\n")
         return
     table = _table(("stage", "model", "why", "server"), title="models per stage")
     for r in resolutions:
         why = escape(r.reason) + "".join(f"\n[yellow]passed over: {escape(p)}[/]" for p in r.passed_over)
-        table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.endpoint}"))
+        table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.shown_endpoint}"))
     out.print(table)
     out.print(f"[dim]config: {escape(' + '.join(cfg.sources) or 'defaults')}[/]")
 
@@ -774,6 +802,13 @@ def calls_show(
         out.print_json(json.dumps(record.parsed))
     if record.error:
         out.print(f"[red]{escape(record.error_type or 'error')}:[/] {escape(record.error)}")
+    failed = [a for a in record.attempts if a.get("error")]
+    if failed:
+        out.rule("failed attempts")
+        for n, attempt in enumerate(failed, 1):
+            out.print(f"{n}. {escape(attempt['model'])}: {escape(attempt['error'].splitlines()[0][:200])}")
+            if attempt.get("body"):
+                out.print(f"   answered {attempt['status']}: {escape(attempt['body'])}")
     out.print(f"[dim]repairs {record.repairs}, retries {record.retries}, attempts {len(record.attempts)}, "
               f"tokens {record.prompt_tokens}+{record.completion_tokens}[/]")
 
@@ -815,18 +850,18 @@ def serve(
             created = serving.create_ollama_models(plan)
         except CraError as exc:
             _fail(exc)
-        out.print(f"Ollama at {escape(plan.endpoint)} now has {escape(', '.join(created) or 'no adapters')}")
+        out.print(f"Ollama at {escape(scrub_urls(plan.endpoint))} now has {escape(', '.join(created) or 'no adapters')}")
         return
     env = " ".join(f"{k}={v}" for k, v in plan.env.items())
     if dry_run:
         out.print(escape(f"{env} {shlex.join(plan.command)}"), soft_wrap=True)
         return
     try:
-        with err.status(f"starting vLLM for {role} on {plan.endpoint}…"):
+        with err.status(f"starting vLLM for {role} on {escape(scrub_urls(plan.endpoint))}…"):
             server = serving.start(plan, home, timeout_s=cfg.serve.startup_timeout_s)
     except CraError as exc:
         _fail(exc)
-    out.print(f"[green]serving[/] {escape(plan.base.served_name)} at [bold]{escape(plan.endpoint)}[/] "
+    out.print(f"[green]serving[/] {escape(plan.base.served_name)} at [bold]{escape(scrub_urls(plan.endpoint))}[/] "
               f"(healthy after {server.started_s:.0f} s; log {escape(str(server.log))})")
     if detach:
         return
@@ -853,7 +888,7 @@ def serve_reload(role: RoleOpt = "reasoning", repo: RepoOpt = Path("."), config:
     for name, reason in report.rejected:
         err.print(f"[yellow]not serving {escape(name)}:[/] {escape(reason)}")
     if not (report.loaded or report.unloaded):
-        out.print(f"{escape(report.endpoint)} already serves the active adapters")
+        out.print(f"{escape(scrub_urls(report.endpoint))} already serves the active adapters")
 
 
 @serve_app.command("stop")
@@ -988,7 +1023,7 @@ def _reload_role(stage: str, repo: Path, config: Path | None, home: Path | None)
         return
     except CraError as exc:
         _fail(exc)
-    out.print(f"{escape(report.endpoint)}: loaded {escape(', '.join(report.loaded) or 'nothing')}, "
+    out.print(f"{escape(scrub_urls(report.endpoint))}: loaded {escape(', '.join(report.loaded) or 'nothing')}, "
               f"unloaded {escape(', '.join(report.unloaded) or 'nothing')}")
 
 

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
-from agent.repo import safe_relative
+from agent.llm.names import check_endpoint, scrub_urls
 from agent.llm.roles import STAGE_ROLES, Role
+from agent.repo import safe_relative
 
 HOME_ENV = "CRA_HOME"
 CONFIG_ENV = "CRA_CONFIG"
@@ -89,6 +90,16 @@ class RoleModels(_Strict):
     provider: Literal["vllm", "ollama", "openai"] = "vllm"
     default: str | None = Field(None, description="model or adapter every stage of the role uses before the base")
     api_key_env: str | None = Field(None, description="environment variable holding the API key, if the server needs one")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_endpoint(value)
+
+    @property
+    def shown_endpoint(self) -> str:
+        """The endpoint as it may be shown or stored: without the credentials a URL may carry."""
+        return scrub_urls(self.endpoint)
 
 
 class ModelsConfig(_Strict):
@@ -168,6 +179,11 @@ class TeacherConfig(_Strict):
     price_out_per_mtok: float = Field(0.0, ge=0)
     judge_threshold: int = Field(4, ge=1, le=5, description="a regenerated description is kept at this judge score")
     diff_chars: int = Field(6000, ge=200, description="how much of a commit's diff the teacher is shown")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return value if value is None else check_endpoint(value)
 
 
 class TrainingSettings(_Strict):

@@ -161,18 +161,26 @@ def import_file(home: str | Path | None, path: Path, *, stage: str, source: str,
         raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist")
+    where = "row" if path.suffix == ".parquet" else "line"  # a Parquet row, or the line of the file (blank ones count)
     try:
         if path.suffix == ".parquet":
-            rows = pq.read_table(path).to_pylist()
+            rows = list(enumerate(pq.read_table(path).to_pylist(), 1))
         else:
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (ValueError, pa.ArrowException) as exc:
+            rows = []
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    rows += [(i, json.loads(line))] if line.strip() else []
+                except ValueError as exc:
+                    raise InvalidInput(f"{path} line {i} is not JSON ({exc}); nothing was imported") from exc
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
         raise InvalidInput(f"{path} is not JSONL or Parquet of chat rows: {exc}") from exc
     examples = []
-    for i, row in enumerate(rows, 1):
+    for i, row in rows:
         messages = row.get("messages") if isinstance(row, dict) else None
-        if not messages or messages[-1].get("role") != "assistant":
-            raise InvalidInput(f"{path} row {i}: needs `messages` ending with the assistant's answer; nothing was imported")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+                or messages[-1].get("role") != "assistant":
+            raise InvalidInput(f"{path} {where} {i}: needs `messages` ending with the assistant's answer; nothing was "
+                               "imported")
         answer = messages[-1]["content"]
         try:
             output = json.loads(answer)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, ModelUnavailable
+from agent.llm.roles import STAGE_ROLES
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
-from curation.rounds import Round, build_round, code_preferences, collect_logged
 from curation.registry import Adapter
+from curation.rounds import Round, build_round, code_preferences, collect_logged
 from curation.training import MIN_DPO_PAIRS, RECIPES, train_adapter
 
 Progress = Callable[[str], None]
@@ -44,7 +45,13 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
     family = family_for(stage, config)
     mix = built.mixes.get((stage, family))
     if mix is None:
-        raise InvalidInput(f"round {built.number} has nothing new for {stage} ({family})")
+        others = {f: len(m.new) for (s, f), m in built.mixes.items() if s == stage}
+        role = STAGE_ROLES[stage]
+        where = (f"; it has {stage} examples for {', '.join(f'{f} ({n} new)' for f, n in sorted(others.items()))}: "
+                 f"serve a base of that family as [models.{role}] base, or add {family} examples" if others else
+                 "; bootstrap more history or log more runs")
+        raise InvalidInput(f"round {built.number} has nothing new for {stage} in the {family} family (the family of "
+                           f"[models.{role}] base {config.models.role(role).base}){where}")
     if plateaued(home, stage):
         raise InvalidInput(f"{stage} has plateaued: no gain in the last two rounds")
     recipe = replace(RECIPES[stage], **config.training.overrides())

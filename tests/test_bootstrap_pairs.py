@@ -122,8 +122,18 @@ def test_import_cold_start_pairs(tmp_path: Path) -> None:
     assert {e.source for e in load_examples(None, stage="code")} == {"imported:commitpackft"}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
-    with pytest.raises(InvalidInput, match="row 1"):
+    with pytest.raises(InvalidInput, match="line 1"):
         import_file(None, bad, stage="code", source="x", family="qwen2.5-coder")
+    # the line of the file, blank lines counted: an editor's line number
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(json.dumps(rows[0]) + "\n\n\n" + json.dumps(rows[1]) + "\n" + '{"messages": [}\n')
+    with pytest.raises(InvalidInput, match=r"spaced.jsonl line 5 is not JSON"):
+        import_file(None, spaced, stage="code", source="x", family="qwen2.5-coder")
+    shapeless = tmp_path / "shapeless.jsonl"
+    shapeless.write_text(json.dumps(rows[0]) + "\n\n" + '{"messages": "text"}\n')
+    with pytest.raises(InvalidInput, match=r"shapeless.jsonl line 3: needs `messages`"):
+        import_file(None, shapeless, stage="code", source="x", family="qwen2.5-coder")
+    assert len(load_examples(None, stage="code")) == 3  # nothing more imported
 
 
 def test_model_families() -> None:

@@ -163,3 +163,16 @@ def test_a_stage_without_gain_two_rounds_running_has_plateaued(tmp_path: Path) -
     config = Config.model_validate({"models": {"reasoning": {"base": "qwen3", "endpoint": "http://127.0.0.1:1/v1"}}})
     with pytest.raises(InvalidInput, match="plateaued"):
         train_from_round(None, config, built, "scope")
+
+
+def test_training_a_stage_whose_examples_are_for_another_family_names_the_families() -> None:
+    from agent.config import Config
+    from curation.retrain import train_from_round
+
+    add_examples(None, [Example("scope", "synthetic", "gemma3", [{"role": "user", "content": f"task {i}"}],
+                                {"files": []}) for i in range(12)])
+    built = build_round(None)
+    config = Config.model_validate({"models": {"reasoning": {"base": "Qwen/Qwen3-4B", "endpoint": "http://127.0.0.1:1/v1"}}})
+    with pytest.raises(InvalidInput, match=r"nothing new for scope in the qwen3 family .*Qwen/Qwen3-4B.*it has scope "
+                                           r"examples for gemma3 \(12 new\)"):
+        train_from_round(None, config, built, "scope")

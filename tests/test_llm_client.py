@@ -136,3 +136,72 @@ def test_secrets_never_reach_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyP
     record = get_call(None, answer.call_id)  # ...but stored nowhere
     assert secret not in repr(vars(record)) and REDACTED in record.messages[0]["content"]
     assert secret.encode() not in ledger_path().read_bytes()
+
+
+def test_credentials_in_an_endpoint_are_never_stored_or_printed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    with standin_server([chat_reply(GOOD)]) as server:
+        url = server.url.replace("http://", "http://cra-user:s3cret-pass@")
+        answer = llm_for(tmp_path, url).ask("scope", ASK, Scope)
+        assert server.headers[0].get("Authorization", "").startswith("Basic ")  # the credentials are still used
+    record = get_call(None, answer.call_id)
+    assert "s3cret" not in record.endpoint and record.endpoint.startswith("http://***@127.0.0.1:")
+    import duckdb
+
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    stored = " ".join(str(v) for row in con.execute("SELECT * FROM llm_calls").fetchall() for v in row)
+    con.close()
+    assert "s3cret" not in stored
+    runner = CliRunner()
+    for args in (["calls"], ["calls", "show", answer.call_id], ["models", "--repo", str(tmp_path)],
+                 ["models", "--repo", str(tmp_path), "--json"]):
+        shown = runner.invoke(app, args)
+        assert shown.exit_code == 0 and "s3cret" not in shown.output and "cra-user" not in shown.output, shown.output
+    (tmp_path / "cra.toml").write_text('[models]\nmax_retries = 0\n[models.reasoning]\nbase = "tiny"\n'
+                                       'endpoint = "http://cra-user:s3cret-pass@127.0.0.1:9/v1"\n')
+    with pytest.raises(ModelUnavailable) as failed:
+        LLM(load_config(tmp_path)).ask("scope", ASK, Scope)
+    assert "s3cret" not in str(failed.value)
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "ftp://127.0.0.1/v1", "http:///v1"])
+def test_an_endpoint_that_is_not_an_http_url_is_refused_when_the_config_loads(tmp_path: Path, endpoint: str) -> None:
+    from agent.errors import ConfigError
+
+    (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{endpoint}"\n')
+    with pytest.raises(ConfigError, match=r"models\.reasoning\.endpoint: .*is not an http\(s\) URL"):
+        load_config(tmp_path)
+
+
+def test_a_timeout_from_a_server_that_is_up_does_not_say_to_start_it(tmp_path: Path) -> None:
+    import time
+
+    def slow(body: dict) -> tuple[int, dict]:
+        time.sleep(2)
+        return chat_reply(GOOD)
+
+    with standin_server(slow) as server:
+        llm = llm_for(tmp_path, server.url, extra="", )
+        llm.config.models.timeout_s = 0.5
+        llm.config.models.max_retries = 0
+        with pytest.raises(ModelUnavailable) as failed:
+            llm.ask("scope", ASK, Scope)
+    assert "is up but did not answer within 0.5 s" in str(failed.value) and "cra serve" not in str(failed.value)
+
+
+def test_calls_show_prints_what_a_failing_server_answered(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    with standin_server([error_reply(500, "CUDA out of memory in the sampler")] * 3) as server:
+        with pytest.raises(ModelUnavailable):
+            llm_for(tmp_path, server.url).ask("scope", ASK, Scope)
+    (call,) = list_calls(None)
+    shown = CliRunner().invoke(app, ["calls", "show", call.id])
+    text = " ".join(shown.output.split())
+    assert shown.exit_code == 0 and "failed attempts" in text
+    assert text.count("answered 500:") == 3 and "CUDA out of memory in the sampler" in text

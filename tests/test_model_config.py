@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,14 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_name_the_design_bases(tmp_path: Path) -> None:
+def test_defaults_name_the_design_bases(tmp_path: Path, isolated_cra_home: Path) -> None:
+    (isolated_cra_home / "user-config.toml").unlink()  # the suite's own user file (carry = [])
     config = load_config(tmp_path)
     assert config.models.reasoning.base == "Qwen/Qwen3-4B"
     assert config.models.coding.base == "Qwen/Qwen2.5-Coder-3B-Instruct"
     assert config.sources == []
+    assert config.validation.carry == ["tools/agbcc"] and config.validation.jobs == os.cpu_count()
+    assert (config.validation.build, config.validation.compare) == (["make"], ["make", "compare"])
 
 
 def test_project_file_overrides_user_file_key_by_key(tmp_path: Path, isolated_cra_home: Path) -> None:

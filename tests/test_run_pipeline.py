@@ -423,3 +423,20 @@ def test_real_pokeemerald_wallclock_window_task() -> None:
     assert any("Window" in name for _, name in primary)
     assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
                           check=True).stdout == status
+
+
+def test_a_prefect_run_without_a_model_server_says_so_in_one_line(tmp_path: Path, indexed: DecompRepo) -> None:
+    import os
+    import sys
+
+    (tmp_path / "cra.toml").write_text('[models]\nmax_retries = 0\n[models.reasoning]\nbase = "tiny"\n'
+                                       'endpoint = "http://127.0.0.1:9/v1"\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PREFECT_HOME": str(tmp_path / "p"),
+           "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", f"Document {OLD}", "--repo", str(indexed.path),
+                           "--config", str(tmp_path / "cra.toml")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "error: the reasoning model server at http://127.0.0.1:9/v1 failed 1 times (APIConnectionError: Connection "
+        "error.); start it with `cra serve --role reasoning` or fix [models.reasoning] endpoint"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
+from agent.llm.names import scrub_urls
 from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
 
@@ -62,7 +63,7 @@ def redact(value: Any, secrets: list[str]) -> Any:
         for secret in secrets:
             if secret:
                 value = value.replace(secret, REDACTED)
-        return _BEARER.sub(lambda m: f"{m[1]} {REDACTED}", value)
+        return scrub_urls(_BEARER.sub(lambda m: f"{m[1]} {REDACTED}", value))
     if isinstance(value, dict):
         return {k: redact(v, secrets) for k, v in value.items()}
     if isinstance(value, list):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import httpx
 import openai
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +26,7 @@ T = TypeVar("T", bound=BaseModel)
 
 _TRANSIENT = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
 BACKOFF_S = 0.5
+ANSWER_BODY_CHARS = 4000  # of a failed answer's body, kept with the attempt
 BACKOFF_CAP_S = 8.0
 REPAIR_PROMPT = (
     "Your previous answer was not valid: {error}\n"
@@ -62,7 +64,10 @@ class _Attempt:
         return text
 
     def failed(self, model: str, exc: Exception) -> None:
-        self.record.attempts.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+        attempt = {"model": model, "error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(exc, openai.APIStatusError):  # what the server said, for `cra calls show`
+            attempt |= {"status": exc.status_code, "body": exc.response.text[:ANSWER_BODY_CHARS]}
+        self.record.attempts.append(attempt)
 
 
 class LLM:
@@ -150,6 +155,15 @@ class LLM:
             f"match {output.__name__} even after a repair attempt: {problem}; call {record.id} has the details (`cra calls show {record.id}`)"
         )
 
+    def _gave_up(self, resolution: Resolution, tries: int, exc: Exception) -> str:
+        """Why the calls failed and what to do: a slow server that is up is not a server to start."""
+        where = f"the {resolution.role} model server at {resolution.server.shown_endpoint}"
+        if isinstance(exc, openai.APITimeoutError) and _answers(resolution.server.endpoint):
+            return (f"{where} is up but did not answer within {self.config.models.timeout_s:g} s ({tries} tries); "
+                    "raise [models] timeout_s or lower max_tokens, or look at the server's load")
+        return (f"{where} failed {tries} times ({type(exc).__name__}: {exc}); start it with "
+                f"`cra serve --role {resolution.role}` or fix [models.{resolution.role}] endpoint")
+
     def _complete(self, resolution: Resolution, attempt: _Attempt, messages: list[dict], params: dict) -> tuple[str, str]:
         """One completion with retries on transient errors and a fallback to the base if the adapter is refused."""
         record = attempt.record
@@ -164,11 +178,7 @@ class LLM:
             except _TRANSIENT as exc:
                 attempt.failed(model, exc)
                 if retries >= self.config.models.max_retries:
-                    raise ModelUnavailable(
-                        f"the {resolution.role} model server at {resolution.server.endpoint} failed {retries + 1} times "
-                        f"({type(exc).__name__}: {exc}); start it with `cra serve --role {resolution.role}` or fix "
-                        f"[models.{resolution.role}] endpoint"
-                    ) from exc
+                    raise ModelUnavailable(self._gave_up(resolution, retries + 1, exc)) from exc
                 retries += 1
                 record.retries += 1
                 time.sleep(min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (retries - 1)) * (0.5 + random.random() / 2))
@@ -176,8 +186,8 @@ class LLM:
             except (openai.NotFoundError, openai.BadRequestError) as exc:
                 attempt.failed(model, exc)
                 if model == resolution.base_name or not _model_refused(exc):
-                    raise ModelUnavailable(f"the {resolution.role} server at {resolution.server.endpoint} refused the request for {model}: {exc}") from exc
-                reason = f"{model} is not available on {resolution.server.endpoint} ({_first_line(exc)}); using the base {resolution.base_name}"
+                    raise ModelUnavailable(f"the {resolution.role} server at {resolution.server.shown_endpoint} refused the request for {model}: {exc}") from exc
+                reason = f"{model} is not available on {resolution.server.shown_endpoint} ({_first_line(exc)}); using the base {resolution.base_name}"
                 log.warning("stage %s: %s", resolution.stage, reason)
                 self._unavailable[key] = reason
                 record.fallback_reason = reason
@@ -185,8 +195,16 @@ class LLM:
                 continue
             except openai.APIStatusError as exc:
                 attempt.failed(model, exc)
-                raise ModelUnavailable(f"the {resolution.role} server at {resolution.server.endpoint} answered {exc.status_code}: {_first_line(exc)}") from exc
+                raise ModelUnavailable(f"the {resolution.role} server at {resolution.server.shown_endpoint} answered {exc.status_code}: {_first_line(exc)}") from exc
             return attempt.used(response, model), response.choices[0].finish_reason
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether a server answers at `endpoint` at all (its model list, within a few seconds)."""
+    try:
+        return httpx.get(f"{endpoint.rstrip('/')}/models", timeout=3.0).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 def _model_refused(exc: openai.APIStatusError) -> bool:

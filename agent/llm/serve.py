@@ -19,6 +19,7 @@ import httpx
 from agent.config import Config, cra_home
 from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
 from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
+from agent.llm.names import scrub_urls
 from agent.llm.resolve import candidate_adapters, describe_bases, resolve_stage
 from agent.llm.roles import Role, stages_of
 from curation.registry import require_files
@@ -230,7 +231,7 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
         time.sleep(0.5)
     server.started_s = time.monotonic() - started
     state.write_text(json.dumps({
-        "pid": process.pid, "endpoint": plan.endpoint, "log": str(log), "base": plan.base.name,
+        "pid": process.pid, "endpoint": scrub_urls(plan.endpoint), "log": str(log), "base": plan.base.name,
         "adapters": [a.name for a in plan.adapters], "command": plan.command,
     }, indent=1))
     return server
