@@ -664,6 +664,8 @@ def bootstrap(
     partitions: Annotated[int, typer.Option(help="Slices of history derived in parallel (each in its own worktree).")] = 1,
     dask: Annotated[str | None, typer.Option("--dask", help="A Dask scheduler address, or 'local:N' for a local cluster of N workers.")] = None,
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as the Prefect flow cra-bootstrap.")] = True,
+    validate: Annotated[bool, typer.Option("--validate", help="Also validate each code pair at its parent with the "
+                                                              "build ([validation] in_bootstrap): a build per commit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Turn the checkout's commit history into training pairs for every stage (only commits not done before)."""
@@ -671,6 +673,8 @@ def bootstrap(
 
     try:
         cfg = _config(repo, config)
+        if validate:
+            cfg = cfg.model_copy(update={"validation": cfg.validation.model_copy(update={"in_bootstrap": True})})
         with err.status("bootstrapping…") as status:
             if prefect:
                 _prefect_defaults()

@@ -155,6 +155,8 @@ class ValidationSettings(_Strict):
                            description="the built ROM files; empty: those named by the checkout's top-level *.sha1 files")
     keep_trees: int = Field(3, ge=0, description="built trees kept per project; 0 builds every validation whole")
     max_tree_age_days: float = Field(14.0, gt=0, description="built trees unused this long are removed")
+    in_bootstrap: bool = Field(False, description="also validate each bootstrapped code pair at its parent (a build "
+                                                  "per commit: slow)")
 
     @field_validator("carry", "rom")
     @classmethod

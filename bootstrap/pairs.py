@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +14,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent import repo as git_repo
+from agent.builds import BuildEnvironment
 from agent.config import Config, ledger_path
 from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
 from agent.scratch import scratch_folder
+from agent.stages.task_analysis import ROM_PRESERVING
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
+from agent.validation import validate
 from bootstrap.derive import commit_patch, derive_pairs
 from bootstrap.mining import MinedCommit, MiningReport, mine
 from bootstrap.teacher import Teacher
@@ -197,6 +201,7 @@ def derive_commits(
     report = DeriveReport(commits=len(commits))
     held = set(held_out)
     top = git_repo.require_repo(repo)
+    builds = BuildEnvironment.of(top, config.validation, home) if config.validation.in_bootstrap else None
     with scratch_folder(SCRATCH_PREFIX) as scratch, git_repo.temporary_worktree(top, scratch / "worktree") as worktree:
         for i, commit in enumerate(commits, 1):
             on_progress(f"{i}/{len(commits)} {commit.sha[:10]} {commit.description[:60]}")
@@ -219,6 +224,12 @@ def derive_commits(
                 _bump(report.skipped, type(exc).__name__)
                 _record(home, top, commit.sha, "skipped", f"{type(exc).__name__}: {str(exc)[:500]}", 0, {}, split)
                 continue
+            if builds is not None and facts["code_exact"]:
+                problem = validation_problem(builds, commit, scratch, keep_rom=facts["kind"] in ROM_PRESERVING)
+                facts["validated"] = problem is None
+                if problem is not None:
+                    pairs = [p for p in pairs if p.stage != "code"]
+                    facts["code_failed"] = ("fails validation", problem)
             if not pairs:
                 _bump(report.skipped, facts.get("skipped", "no pairs"))
                 _record(home, top, commit.sha, "skipped", facts.get("skipped"), 0, facts, split)
@@ -238,6 +249,22 @@ def derive_commits(
             _record(home, top, commit.sha, "derived", None, len(pairs), facts, split)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def validation_problem(builds: BuildEnvironment, commit: MinedCommit, scratch: Path, *, keep_rom: bool) -> str | None:
+    """Why the commit's own change fails validation at its parent (the run's checks, the run's build), or None."""
+    with tempfile.TemporaryDirectory(prefix="edited-", dir=scratch) as folder:
+        edited, changed = Path(folder), []
+        for path in _paths(commit):
+            if (data := git_repo.file_at(builds.repo, commit.sha, path)) is not None:
+                (edited / path).parent.mkdir(parents=True, exist_ok=True)
+                (edited / path).write_bytes(data)
+            changed.append(path)
+        result = validate(edited, changed, base_commit=commit.parent, keep_rom=keep_rom, env=builds)
+    if result.success:
+        return None
+    failed = next(c for c in result.checks if not c.passed)
+    return f"{failed.name}: {(failed.skipped_reason or failed.log_tail or 'failed').splitlines()[-1][:300]}"
 
 
 @dataclass

@@ -242,3 +242,27 @@ def test_a_block_in_duplicated_code_grows_until_its_search_is_unique(decomp_repo
     assert facts["code_exact"], facts
     [edit] = {p.stage: p for p in pairs}["code"].output.edits
     assert edit.search.startswith("void sub_804C1A8") and edit.search.count("\n") > 20  # 12 lines would not do
+
+
+def test_bootstrapping_can_validate_each_code_pair_with_the_runs_build(decomp_repo, tmp_path: Path) -> None:
+    from agent.config import ledger_path
+    from tests.fixtures.decomp import host_build_missing
+
+    if reason := host_build_missing():
+        pytest.skip(reason)
+    (tmp_path / "cra.toml").write_text("[validation]\ncarry = []\nin_bootstrap = true\n")
+    report = bootstrap_repo(decomp_repo.path, config=load_config(decomp_repo.path, path=tmp_path / "cra.toml"), last=3)
+    import duckdb
+
+    con = duckdb.connect(str(ledger_path()), read_only=True)
+    facts = [json.loads(f) for (f,) in con.execute("SELECT facts FROM bootstrap_commits").fetchall()]
+    con.close()
+    checked = [f for f in facts if "validated" in f]
+    assert checked and all(f["validated"] for f in checked) and report.derive.code_failed == {}
+    # a build that cannot succeed drops the code pairs, saying why, and keeps the other stages' pairs
+    (tmp_path / "broken.toml").write_text('[validation]\ncarry = []\nin_bootstrap = true\nbuild = ["false"]\n'
+                                         'compare = ["false"]\n')
+    broken = bootstrap_repo(decomp_repo.path, config=load_config(decomp_repo.path, path=tmp_path / "broken.toml"),
+                            home=tmp_path / "other-home", last=3)
+    assert broken.derive.code_failed.get("fails validation") == len(checked)
+    assert "code" not in broken.derive.pairs and broken.derive.pairs.get("scope")
