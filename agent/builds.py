@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,8 +111,9 @@ class Prepared:
 def export_commit(repo: Path, commit: str, dest: Path) -> None:
     """Write the files of `commit` into `dest` (no .git, nothing of the user's index or working tree touched)."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cra-export-") as scratch:
-        env = {**os.environ, **git_repo.GIT_ENV, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
+    index = dest.parent / f".{dest.name}.index"  # a git index of its own, beside the tree (in its scratch folder)
+    env = {**os.environ, **git_repo.GIT_ENV, "GIT_INDEX_FILE": str(index)}
+    try:
         for args in (["read-tree", commit], ["checkout-index", "-a", "-f", f"--prefix={dest}/"]):
             proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env=env, check=False)
             if proc.returncode != 0:
@@ -122,6 +122,8 @@ def export_commit(repo: Path, commit: str, dest: Path) -> None:
                     else InvalidInput
                 raise error(f"cannot write commit {commit[:12]} of {repo} into a build tree: "
                             f"{message[-1] if message else 'git failed'}")
+    finally:
+        index.unlink(missing_ok=True)
 
 
 def rom_files(tree: Path, settings: ValidationSettings) -> dict[str, str | None]:
