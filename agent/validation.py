@@ -24,7 +24,10 @@ from agent.repo import GitError, file_at, git, safe_relative
 LOG_TAIL_LINES = 60
 LOG_TAIL_BYTES = 256 * 1024  # read no more than this from the end of a command's output
 PARSED_LANGS = ("c", "h")
-CPLUSPLUS = re.compile(rb"\bstd::|^\s*(?:class|namespace|template)\b|\benum class\b", re.MULTILINE)
+MACRO_LINES = 30  # a #define's continuation lines read, at most
+CPLUSPLUS = re.compile(  # shapes only C++ has (pret's C names variables `template` and `class`)
+    rb"\bstd::|\benum\s+class\b|^\s*namespace\s+\w*\s*\{|^\s*template\s*<|^\s*class\s+\w+\s*(?:final\s*)?[:{]",
+    re.MULTILINE)
 COMPARE_FAILED = re.compile(r"^\S+: FAILED$", re.MULTILINE)  # sha1sum -c's line for a ROM that differs
 
 
@@ -170,9 +173,13 @@ def parse_check(edited: Path, changed: Sequence[str], base_commit: str, repo: Pa
             else:
                 failures.append(f"{path}:{problem.line}: {problem.what}: {problem.text}")
     if macro_lines:
-        defined = _defined_macros(repo, base_commit, edited, {p.macro for _, p in macro_lines if p.macro})
-        failures += [f"{path}:{p.line}: {p.what}, and the repository has no #define {p.macro}: {p.text}"
-                     for path, p in macro_lines if p.macro not in defined]
+        bodies = _macro_bodies(repo, base_commit, edited, {p.macro for _, p in macro_lines if p.macro})
+        for path, p in macro_lines:
+            if p.macro not in bodies:
+                failures.append(f"{path}:{p.line}: {p.what}, and the repository has no #define {p.macro}: {p.text}")
+            elif p.statement and not _is_statement(p.macro, bodies, repo, base_commit, edited):
+                failures.append(f"{path}:{p.line}: {p.what}, and #define {p.macro} does not make a statement: "
+                                f"{p.text}")
     log = failures + lines
     return Check(name="parse", command=None, passed=not failures, seconds=time.monotonic() - start,
                  log_tail="\n".join(log[:LOG_TAIL_LINES]) or "no C files changed")
@@ -242,10 +249,33 @@ def _new_problems(before: list[SyntaxProblem], after: list[SyntaxProblem]) -> li
     return new
 
 
-def _defined_macros(repo: Path, commit: str, edited: Path, names: set[str]) -> set[str]:
-    """Which of `names` a `#define` names, in the repository at `commit` or in the edited files."""
+def _macro_bodies(repo: Path, commit: str, edited: Path, names: set[str]) -> dict[str, str]:
+    """The body of each of `names` a `#define` gives, in the repository at `commit` or in the edited files."""
     pattern = r"^[[:space:]]*#[[:space:]]*define[[:space:]]+(" + "|".join(sorted(names)) + r")([^A-Za-z0-9_]|$)"
-    found = git(repo, "grep", "-h", "-E", pattern, commit, "--", "*.c", "*.h", check=False)
-    found += subprocess.run(["grep", "-rhE", "--include=*.c", "--include=*.h", pattern, "."], cwd=edited,
-                            capture_output=True, check=False).stdout
-    return {m.decode() for m in re.findall(rb"define\s+(\w+)", found)} & names
+    found = git(repo, "grep", "-h", "-E", "-A", str(MACRO_LINES), pattern, commit, "--", "*.c", "*.h", check=False)
+    found += subprocess.run(["grep", "-rhE", "-A", str(MACRO_LINES), "--include=*.c", "--include=*.h", pattern, "."],
+                            cwd=edited, capture_output=True, check=False).stdout
+    bodies: dict[str, str] = {}
+    lines = found.decode("utf-8", "replace").splitlines()
+    for i, line in enumerate(lines):
+        if (m := re.match(r"\s*#\s*define\s+(\w+)(\([^)]*\))?(.*)", line)) and m.group(1) in names:
+            body = [m.group(3)]
+            while body[-1].rstrip().endswith("\\") and i + len(body) < len(lines):
+                body.append(lines[i + len(body)])
+            text = " ".join(part.rstrip().removesuffix("\\") for part in body)
+            bodies.setdefault(m.group(1), re.sub(r"/\*.*?\*/|//.*", "", text).strip())
+    return bodies
+
+
+def _is_statement(name: str, bodies: dict[str, str], repo: Path, commit: str, edited: Path, depth: int = 3) -> bool:
+    """Whether macro `name` expands to a statement: an empty body, one ending in `;` or `}`, or a lone call of
+    another macro that does."""
+    body = bodies.get(name, "")
+    if not body or body.endswith((";", "}")):
+        return True
+    call = re.fullmatch(r"(\w+)\s*\(.*\)", body)
+    if call is None or depth == 0:
+        return False
+    if call.group(1) not in bodies:
+        bodies |= _macro_bodies(repo, commit, edited, {call.group(1)})
+    return call.group(1) in bodies and _is_statement(call.group(1), bodies, repo, commit, edited, depth - 1)

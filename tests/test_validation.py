@@ -114,7 +114,7 @@ def test_a_syntax_error_stops_validation_before_the_build(decomp_repo: DecompRep
     ("    if (gTasks[taskId].isActive)\n    {\n        gTasks[taskId].isActive = FALSE;",
      "    swich (gTasks[taskId].isActive) {\n        gTasks[taskId].isActive = FALSE;", "swich"),
     ("        gTasks[i].priority = -1;\n", "        gTasks[i].priority = -1;\n        gTasks[i].next = i\n", "missing ';'"),
-    ("            InsertTask(i);", "            InsertTask(i)", "no #define InsertTask"),
+    ("            InsertTask(i);", "            InsertTask(i)", "#define InsertTask"),
 ])
 def test_the_parse_check_catches_what_the_decomp_fixups_would_hide(decomp_repo: DecompRepo, search: str,
                                                                    replace: str, what: str) -> None:
@@ -129,7 +129,7 @@ def test_the_parse_check_catches_what_the_decomp_fixups_would_hide(decomp_repo: 
     assert result.check("build").skipped_reason == "the parse check failed"
 
 
-def test_a_macro_the_repository_defines_may_stand_without_a_semicolon(decomp_repo: DecompRepo) -> None:
+def test_a_statement_macro_may_stand_without_a_semicolon_an_expression_macro_may_not(decomp_repo: DecompRepo) -> None:
     header = decomp_repo.path / "include/task.h"
     apply_edits(decomp_repo.path, [Edit(path="include/task.h", search="#endif", replace="#define TASK_TRACE(x)\n#endif")])
     assert "TASK_TRACE" in header.read_text()
@@ -138,6 +138,13 @@ def test_a_macro_the_repository_defines_may_stand_without_a_semicolon(decomp_rep
              replace="void DestroyTask(u8 taskId)\n{\n    TASK_TRACE(taskId)\n"),
     ], settings=FAST)
     assert result.check("parse").passed, result.check("parse").log_tail
+    # a macro that expands to an expression still needs its ';'
+    apply_edits(decomp_repo.path, [Edit(path="include/task.h", search="#endif",
+                                        replace="#define TASK_ON(x) gTasks[x].isActive = TRUE\n#endif")])
+    result = _edit_and_validate(decomp_repo, [
+        Edit(path="src/task.c", search="    TASK_TRACE(taskId)\n", replace="    TASK_TRACE(taskId)\n    TASK_ON(taskId)\n"),
+    ], settings=FAST)
+    assert not result.check("parse").passed and "#define TASK_ON does not make a statement" in result.check("parse").log_tail
 
 
 def test_a_hanging_build_is_killed_with_its_children(decomp_repo: DecompRepo) -> None:

@@ -33,6 +33,7 @@ HEADER = "include/global.h"  # pret's header every C file includes: the worst ca
 OK, ROM_CHANGED, PARSE_FAILED = "ok", "rom changed", "parse failed"
 _LITERAL = re.compile(r"(?<![\w.])([1-9]\d{0,3})(?![\w.])")
 _STATEMENT = re.compile(r"^(\s+)(?!(?:for|if|while|return|case|default|else)\b)[A-Za-z_][^;{}]*;\s*$")
+_CONSTANT_CONDITION = re.compile(r"\s*(?:while|if)\s*\(\s*\d+\s*\)")  # `while (1)` is `while (2)`: no change
 _COMMENT = re.compile(r"//.*|/\*.*?\*/|\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'")
 Progress = Callable[[str], None]
 
@@ -130,7 +131,7 @@ def candidates(repo: Path, last: int) -> list[Candidate]:
 def mutate_constant(path: str, text: str) -> tuple[str, str] | None:
     """The text with one integer literal of a function body raised by one, outside any #if; and where."""
     for line_no, line in _function_lines(path, text):
-        if "=" not in line and "return" not in line and "(" not in line:
+        if "=" not in line and "return" not in line and "(" not in line or _CONSTANT_CONDITION.match(line):
             continue
         code = _COMMENT.sub(lambda m: " " * len(m.group(0)), line)
         if (m := _LITERAL.search(code)) is not None:

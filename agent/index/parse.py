@@ -436,16 +436,16 @@ def _resolve_group(group: list[re.Match[bytes]], out: bytearray, blanked: list[t
 
 
 def _fix_by_context(masked: bytes, tree: Tree) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]],
-                                                       list[tuple[int, str]]]:
+                                                       list[tuple[int, str, bool]]]:
     """Masking that needs a parse with errors: #if groups that split constructs, and bare macro lines.
 
     Returns the new bytes, the spans changed, the spans blanked whose references need a token scan, and the
-    (offset, name) of each line read as a bare macro call.
+    (offset, name, in a statement) of each line read as a bare macro call.
     """
     out = bytearray(masked)
     spans: list[tuple[int, int]] = []
     blanked: list[tuple[int, int]] = []
-    macro_lines: list[tuple[int, str]] = []
+    macro_lines: list[tuple[int, str, bool]] = []
     errors = [_error_scope(e, masked) for e in QueryCursor(_BROKEN_QUERY).captures(tree.root_node).get("broken", [])]
     for group in _conditional_groups(masked) if b"#" in masked else []:
         start, end = group[0].start(), group[-1].end()
@@ -462,13 +462,13 @@ def _fix_by_context(masked: bytes, tree: Tree) -> tuple[bytes, list[tuple[int, i
             if m.group(4) and m.group(5) != b"#":  # the separator goes into the next line's indentation
                 out[m.start(4)] = _SEPARATORS[context][0]
                 spans.append((m.start(4), m.start(4) + 1))
-                macro_lines.append((name_at, name))
+                macro_lines.append((name_at, name, context == _STATEMENT))
         elif context == _ENUM or (context == _FILE_SCOPE and not m.group(1) and m.group(5) not in (b"{", b"}")):
             out[m.start():m.end()] = masked[m.start():m.end()].translate(_BLANK)
             spans.append(m.span())
             blanked.append(m.span())
             if context != _ENUM or m.group(2):  # a lone name in an enum is its last enumerator: C as it is
-                macro_lines.append((name_at, name))
+                macro_lines.append((name_at, name, False))
     return bytes(out), spans, blanked, macro_lines
 
 
@@ -752,7 +752,7 @@ class _DecompParse:
     masked: bytes
     plain_errors: list[Node]
     unparsed: list[tuple[bytes, int, int, bool]]  # (source, start, end, all recovered): to token-scan
-    macro_lines: list[tuple[int, str]]  # (offset, name) of the lines read as bare macro calls
+    macro_lines: list[tuple[int, str, bool]]  # (offset, name, in a statement) of lines read as bare macro calls
 
 
 def _decomp_parse(data: bytes) -> _DecompParse:
@@ -763,7 +763,7 @@ def _decomp_parse(data: bytes) -> _DecompParse:
     if spans:
         tree = _reparse(tree, data, masked, spans)
     unparsed: list[tuple[bytes, int, int, bool]] = []
-    macro_lines: list[tuple[int, str]] = []
+    macro_lines: list[tuple[int, str, bool]] = []
     for _round in range(MAX_FIX_ROUNDS):  # a fixed #if group can expose its partner further down
         if not tree.root_node.has_error:
             break
@@ -784,6 +784,7 @@ class SyntaxProblem:
     what: str
     text: str  # the line, stripped: what identifies the problem across edits that move lines
     macro: str | None = None  # for a bare macro call: the name, which must be a macro for the line to be C
+    statement: bool = False  # the call stands as a statement in a function body: the macro must make one
 
 
 def syntax_problems(data: bytes, rounds: int = MAX_FIX_ROUNDS) -> list[SyntaxProblem]:
@@ -810,7 +811,7 @@ def syntax_problems(data: bytes, rounds: int = MAX_FIX_ROUNDS) -> list[SyntaxPro
             name = node.child_by_field_name("name")
             line = node.start_point[0] + 1
             problems.append(SyntaxProblem(line, f"{name.text.decode() if name else '?'} read as a macro call with "
-                                                "no ';'", text(line), name.text.decode() if name else None))
+                                                "no ';'", text(line), name.text.decode() if name else None, True))
         return sorted(problems + [p for p in syntax_problems(bytes(blanked), rounds - 1)
                                   if (p.line, p.macro) not in {(q.line, q.macro) for q in problems}],
                       key=attrgetter("line"))
@@ -818,7 +819,7 @@ def syntax_problems(data: bytes, rounds: int = MAX_FIX_ROUNDS) -> list[SyntaxPro
         line = node.start_point[0] + 1
         if node.is_missing and node.type == ";" and (call := _LONE_CALL_RE.match(text(line))):
             problems.append(SyntaxProblem(line, f"{call.group(1)} read as a macro call with no ';'", text(line),
-                                          call.group(1)))  # an X-macro line in a data fragment, or a missing ';'
+                                          call.group(1), _in_function(node)))  # an X-macro line, or a missing ';'
         elif not (node.is_missing and node.type == ";" and _LABEL_RE.match(text(line))):  # GNU C: `label: }`
             problems.append(SyntaxProblem(line, f"missing '{node.type}'" if node.is_missing else "syntax error",
                                           text(line)))
@@ -827,11 +828,18 @@ def syntax_problems(data: bytes, rounds: int = MAX_FIX_ROUNDS) -> list[SyntaxPro
         first = _WORD_RE.match(data, node.start_byte)
         problems.append(SyntaxProblem(line, "a function or declaration inside a function body (a missing ';' or a "
                                             "misspelt keyword?)", text(line),
-                                      first.group(0).decode("utf-8", "replace") if first else None))
-    for pos, name in sorted(parsed.macro_lines):
+                                      first.group(0).decode("utf-8", "replace") if first else None, True))
+    for pos, name, statement in sorted(parsed.macro_lines):
         line = at.at(pos)
-        problems.append(SyntaxProblem(line, f"{name} read as a macro call with no ';'", text(line), name))
+        problems.append(SyntaxProblem(line, f"{name} read as a macro call with no ';'", text(line), name, statement))
     return sorted(problems, key=attrgetter("line"))
+
+
+def _in_function(node: Node | None) -> bool:
+    """Whether `node` lies in a function body."""
+    while node is not None and node.type != "compound_statement":
+        node = node.parent
+    return node is not None
 
 
 def _fill_c(pf: ParsedFile, data: bytes) -> None:
