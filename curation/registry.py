@@ -18,7 +18,8 @@ from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
 STATUSES = ("candidate", "active", "retired")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")  # all the store keeps of one
+METADATA_FILE = "cra_adapter.json"  # what cra's training says of an adapter it trained
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md")  # all the store keeps
 MAX_ADAPTER_BYTES = 8 << 30
 _COLUMNS = "name, stage, base_model, base_fingerprint, path, rank, status, created_at, promoted_at, metadata"
 

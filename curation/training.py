@@ -40,12 +40,11 @@ from agent.llm.roles import STAGE_ROLES
 from agent.store import opened
 from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
-from curation.registry import Adapter, list_adapters, register
+from curation.registry import METADATA_FILE, Adapter, list_adapters, register
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TECHNIQUES = ("sft", "sft+dpo")
 END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops
-METADATA_FILE = "cra_adapter.json"
 MERGED_MARKER = "cra_merged"
 MERGE_SIGNS = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE)
 MIN_SFT_EXAMPLES = 8
