@@ -103,6 +103,14 @@ def file_at(repo: Path, commit: str, path: str) -> bytes | None:
     return git(repo, "cat-file", "blob", f"{commit}:{path}")
 
 
+def write_files_at(repo: Path, commit: str, paths: Iterable[str], folder: Path) -> None:
+    """Write each of `paths` as it is at `commit` into `folder` (paths the commit lacks are left out)."""
+    for path in paths:
+        if (data := file_at(repo, commit, path)) is not None:
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(data)
+
+
 def safe_relative(path: str) -> bool:
     """Whether `path` is relative and stays inside the folder it is relative to (no `..`)."""
     pure = PurePosixPath(path)

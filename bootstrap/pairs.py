@@ -254,13 +254,9 @@ def derive_commits(
 def validation_problem(builds: BuildEnvironment, commit: MinedCommit, scratch: Path, *, keep_rom: bool) -> str | None:
     """Why the commit's own change fails validation at its parent (the run's checks, the run's build), or None."""
     with tempfile.TemporaryDirectory(prefix="edited-", dir=scratch) as folder:
-        edited, changed = Path(folder), []
-        for path in _paths(commit):
-            if (data := git_repo.file_at(builds.repo, commit.sha, path)) is not None:
-                (edited / path).parent.mkdir(parents=True, exist_ok=True)
-                (edited / path).write_bytes(data)
-            changed.append(path)
-        result = validate(edited, changed, base_commit=commit.parent, keep_rom=keep_rom, env=builds)
+        changed = _paths(commit)
+        git_repo.write_files_at(builds.repo, commit.sha, changed, Path(folder))
+        result = validate(Path(folder), changed, base_commit=commit.parent, keep_rom=keep_rom, env=builds)
     if result.success:
         return None
     failed = next(c for c in result.checks if not c.passed)

@@ -103,10 +103,8 @@ def validates(example: Example, edits: list[dict], env: BuildEnvironment | None)
     except git_repo.GitError:
         return None
     with scratch_folder(SCRATCH_PREFIX) as edited:
-        for path in {e["path"] for e in edits if git_repo.safe_relative(e["path"])}:  # the files the edits touch, at the parent
-            if (data := git_repo.file_at(env.repo, parent, path)) is not None:
-                (edited / path).parent.mkdir(parents=True, exist_ok=True)
-                (edited / path).write_bytes(data)
+        touched = {e["path"] for e in edits if git_repo.safe_relative(e["path"])}
+        git_repo.write_files_at(env.repo, parent, touched, edited)  # the files the edits touch, at the parent
         try:
             applied = apply_edits(edited, [Edit(**e) for e in edits])
         except EditError:
