@@ -70,6 +70,32 @@ def host_build() -> None:
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real `prefect server start` for the session, with its own PREFECT_HOME; stopped at the end."""
+    from tests.fixtures.prefect_server import running_prefect_server
+
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
+        yield server
+
+
+@pytest.fixture
+def prefect_api(prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Flows run in this process, and their Dask workers, report to the session's server, not an ephemeral one.
+
+    Prefect reads its environment once, when first imported, so this process gets the settings in a context too.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
+        monkeypatch.delenv(name)
+    env = prefect_server.client_env(tmp_path / "prefect-client-home")
+    for name in [n for n in env if n.startswith("PREFECT_")]:
+        monkeypatch.setenv(name, env[name])
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: env["PREFECT_HOME"]}):
+        yield prefect_server
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny model, a smaller model of another shape, and random adapters on each, built once per session."""
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))

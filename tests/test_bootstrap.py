@@ -82,11 +82,8 @@ def test_an_interrupted_bootstrap_resumes_with_only_the_rest(decomp_template: De
 
 
 def test_prefect_flow_on_a_local_dask_cluster_stores_the_same_pairs(
-    decomp_template: DecompRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_api, decomp_template: DecompRepo, tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     direct, flowed = tmp_path / "direct", tmp_path / "flowed"
     config = load_config(decomp_template.path)
     bootstrap_repo(decomp_template.path, config=config, home=direct, last=4)
@@ -115,10 +112,7 @@ def test_a_teacher_that_is_down_leaves_every_pair_unlabelled(decomp_template: De
     con.close()
 
 
-def test_the_flow_records_commits_with_missing_objects_as_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def test_the_flow_records_commits_with_missing_objects_as_skipped(prefect_api, tmp_path: Path) -> None:
     repo = make_small_repo(tmp_path / "lost")
     fixed = repo.commit("Fix the minute hand step", repo.edit("src/clock.c", "angle + 6", "angle + 5"))
     repo.commit("Add the hour hand speed", {"src/hours.c": "int gHourHandSpeed = 2;\n"})

@@ -46,22 +46,39 @@ def served_adapters(endpoint: str) -> set[str]:
     return {m["id"] for m in httpx.get(f"{endpoint}/models", timeout=10).json()["data"] if m.get("parent")}
 
 
-def with_documentation_work(template: DecompRepo, where: Path) -> Path:
-    """A copy of the fixture decomp with a run of pret-style "Document the X function" commits (comment-only)."""
+def with_maintenance_work(template: DecompRepo, where: Path) -> Path:
+    """A copy of the fixture decomp with a run of pret-style commits, one function each, the kinds taking turns:
+    "Document the X function" (comment-only), "Rename X to XInternal" (every use) and "Fix X ..." (a line of code).
+
+    The newest commits are held out, so the gate sees every kind: a model that answers one kind for all cannot pass.
+    """
     repo = where / "pokefixture"
     shutil.copytree(template.path, repo, symlinks=True)
-    documented = 0
+    sources = sorted([*(repo / "src").glob("*.c"), *(repo / "include").glob("*.h")])
+    done = 0
     for source in sorted((repo / "src").glob("*.c")):
         lines = source.read_text().split("\n")
         for i, line in enumerate(lines):
             match = re.match(r"^(?:static )?(?:void|u8|u16|u32|bool8|s32) (\w+)\(.*\)$", line)
-            if match and lines[i + 1:i + 2] == ["{"] and documented < 18:
-                name = match[1]
+            if not (match and lines[i + 1:i + 2] == ["{"] and done < 18):
+                continue
+            name = match[1]
+            if done % 3 == 0:
                 lines.insert(i, f"// {name}: what it does, for readers of the decompilation.")
                 source.write_text("\n".join(lines))
-                subprocess.run(["git", "commit", "-qam", f"Document the {name} function"], cwd=repo, check=True)
-                documented += 1
-                break
+                message = f"Document the {name} function"
+            elif done % 3 == 1:
+                for path in sources:
+                    text = path.read_text()
+                    path.write_text(re.sub(rf"\b{name}\b", f"{name}Internal", text))
+                message = f"Rename {name} to {name}Internal"
+            else:
+                lines.insert(i + 2, "    gMain.vblankCounter1 = 0;")
+                source.write_text("\n".join(lines))
+                message = f"Fix {name} not resetting the frame counter"
+            subprocess.run(["git", "commit", "-qam", message], cwd=repo, check=True)
+            done += 1
+            break
     return repo
 
 
@@ -96,7 +113,7 @@ def answered_by(home, run_ids) -> set[str]:
 def test_bootstrap_train_gate_serve_run_and_a_second_round_keep_the_gain(loop_server, decomp_template: DecompRepo,
                                                                          tmp_path: Path) -> None:
     home, config = loop_server.home, load_config(loop_server.project)
-    repo = with_documentation_work(decomp_template, tmp_path)
+    repo = with_maintenance_work(decomp_template, tmp_path)
     report = bootstrap_repo(repo, config=config, home=home, eval_share=0.2)
     assert report.derive.pairs[STAGE] >= 20
     tasks = load_examples(home, stage=STAGE, split="train")

@@ -17,12 +17,7 @@ import yaml
 from agent.config import ledger_path
 from flows.run import artifact_key
 from tests.fixtures.decomp import DecompRepo
-from tests.fixtures.prefect_server import (
-    PrefectServer,
-    prefect_executable,
-    running_prefect_server,
-    stop,
-)
+from tests.fixtures.prefect_server import PrefectServer, prefect_executable, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL, FLOW, DEPLOYMENT = "cra-process", "cra-bootstrap-refresh", "cra-bootstrap-refresh"
@@ -33,12 +28,6 @@ RUN_WAIT_S = 150
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
-        yield server
 
 
 def prefect(args: list[str], env: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from flows.run import artifact_key
 from tests.fixtures.decomp import DecompRepo
-from tests.fixtures.prefect_server import PrefectServer, running_prefect_server
+from tests.fixtures.prefect_server import PrefectServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASK = "Rename InitWallClock to CB2_InitWallClock"
@@ -25,13 +25,6 @@ STAGES = ["task_analysis", "scope", "precision"]
 UI_WAIT_S = 45
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `prefect server start` on a free local port, with its own PREFECT_HOME; stopped after the module."""
-    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
-        yield server
 
 
 def cra(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
