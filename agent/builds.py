@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from string import Template
 
 from agent import repo as git_repo
 from agent.config import ValidationSettings, project_paths
@@ -57,9 +58,11 @@ class BuildEnvironment:
         return list(self.settings.compare if keep_rom else self.settings.build)
 
     def environment(self) -> dict[str, str]:
-        """The build's environment: this process's, without a parent make's flags, with the jobs and `env` set."""
+        """The build's environment: this process's, without a parent make's flags, with the jobs and `env` set
+        (a value may name this environment's variables: PATH = "/opt/old-gcc/bin:$PATH")."""
         env = {k: v for k, v in os.environ.items() if k not in MAKE_VARS}
-        return env | {"MAKEFLAGS": f"-j{self.settings.jobs}"} | self.settings.env
+        own = {name: Template(value).safe_substitute(env) for name, value in self.settings.env.items()}
+        return env | {"MAKEFLAGS": f"-j{self.settings.jobs}"} | own
 
     def carried(self) -> list[tuple[str, Path]]:
         """Each carried path with its source in the checkout; a missing source is a clear error."""

@@ -216,6 +216,21 @@ def test_carried_paths_are_linked_into_the_build_tree(decomp_repo: DecompRepo) -
     assert result.check("build").passed and "installed" in result.check("build").log_tail
 
 
+def test_env_puts_wrappers_first_on_the_path_the_build_runs_with(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    # Older pret trees need host-tool wrappers (their tool sources predate today's GCC): `env` names $PATH to extend it.
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "pret-cc").write_text("#!/bin/sh\necho wrapped: \"$@\"\n")
+    (shims / "pret-cc").chmod(0o755)
+    build = ["sh", "-c", "pret-cc tools/preproc && make --version | head -1"]
+    settings = ValidationSettings(build=build, compare=build, timeout_s=10, carry=[], env={"PATH": f"{shims}:$PATH"})
+    env = _env(decomp_repo, settings)
+    assert env.environment()["PATH"] == f"{shims}:{os.environ['PATH']}"
+    result = validate(decomp_repo.path, [], base_commit=decomp_repo.head, keep_rom=False, env=env)
+    assert result.check("build").passed, result.check("build").log_tail
+    assert "wrapped: tools/preproc" in result.check("build").log_tail and "GNU Make" in result.check("build").log_tail
+
+
 def test_two_concurrent_validations_never_write_to_one_tree(decomp_repo: DecompRepo) -> None:
     # Each build records the tree it ran in and leaves a marker there; the kept tree must never get one.
     record = ["sh", "-c", "pwd >> \"$CRA_TEST_TREES\"; test ! -e marker; touch marker; sleep 1"]
