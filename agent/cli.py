@@ -721,10 +721,11 @@ def models(
 ) -> None:
     """Which model answers each stage, and why."""
     from agent.llm.resolve import resolve_all
+    from agent.stages import STAGE_ROLES
 
     try:
         cfg = _config(repo, config)
-        resolutions = resolve_all(cfg, home)
+        resolutions = resolve_all(cfg, home, STAGE_ROLES)
     except CraError as exc:
         _fail(exc)
     if as_json:
@@ -832,10 +833,11 @@ def serve(
     import shutil
 
     from agent.llm import serve as serving
+    from agent.stages import STAGE_ROLES
 
     try:
         cfg = _config(repo, config)
-        plan = serving.plan_serve(cfg, _role(role), home)
+        plan = serving.plan_serve(cfg, _role(role), STAGE_ROLES, home)
     except CraError as exc:
         _fail(exc)
     for adapter in plan.adapters:
@@ -881,9 +883,10 @@ def serve(
 def serve_reload(role: RoleOpt = "reasoning", repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None) -> None:
     """Load newly promoted adapters into the running server and unload the ones they replace."""
     from agent.llm.serve import reload
+    from agent.stages import STAGE_ROLES
 
     try:
-        report = reload(_config(repo, config), _role(role), home)
+        report = reload(_config(repo, config), _role(role), STAGE_ROLES, home)
     except CraError as exc:
         _fail(exc)
     for label, names in (("loaded", report.loaded), ("unloaded", report.unloaded), ("unchanged", report.kept)):
@@ -939,20 +942,19 @@ def adapters_add(
 ) -> None:
     """Copy an adapter's own files into the adapter store as a candidate."""
     from agent.llm.adapters import same_name
-    from agent.llm.roles import STAGE_ROLES
+    from agent.stages import stage_named
     from curation.registry import register
 
     try:
         cfg = _config(repo, config)
-        if stage not in STAGE_ROLES:
-            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+        role = stage_named(stage).role
         adapter = register(home, path, name=name, stage=stage, base_model=base)
     except CraError as exc:
         _fail(exc)
     out.print(f"registered {escape(adapter.name)} for {adapter.stage} (rank {adapter.rank}, base {escape(adapter.base_model)}) as a candidate")
-    served = cfg.models.role(STAGE_ROLES[stage]).base
+    served = cfg.models.role(role).base
     if not same_name(adapter.base_model, served):
-        err.print(f"[yellow]note:[/] the {STAGE_ROLES[stage]} role serves {escape(served)}, not "
+        err.print(f"[yellow]note:[/] the {role} role serves {escape(served)}, not "
                   f"{escape(adapter.base_model)}: this adapter is not used until that base is served")
 
 
@@ -982,13 +984,11 @@ def adapters_rollback(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
     """Retire a stage's active adapter and bring back the one it replaced."""
-    from agent.llm.roles import STAGE_ROLES
+    from agent.stages import stage_named
     from curation.registry import rollback
 
     try:
-        if stage not in STAGE_ROLES:
-            raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
-        adapter = rollback(home, stage, _config(repo, config).models.role(STAGE_ROLES[stage]).base)
+        adapter = rollback(home, stage, _config(repo, config).models.role(stage_named(stage).role).base)
     except CraError as exc:
         _fail(exc)
     out.print(f"{escape(adapter.name)} is the active {stage} adapter again")
@@ -1017,11 +1017,11 @@ def adapters_export(
 
 def _reload_role(stage: str, repo: Path, config: Path | None, home: Path | None) -> None:
     from agent.errors import ModelUnavailable
-    from agent.llm.roles import STAGE_ROLES
     from agent.llm.serve import reload
+    from agent.stages import STAGE_ROLES
 
     try:
-        report = reload(_config(repo, config), STAGE_ROLES[stage], home)
+        report = reload(_config(repo, config), STAGE_ROLES[stage], STAGE_ROLES, home)
     except ModelUnavailable as exc:
         err.print(f"[yellow]no running server to reload:[/] {escape(str(exc))}")
         return

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.errors import ConfigError
 from agent.llm.names import check_endpoint, scrub_urls
-from agent.llm.roles import STAGE_ROLES, Role
+from agent.llm.roles import Role
 from agent.repo import safe_relative
 
 HOME_ENV = "CRA_HOME"
@@ -107,26 +107,14 @@ class ModelsConfig(_Strict):
 
     reasoning: RoleModels = RoleModels(base="Qwen/Qwen3-4B", endpoint="http://127.0.0.1:8000/v1")
     coding: RoleModels = RoleModels(base="Qwen/Qwen2.5-Coder-3B-Instruct", endpoint="http://127.0.0.1:8001/v1")
-    overrides: dict[str, str] = Field(default_factory=dict, description="stage name -> model or adapter name")
+    overrides: dict[str, str] = Field(default_factory=dict, description="stage name -> model or adapter name")  # names checked in resolution
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
     max_tokens: int = Field(1024, gt=0)
 
-    @field_validator("overrides")
-    @classmethod
-    def _known_stages(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(STAGE_ROLES))
-        if unknown:
-            raise ValueError(f"unknown stage {', '.join(unknown)}; stages are {', '.join(STAGE_ROLES)}")
-        return value
-
     def role(self, role: Role) -> RoleModels:
         """The settings of `role`."""
         return getattr(self, role)
-
-    def role_of(self, stage: str) -> RoleModels:
-        """The settings of the role that answers `stage`."""
-        return self.role(STAGE_ROLES[stage])
 
 
 class ServeConfig(_Strict):

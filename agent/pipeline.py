@@ -20,7 +20,8 @@ from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.index.build import index_repo, open_index
 from agent.llm.budget import PromptBudget, budget_for
 from agent.llm.client import LLM
-from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES
+from agent.llm.resolve import resolve_all
+from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES, STAGE_ROLES
 from agent.stages.base import Stage, StageContext, StageResult
 from agent.validation import ValidationResult, validate
 
@@ -126,7 +127,8 @@ class TaskRun:
                 self.builds.carried()  # a missing build tool stops the run before any model is asked
                 self.ws = workspace.create_workspace(self.repo, self.run_id, home=self.home,
                                                      include_dirty=self.options.include_dirty)
-            llm = LLM(self.config, home=self.home, run_id=self.run_id) if self.needs_model else None
+            llm = (LLM(self.config, resolve_all(self.config, self.home, STAGE_ROLES), home=self.home, run_id=self.run_id)
+                   if self.needs_model else None)
         except BaseException as exc:
             self.fail(exc)
             raise
@@ -139,11 +141,11 @@ class TaskRun:
         """Each planned stage's prompt budget, in the tokens of the base its role serves."""
         models, by_base = self.config.models, {}
         for stage in self.plan:
-            base = models.role_of(stage.name).base
+            base = models.role(stage.role).base
             if base not in by_base:
                 by_base[base] = budget_for(base, max_model_len=self.config.serve.max_model_len,
                                            answer_tokens=models.max_tokens)
-        return {stage.name: by_base[models.role_of(stage.name).base] for stage in self.plan}
+        return {stage.name: by_base[models.role(stage.role).base] for stage in self.plan}
 
     def _refresh_index(self) -> None:
         """Index the checkout first if it never was, or bring a stale index forward incrementally."""

@@ -72,7 +72,7 @@ class Teacher:
         resolutions = [Resolution(f"teacher:{purpose}", "reasoning", settings.model, "override", f"[teacher] {settings.name}",
                                   ServedBase(settings.model, None, None, None), server)
                        for purpose in ("plan", "description", "judge")]
-        self.llm = LLM(local, home=home, resolutions=resolutions)
+        self.llm = LLM(local, resolutions, home=home)
 
     def _key(self, purpose: str, messages: list[dict]) -> str:
         return hashlib.sha256(json.dumps([self.settings.model, purpose, messages], sort_keys=True).encode()).hexdigest()

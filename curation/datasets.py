@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from agent.config import Config, ledger_path
 from agent.errors import InvalidInput
-from agent.llm.roles import STAGE_ROLES
+from agent.stages import stage_named
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
@@ -62,7 +62,7 @@ def model_family(base: str) -> str:
 
 def family_for(stage: str, config: Config) -> str:
     """The base-model family a stage's pairs are for, from the role that serves it."""
-    return model_family(config.models.role(STAGE_ROLES[stage]).base)
+    return model_family(config.models.role(stage_named(stage).role).base)
 
 
 def add_examples(home: str | Path | None, examples: list[Example]) -> int:
@@ -93,8 +93,7 @@ def summary(home: str | Path | None) -> list[dict]:
 def load_examples(home: str | Path | None, *, stage: str, split: str | None = None, family: str | None = None,
                   source: str | None = None) -> list[Example]:
     """The stored examples of one stage, oldest commit first."""
-    if stage not in STAGE_ROLES:
-        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    stage_named(stage)  # an unknown stage is an error
     with opened(ledger_path(home), schema=LEDGER) as con:
         rows = con.execute(
             "SELECT stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
@@ -157,8 +156,7 @@ def export(home: str | Path | None, out: Path, *, stage: str, fmt: str, split: s
 
 def import_file(home: str | Path | None, path: Path, *, stage: str, source: str, family: str) -> tuple[int, int]:
     """Import open cold-start pairs (rows with `messages`, the last one the assistant's answer); return (read, new)."""
-    if stage not in STAGE_ROLES:
-        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    stage_named(stage)  # an unknown stage is an error
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist")
     where = "row" if path.suffix == ".parquet" else "line"  # a Parquet row, or the line of the file (blank ones count)

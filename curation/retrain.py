@@ -5,17 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, ModelUnavailable
-from agent.llm.roles import STAGE_ROLES
+from agent.stages import RECIPES, stage_named
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
 from curation.registry import Adapter
 from curation.rounds import Round, build_round, code_preferences, collect_logged
-from curation.training import MIN_DPO_PAIRS, RECIPES, train_adapter
+from curation.training import MIN_DPO_PAIRS, train_adapter
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
+StepRunner = Callable[..., Any]  # (name, step, *args) -> what step(*args) returns: directly or as a Prefect task
 
 
 @dataclass
@@ -46,7 +49,7 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
     mix = built.mixes.get((stage, family))
     if mix is None:
         others = {f: len(m.new) for (s, f), m in built.mixes.items() if s == stage}
-        role = STAGE_ROLES[stage]
+        role = stage_named(stage).role
         where = (f"; it has {stage} examples for {', '.join(f'{f} ({n} new)' for f, n in sorted(others.items()))}: "
                  f"serve a base of that family as [models.{role}] base, or add {family} examples" if others else
                  "; bootstrap more history or log more runs")
@@ -60,13 +63,13 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
     pairs = preference_pairs_by_id(home, mix.dpo) if recipe.technique == "sft+dpo" else []
     if len(pairs) < MIN_DPO_PAIRS:
         recipe, pairs = replace(recipe, technique="sft"), []
-    return train_adapter(home, stage=stage, base=config.models.role_of(stage).base,
+    return train_adapter(home, stage=stage, base=config.models.role(stage_named(stage).role).base,
                          sft=examples_by_id(home, mix.new + mix.replay), dpo=pairs or None,
                          name=f"{stage}-r{built.number}", recipe=recipe, round=built.number,
                          dataset_hash=built.snapshot_hash)
 
 
-def train_stage_from_round(home: str | Path | None, config: Config, built: Round, stage: str, *,
+def train_stage_from_round(home: str | Path | None, config: Config, built: Round, stage: str,
                            steps: int | None = None) -> StageOutcome:
     """Train `stage` on the round and gate the candidate; say why when either step does not happen."""
     try:
@@ -84,7 +87,7 @@ def train_stage_from_round(home: str | Path | None, config: Config, built: Round
         "base": decision.base.score})
 
 
-def curate(home: str | Path | None, config: Config, *, seed: int = 0) -> tuple[Round | None, dict[str, int]]:
+def curate(home: str | Path | None, config: Config, seed: int = 0) -> tuple[Round | None, dict[str, int]]:
     """Collect logged runs and preference pairs, and snapshot the next round (None when nothing is new)."""
     sft, dpo = collect_logged(home, config)
     collected = {"logged_examples": sft, "logged_pairs": dpo, "code_pairs": code_preferences(home)}
@@ -94,15 +97,24 @@ def curate(home: str | Path | None, config: Config, *, seed: int = 0) -> tuple[R
         return None, collected
 
 
+def run_directly(name: str, step: Callable[..., T], *args: Any) -> T:
+    """Run one step of a cycle in this process (`cra retrain --no-prefect`)."""
+    return step(*args)
+
+
 def retrain(home: str | Path | None, config: Config, *, stages: list[str] | None = None, steps: int | None = None,
-            seed: int = 0, on_progress: Progress = lambda _: None) -> RetrainReport:
-    """Collect logged runs, build the next round, and train and gate each stage that has something new."""
-    built, collected = curate(home, config, seed=seed)
+            seed: int = 0, on_progress: Progress = lambda _: None, run_step: StepRunner = run_directly) -> RetrainReport:
+    """Collect logged runs, build the next round, and train and gate each stage that has something new.
+
+    `run_step(name, step, *args)` runs each step: directly, or as a Prefect task (flows/retrain.py); the cycle is
+    the same either way.
+    """
+    built, collected = run_step("curate", curate, home, config, seed)
     if built is None:
         return RetrainReport(None, None, collected, [StageOutcome(s, reason="nothing new since the last round")
                                                      for s in (stages or RECIPES)])
     outcomes = []
     for stage in stages or list(RECIPES):
         on_progress(f"round {built.number}: {stage}")
-        outcomes.append(train_stage_from_round(home, config, built, stage, steps=steps))
+        outcomes.append(run_step(f"train-and-gate-{stage}", train_stage_from_round, home, config, built, stage, steps))
     return RetrainReport(built.number, built.snapshot_hash, collected, outcomes)

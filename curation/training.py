@@ -36,13 +36,13 @@ from agent.errors import (
 )
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
 from agent.llm.names import check_name
-from agent.llm.roles import STAGE_ROLES
+from agent.stages import RECIPES, stage_named
+from agent.stages.base import StageRecipe
 from agent.store import opened
 from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
 from curation.registry import METADATA_FILE, Adapter, list_adapters, register
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TECHNIQUES = ("sft", "sft+dpo")
 END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops
 MERGED_MARKER = "cra_merged"
@@ -50,39 +50,6 @@ MERGE_SIGNS = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE
 MIN_SFT_EXAMPLES = 8
 MIN_DPO_PAIRS = 4
 _SCRATCH = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+$")  # .<adapter name>.<pid>.<random>
-
-
-@dataclass(frozen=True)
-class StageRecipe:
-    """How one stage's adapter is trained; alpha is always twice the rank."""
-
-    rank: int
-    technique: str = "sft"
-    learning_rate: float = 2e-4
-    epochs: int = 2
-    max_steps: int | None = None  # caps every phase; None trains `epochs` full passes
-    max_length: int = 4096
-    batch_size: int = 4
-    grad_accum: int = 4
-    curriculum: bool = False  # shortest examples first, in order, instead of shuffled
-    dpo_learning_rate: float = 5e-6
-    dpo_beta: float = 0.1
-    targets: tuple[str, ...] = LORA_TARGETS
-    seed: int = 42  # the LoRA's initial weights and the data order: the same data gives the same adapter
-
-    @property
-    def alpha(self) -> int:
-        """LoRA alpha: twice the rank."""
-        return 2 * self.rank
-
-
-RECIPES: dict[str, StageRecipe] = {
-    "task_analysis": StageRecipe(rank=16, max_length=2048),
-    "scope": StageRecipe(rank=16),
-    "precision": StageRecipe(rank=16, curriculum=True),
-    "plan": StageRecipe(rank=32, technique="sft+dpo", learning_rate=1e-4),
-    "code": StageRecipe(rank=16),
-}
 
 
 @dataclass(frozen=True)
@@ -296,8 +263,7 @@ def train_adapter(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> Adapter:
     """Train `stage`'s adapter on the frozen `base` and register it as a candidate named `name`."""
-    if stage not in STAGE_ROLES:
-        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
+    stage_named(stage)  # an unknown stage is an error
     check_name(name, what="adapter name")
     recipe = recipe or RECIPES[stage]
     if recipe.rank not in VLLM_RANKS:
@@ -357,9 +323,7 @@ def train_stage(home: str | Path | None, config: Config, *, stage: str, round: i
 
     A DPO stage with too few preference pairs yet trains SFT only; its metadata records the designed technique.
     """
-    if stage not in STAGE_ROLES:
-        raise InvalidInput(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ROLES)}")
-    base = config.models.role(STAGE_ROLES[stage]).base
+    base = config.models.role(stage_named(stage).role).base
     family = model_family(base)
     sft = load_examples(home, stage=stage, split="train", family=family)
     recipe = RECIPES[stage] if steps is None else replace(RECIPES[stage], max_steps=steps)

@@ -41,10 +41,7 @@ def publish_stage(run: TaskRun, stage: Stage, result: StageResult) -> None:
     create_table_artifact(key=artifact_key(run.run_id, f"{stage.name}-decisions"), table=rows or [{"decision": "(none)"}],
                           description=f"{stage.name} ({result.source}): {decision_summary(result.decisions)}"[:500])
     notes = "".join(f"- {note}\n" for note in result.notes)
-    body = f"### {stage.name} ({result.source})\n\n{notes}\n```json\n{result.output.model_dump_json(indent=2)}\n```\n"
-    if stage.name == "plan":
-        steps = "".join(f"{i}. `{s.file}` {', '.join(s.symbols)}: {s.change}\n" for i, s in enumerate(result.output.steps, 1))
-        body = f"### Plan\n\n{result.output.summary}\n\n{steps}\n{notes}"
+    body = f"### {stage.name} ({result.source})\n\n{notes}\n{stage.summary(result.output)}"
     create_markdown_artifact(key=artifact_key(run.run_id, stage.name), markdown=body, description=f"{stage.name} output")
 
 

@@ -166,6 +166,7 @@ def test_an_adapter_is_registered_for_the_base_it_names_or_refused(tiny_models, 
 def test_cli_add_refuses_a_slash_in_the_name_and_an_adapter_of_another_base(tiny_models, tmp_path: Path) -> None:
     from agent.config import load_config
     from agent.llm.resolve import resolve_all
+    from agent.stages import STAGE_ROLES
 
     (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "{tiny_models.base}"\nendpoint = "http://127.0.0.1:9/v1"\n')
     slash = runner.invoke(app, ["adapters", "add", str(tiny_models.adapters[0]), "--name", "team/scope", "--stage",
@@ -176,5 +177,5 @@ def test_cli_add_refuses_a_slash_in_the_name_and_an_adapter_of_another_base(tiny
     assert added.exit_code == 0 and "not used until that base is served" in " ".join(added.output.split())
     assert runner.invoke(app, ["adapters", "promote", "scope-other", "--force", "--no-reload", "--repo",
                                str(tmp_path)]).exit_code == 0
-    scope = next(r for r in resolve_all(load_config(tmp_path), None) if r.stage == "scope")
+    scope = next(r for r in resolve_all(load_config(tmp_path), None, STAGE_ROLES) if r.stage == "scope")
     assert scope.adapter is None and scope.source == "base"  # never served on a base it was not trained on

@@ -16,9 +16,10 @@ import pytest
 from agent.config import ledger_path, load_config
 from agent.pipeline import RunOptions, TaskRun, drive
 from agent.runs import mark_run
+from agent.stages import stage_named
 from bootstrap.pairs import bootstrap_repo
 from curation.datasets import load_examples
-from curation.gate import evaluate, gate, score
+from curation.gate import evaluate, gate
 from curation.registry import get, list_adapters
 from curation.retrain import curate, train_from_round
 from curation.rounds import REPLAY_BOUNDS, build_round
@@ -97,7 +98,7 @@ def run_tasks(home, config, repo, gold: dict[str, dict]) -> dict[str, tuple[floa
             results[outcome.run_id] = (0.0, False)
             continue
         answered = outcome.results[STAGE].output.model_dump(mode="json")
-        results[outcome.run_id] = (score(STAGE, expected, answered), stage_passes(expected, answered))
+        results[outcome.run_id] = (stage_named(STAGE).score(expected, answered), stage_passes(expected, answered))
     return results
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
+from agent.stages import stage_named
+from agent.stages.measures import f1, macro_f1, order_agreement
 from curation.datasets import Example, add_examples
-from curation.gate import f1, macro_f1, order_agreement, score
 from curation.rounds import REPLAY_BOUNDS, build_round, code_preferences, load_round, replay_size
 from curation.registry import get, promote, register, rollback
 
@@ -73,11 +74,11 @@ def test_measures() -> None:
     assert macro_f1({"x": "relevant", "y": "irrelevant"}, {"x": "relevant"}, ("relevant", "irrelevant"), "irrelevant") == 1.0
     assert order_agreement(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(2 / 3)
     gold = {"kind": "rename", "keep_rom": True, "symbols": ["A"], "files": ["src/a.c"], "key_terms": [], "subsystems": []}
-    assert score("task_analysis", gold, gold) == 1.0
-    assert score("task_analysis", gold, {**gold, "kind": "feature", "files": []}) == 0.5
+    assert stage_named("task_analysis").score(gold, gold) == 1.0
+    assert stage_named("task_analysis").score(gold, {**gold, "kind": "feature", "files": []}) == 0.5
     edits = {"edits": [{"path": "src/a.c", "search": "int a;", "replace": "int b;"}]}
-    assert score("code", edits, edits, prompt="... int a; ...") == 1.0
-    assert score("code", edits, {"edits": [{"path": "src/a.c", "search": "nope", "replace": "x"}]}, prompt="int a;") == 0.0
+    assert stage_named("code").score(edits, edits, prompt="... int a; ...") == 1.0
+    assert stage_named("code").score(edits, {"edits": [{"path": "src/a.c", "search": "nope", "replace": "x"}]}, prompt="int a;") == 0.0
 
 
 def test_rollback_brings_back_the_previous_adapter(tiny_models) -> None:
@@ -142,7 +143,7 @@ def test_code_answers_are_validated_at_the_commits_parent(decomp_template, tmp_p
     replayed = replay_gold_edits(config, None, decomp_template.path, 5)
     assert replayed and all(r["validated"] is True for r in replayed)
     assert not list(Path(tempfile.gettempdir()).glob(f"cra-gate-{os.getpid()}-*"))
-    assert score("code", example.output, {"edits": gold}, example.messages[-1]["content"], True) == 1.0
+    assert stage_named("code").score(example.output, {"edits": gold}, example.messages[-1]["content"], True) == 1.0
 
 
 def test_a_stage_without_gain_two_rounds_running_has_plateaued(tmp_path: Path) -> None:

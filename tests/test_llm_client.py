@@ -17,6 +17,8 @@ from agent.errors import InvalidModelOutput, ModelUnavailable
 from agent.llm import client as client_module
 from agent.llm.calls import REDACTED, get_call, list_calls
 from agent.llm.client import LLM
+from agent.llm.resolve import resolve_all
+from agent.stages import STAGE_ROLES
 from tests.fixtures.models import chat_reply, error_reply, standin_server
 
 
@@ -46,7 +48,8 @@ endpoint = "{url}"
 api_key_env = "CRA_TEST_KEY"
 {extra}
 """)
-    return LLM(load_config(tmp_path), run_id="run-1", **kwargs)
+    config = load_config(tmp_path)
+    return LLM(config, resolve_all(config, None, STAGE_ROLES), run_id="run-1", **kwargs)
 
 
 def test_valid_answer_is_parsed_logged_and_schema_sent(tmp_path: Path) -> None:
@@ -163,7 +166,8 @@ def test_credentials_in_an_endpoint_are_never_stored_or_printed(tmp_path: Path) 
     (tmp_path / "cra.toml").write_text('[models]\nmax_retries = 0\n[models.reasoning]\nbase = "tiny"\n'
                                        'endpoint = "http://cra-user:s3cret-pass@127.0.0.1:9/v1"\n')
     with pytest.raises(ModelUnavailable) as failed:
-        LLM(load_config(tmp_path)).ask("scope", ASK, Scope)
+        config = load_config(tmp_path)
+        LLM(config, resolve_all(config, None, STAGE_ROLES)).ask("scope", ASK, Scope)
     assert "s3cret" not in str(failed.value)
 
 

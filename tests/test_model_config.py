@@ -13,6 +13,7 @@ from agent.cli import app
 from agent.config import load_config
 from agent.errors import ConfigError, UnsafeName
 from agent.llm.resolve import resolve_all
+from agent.stages import STAGE_ROLES
 from curation.registry import promote, register
 
 runner = CliRunner()
@@ -56,7 +57,6 @@ scope = "project-scope"
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("[models.overrides]\nscoop = 'x'\n", "unknown stage scoop"),
     ("[models.reasoning]\nbase = 'b'\nendpoint = 'e'\nprovider = 'tgi'\n", "provider"),
     ("[models]\ntimeout = 3\n", "timeout"),
     ("[models\n", "not valid TOML"),
@@ -67,6 +67,13 @@ def test_bad_config_names_the_file_and_problem(tmp_path: Path, text: str, needle
         load_config(tmp_path)
     assert needle in str(info.value)
     assert "cra.toml" in str(info.value)
+
+
+def test_an_override_for_no_stage_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    # The config knows roles, not stages: the stage names are checked where the stages are routed to models.
+    write(tmp_path / "cra.toml", "[models.overrides]\nscoop = 'x'\n")
+    with pytest.raises(ConfigError, match=r"cra\.toml: models\.overrides: unknown stage scoop; stages are task_analysis"):
+        resolve_all(load_config(tmp_path), None, STAGE_ROLES)
 
 
 def test_cli_reports_bad_config_with_config_exit_code(tmp_path: Path) -> None:
@@ -95,7 +102,7 @@ def test_resolution_order_override_adapter_role_default_base(tmp_path: Path, tin
     for name in ("scope-r1", "plan-r1", "precision-small"):
         promote(None, name)
     tiny_config(tmp_path, tiny_models.base, '[models.overrides]\nplan = "my-hand-tuned-plan"\n', coding='default = "coder-general"')
-    by_stage = {r.stage: r for r in resolve_all(load_config(tmp_path), None)}
+    by_stage = {r.stage: r for r in resolve_all(load_config(tmp_path), None, STAGE_ROLES)}
     assert (by_stage["plan"].model, by_stage["plan"].source) == ("my-hand-tuned-plan", "override")
     assert (by_stage["scope"].model, by_stage["scope"].source) == ("scope-r1", "adapter")
     assert (by_stage["code"].model, by_stage["code"].source) == ("coder-general", "role-default")
@@ -108,7 +115,7 @@ def test_resolution_order_override_adapter_role_default_base(tmp_path: Path, tin
 def test_override_naming_an_adapter_of_another_base_is_passed_over(tmp_path: Path, tiny_models) -> None:
     register(None, tiny_models.other_adapter, name="scope-small", stage="scope", base_model=str(tiny_models.other_base))
     tiny_config(tmp_path, tiny_models.base, "[models.overrides]\nscope = 'scope-small'\n")
-    scope = next(r for r in resolve_all(load_config(tmp_path), None) if r.stage == "scope")
+    scope = next(r for r in resolve_all(load_config(tmp_path), None, STAGE_ROLES) if r.stage == "scope")
     assert scope.model == "tiny" and scope.source == "base"
     assert "trained on" in scope.passed_over[0]
 
@@ -117,7 +124,7 @@ def test_override_naming_an_adapter_of_another_base_is_passed_over(tmp_path: Pat
 def test_unsafe_override_names_are_refused(tmp_path: Path, name: str) -> None:
     write(tmp_path / "cra.toml", f"[models.overrides]\nscope = {json.dumps(name)}\n")
     with pytest.raises(UnsafeName):
-        resolve_all(load_config(tmp_path), None)
+        resolve_all(load_config(tmp_path), None, STAGE_ROLES)
 
 
 def test_cra_models_prints_each_stage_with_why(tmp_path: Path, tiny_models) -> None:

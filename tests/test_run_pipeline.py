@@ -19,10 +19,11 @@ from agent.cli import app
 from agent.config import ledger_path, load_config, project_paths
 from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
-from agent.llm.roles import STAGE_ROLES
+from agent.llm.roles import ROLES
 from agent.pipeline import RunOptions, TaskRun, drive
 from agent.runs import get_run, list_runs
-from agent.stages import STAGE_NAMES
+from agent.stages import RECIPES, STAGE_NAMES, STAGE_ROLES, stage_named, stages_of
+from curation.datasets import load_examples
 from tests.fixtures.decomp import DecompRepo, host_build_missing
 from tests.fixtures.models import chat_reply, standin_server
 
@@ -92,8 +93,13 @@ def run_with(tmp_path: Path, repo: DecompRepo, task: str, answers: dict, **optio
         return drive(run), server
 
 
-def test_stage_names_agree_with_model_roles() -> None:
-    assert STAGE_NAMES == tuple(STAGE_ROLES)
+def test_every_stage_fact_comes_from_the_pipeline() -> None:
+    assert STAGE_NAMES == tuple(STAGE_ROLES) == tuple(RECIPES) == ("task_analysis", "scope", "precision", "plan", "code")
+    assert set(STAGE_ROLES.values()) <= set(ROLES) and stages_of("coding") == ["code"]
+    with pytest.raises(InvalidInput, match="unknown stage 'summary'; stages are task_analysis, scope"):
+        stage_named("summary")  # it was scored as a code answer (a KeyError on "edits"), now it is refused
+    with pytest.raises(InvalidInput, match="unknown stage"):
+        load_examples(None, stage="summary")
 
 
 def test_rename_passes_build_and_compare_and_leaves_the_checkout_untouched(tmp_path: Path, indexed: DecompRepo) -> None:

@@ -14,6 +14,7 @@ from agent.cli import app
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.llm.serve import plan_serve
+from agent.stages import STAGE_ROLES
 from curation.registry import promote, register
 
 runner = CliRunner()
@@ -42,7 +43,7 @@ def active(tiny_models, name: str, stage: str, path: Path, base: Path | None = N
 def test_command_has_one_lora_module_per_stage_adapter_and_derived_limits(tmp_path: Path, tiny_models) -> None:
     active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
     active(tiny_models, "plan-r1", "plan", tiny_models.rank16)
-    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning")
+    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning", STAGE_ROLES)
     cmd = plan.command
     assert cmd[:3] == ["/bin/sh", "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[cmd.index("--model") + 1] == str(tiny_models.base)
@@ -63,14 +64,14 @@ def test_bad_adapters_are_set_aside_with_reasons_and_the_rest_served(tmp_path: P
     active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
     active(tiny_models, "plan-r16", "plan", tiny_models.rank16)
     (tmp_path / "broken").mkdir()
-    plan = plan_serve(load_config(project(tmp_path, tiny_models, rank_limit=8)), "reasoning")
+    plan = plan_serve(load_config(project(tmp_path, tiny_models, rank_limit=8)), "reasoning", STAGE_ROLES)
     assert [a.name for a in plan.adapters] == ["scope-r1"]
     assert plan.rejected[0][0] == "plan-r16" and "above the limit of 8" in plan.rejected[0][1]
     assert plan.command[plan.command.index("--max-lora-rank") + 1] == "8"
 
 
 def test_no_adapters_still_serves_the_base(tmp_path: Path, tiny_models) -> None:
-    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning")
+    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning", STAGE_ROLES)
     assert plan.adapters == [] and "--lora-modules" not in plan.command and "--enable-lora" in plan.command
 
 
@@ -86,7 +87,7 @@ def test_dry_run_prints_the_command_and_the_refusals(tmp_path: Path, tiny_models
 
 def test_ollama_serves_adapters_as_model_names(tmp_path: Path, tiny_models) -> None:
     active(tiny_models, "scope-r1", "scope", tiny_models.adapters[0])
-    plan = plan_serve(load_config(project(tmp_path, tiny_models, provider="ollama")), "reasoning")
+    plan = plan_serve(load_config(project(tmp_path, tiny_models, provider="ollama")), "reasoning", STAGE_ROLES)
     assert plan.steps == [["ollama", "create", "scope-r1", "-f", str(plan.adapters[0].path / "Modelfile")]]
     result = runner.invoke(app, ["serve", "--repo", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -98,7 +99,7 @@ def test_missing_vllm_interpreter_is_a_config_error(tmp_path: Path, tiny_models)
     cfg = project(tmp_path, tiny_models)
     (cfg / "cra.toml").write_text((cfg / "cra.toml").read_text().replace('"/bin/sh"', '"/nowhere/python"'))
     with pytest.raises(ConfigError, match="/nowhere/python does not exist"):
-        plan_serve(load_config(cfg), "reasoning")
+        plan_serve(load_config(cfg), "reasoning", STAGE_ROLES)
 
 
 def test_ollama_create_runs_for_each_adapter_when_ollama_is_installed(

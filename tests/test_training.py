@@ -15,12 +15,12 @@ import pytest
 from agent.config import Config, ModelsConfig, RoleModels, adapter_store, cra_home
 from agent.errors import DatasetTooSmall, MergedBaseModel, WrongModelFamily
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
+from agent.stages import RECIPES
+from agent.stages.base import LORA_TARGETS
 from curation.datasets import Example, add_examples
 from curation.registry import list_adapters, register
 from curation.training import (
-    LORA_TARGETS,
     METADATA_FILE,
-    RECIPES,
     Progress,
     dataset_hash,
     mark_merged,

@@ -16,6 +16,8 @@ from agent.errors import InvalidModelOutput
 from agent.llm.calls import list_calls
 from agent.llm.client import LLM
 from agent.llm.serve import reload, state_file
+from agent.llm.resolve import resolve_all
+from agent.stages import STAGE_ROLES
 from curation.registry import promote
 from tests.fixtures.served import Served, cra, needs_vllm
 
@@ -40,7 +42,8 @@ ASK = [{"role": "user", "content": "Which file holds the wall clock code?"}]
 
 
 def llm(served: Served, run_id: str) -> LLM:
-    return LLM(load_config(served.project), home=served.home, run_id=run_id)
+    config = load_config(served.project)
+    return LLM(config, resolve_all(config, served.home, STAGE_ROLES), home=served.home, run_id=run_id)
 
 
 def served_ids(served: Served) -> dict[str, str | None]:
@@ -96,7 +99,7 @@ def test_unbounded_output_that_runs_out_of_tokens_is_a_logged_typed_error(served
 def test_promoted_adapter_is_hot_loaded_without_a_restart(served: Served) -> None:
     before = llm(served, "before-reload").ask("plan", ASK, Note)
     promote(served.home, "plan-r2")
-    report = reload(load_config(served.project), "reasoning", served.home)
+    report = reload(load_config(served.project), "reasoning", STAGE_ROLES, served.home)
     assert report.loaded == ["plan-r2"] and report.unloaded == ["plan-r1"]
     ids = served_ids(served)
     assert ids.get("plan-r2") == "tiny" and "plan-r1" not in ids

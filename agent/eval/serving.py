@@ -15,9 +15,9 @@ import psutil
 
 from agent.config import Config, ModelsConfig, RoleModels, ServeConfig
 from agent.eval.bench import PeakMemory
-from agent.llm.roles import stages_of
 from agent.llm.serve import plan_serve, start
 from agent.llm.tiny import build_tiny_model, random_adapter
+from agent.stages import STAGE_ROLES, stages_of
 from curation.registry import promote, register
 
 PROMPT = [{"role": "user", "content": "Rename sub_80A1234 to CB2_InitWallClock in src/wallclock.c"}]
@@ -84,7 +84,7 @@ def bench_serving(
             serve=ServeConfig(python=python, max_model_len=512,
                               extra_args=extra_args if extra_args is not None else ["--kv-cache-memory-bytes", "256M"]),
         )
-        plan = plan_serve(config, "reasoning", work / "home")
+        plan = plan_serve(config, "reasoning", STAGE_ROLES, work / "home")
         on_progress("starting vLLM")
         server = start(plan, work / "home")
         try:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from agent.config import Config
 from agent.errors import InvalidInput, InvalidModelOutput, ModelUnavailable
 from agent.llm.calls import CallRecord, log_call
-from agent.llm.resolve import Resolution, resolve_all
+from agent.llm.resolve import Resolution
 
 log = logging.getLogger("cra.llm")
 T = TypeVar("T", bound=BaseModel)
@@ -73,12 +73,12 @@ class _Attempt:
 class LLM:
     """Calls the model resolved for each stage, and logs every call in the ledger."""
 
-    def __init__(self, config: Config, *, home: str | Path | None = None, run_id: str | None = None,
-                 resolutions: list[Resolution] | None = None) -> None:
+    def __init__(self, config: Config, resolutions: list[Resolution], *, home: str | Path | None = None,
+                 run_id: str | None = None) -> None:
         self.config = config
         self.home = home
         self.run_id = run_id
-        self.resolutions = {r.stage: r for r in (resolutions if resolutions is not None else resolve_all(config, home))}
+        self.resolutions = {r.stage: r for r in resolutions}
         self._clients: dict[str, openai.OpenAI] = {}
         self._unavailable: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from agent.config import Config, RoleModels
+from agent.errors import ConfigError
 from agent.llm.adapters import BaseModel, describe_base
 from agent.llm.names import check_name
-from agent.llm.roles import ROLES, STAGE_ROLES, Role
+from agent.llm.roles import ROLES, Role, Routing
 from curation.registry import Adapter, active_adapters, list_adapters
 
 Source = Literal["override", "adapter", "role-default", "base"]
@@ -42,9 +43,17 @@ def trained_on(adapter: Adapter, base: BaseModel) -> bool:
     return Path(adapter.base_model.rstrip("/")).name.lower() == Path(base.name.rstrip("/")).name.lower()
 
 
-def resolve_stage(stage: str, config: Config, registry: list[Adapter], bases: dict[Role, BaseModel]) -> Resolution:
-    """Resolve one stage from the config, the registered adapters and the described bases."""
-    role = STAGE_ROLES[stage]
+def check_overrides(config: Config, routing: Routing) -> None:
+    """Every `[models.overrides]` key names a stage; any other is a config error naming the files."""
+    unknown = sorted(set(config.models.overrides) - set(routing))
+    if unknown:
+        raise ConfigError(f"bad config in {' + '.join(config.sources) or 'defaults'}: models.overrides: unknown stage "
+                          f"{', '.join(unknown)}; stages are {', '.join(routing)}")
+
+
+def resolve_stage(stage: str, role: Role, config: Config, registry: list[Adapter],
+                  bases: dict[Role, BaseModel]) -> Resolution:
+    """Resolve one stage, answered by `role`, from the config, the registered adapters and the described bases."""
     server = config.models.role(role)
     base = bases[role]
     by_name = {a.name: a for a in registry}
@@ -83,8 +92,9 @@ def candidate_adapters(config: Config, home: str | Path | None) -> list[Adapter]
     return [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
 
 
-def resolve_all(config: Config, home: str | Path | None) -> list[Resolution]:
-    """Every stage's resolution, in pipeline order."""
+def resolve_all(config: Config, home: str | Path | None, routing: Routing) -> list[Resolution]:
+    """Every stage's resolution, in `routing`'s order (the pipeline's)."""
+    check_overrides(config, routing)
     registry = candidate_adapters(config, home)
     bases = describe_bases(config)
-    return [resolve_stage(stage, config, registry, bases) for stage in STAGE_ROLES]
+    return [resolve_stage(stage, role, config, registry, bases) for stage, role in routing.items()]

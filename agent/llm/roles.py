@@ -1,21 +1,10 @@
-"""The agent's stages and the model role each one talks to."""
+"""The model roles: each is one server with one base model; the stages say which role answers them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 Role = Literal["reasoning", "coding"]
 ROLES: tuple[Role, ...] = ("reasoning", "coding")
-
-STAGE_ROLES: dict[str, Role] = {
-    "task_analysis": "reasoning",
-    "scope": "reasoning",
-    "precision": "reasoning",
-    "plan": "reasoning",
-    "code": "coding",
-}
-
-
-def stages_of(role: Role) -> list[str]:
-    """The stages served by `role`, in pipeline order."""
-    return [stage for stage, r in STAGE_ROLES.items() if r == role]
+Routing = Mapping[str, Role]  # stage name -> the role that answers it (agent.stages.STAGE_ROLES)

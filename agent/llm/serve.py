@@ -20,8 +20,8 @@ from agent.config import Config, cra_home
 from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
 from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
 from agent.llm.names import scrub_urls
-from agent.llm.resolve import candidate_adapters, describe_bases, resolve_stage
-from agent.llm.roles import Role, stages_of
+from agent.llm.resolve import candidate_adapters, check_overrides, describe_bases, resolve_stage
+from agent.llm.roles import Role, Routing
 from curation.registry import require_files
 
 PYTHON_ENV = "CRA_VLLM_PYTHON"
@@ -78,14 +78,15 @@ def vllm_python(config: Config) -> str:
     )
 
 
-def _served_adapters(config: Config, role: Role, home: str | Path | None,
+def _served_adapters(config: Config, role: Role, routing: Routing, home: str | Path | None,
                      bases: dict[Role, BaseModel]) -> tuple[list[ServedAdapter], list[tuple[str, str]]]:
     """The adapters the role's stages resolve to, each checked against the base; bad ones are set aside with why."""
+    check_overrides(config, routing)
     registry = candidate_adapters(config, home)
     base = bases[role]
     chosen: dict[str, tuple] = {}
-    for stage in stages_of(role):
-        res = resolve_stage(stage, config, registry, bases)
+    for stage in [s for s, r in routing.items() if r == role]:
+        res = resolve_stage(stage, role, config, registry, bases)
         if res.adapter is not None:
             adapter, stages = chosen.get(res.adapter.name, (res.adapter, ()))
             chosen[res.adapter.name] = (adapter, (*stages, stage))
@@ -101,17 +102,18 @@ def _served_adapters(config: Config, role: Role, home: str | Path | None,
     return served, rejected
 
 
-def _adapter_plan(config: Config, role: Role, home: str | Path | None) -> ServePlan:
+def _adapter_plan(config: Config, role: Role, routing: Routing, home: str | Path | None) -> ServePlan:
     """The role's server, base and checked adapters (bad ones set aside), before any command is decided."""
     server = config.models.role(role)
     bases = describe_bases(config)
-    adapters, rejected = _served_adapters(config, role, home, bases)
+    adapters, rejected = _served_adapters(config, role, routing, home, bases)
     return ServePlan(role, server.provider, bases[role], server.endpoint, [], {}, adapters, rejected)
 
 
-def plan_serve(config: Config, role: Role, home: str | Path | None = None) -> ServePlan:
-    """Decide the server command for `role`: its base, the adapters that pass their checks, and the LoRA limits."""
-    plan = _adapter_plan(config, role, home)
+def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | None = None) -> ServePlan:
+    """Decide the server command for `role`: its base, the adapters its stages (in `routing`) resolve to that pass
+    their checks, and the LoRA limits."""
+    plan = _adapter_plan(config, role, routing, home)
     server, base, adapters = config.models.role(role), plan.base, plan.adapters
     if server.provider == "ollama":
         plan.steps = _ollama_steps(base, adapters)
@@ -293,12 +295,12 @@ def unload_adapter(endpoint: str, name: str) -> None:
         _lora_call(endpoint, "unload", {"lora_name": name})
 
 
-def reload(config: Config, role: Role, home: str | Path | None = None) -> ReloadReport:
+def reload(config: Config, role: Role, routing: Routing, home: str | Path | None = None) -> ReloadReport:
     """Bring a running vLLM server's adapters in line with the registry: load the new, unload the replaced."""
     server = config.models.role(role)
     if server.provider != "vllm":
         raise ConfigError(f"[models.{role}] provider = {server.provider}: only a vLLM server can load adapters at run time")
-    plan = _adapter_plan(config, role, home)
+    plan = _adapter_plan(config, role, routing, home)
     served = _served_models(plan.endpoint)
     served_bases = [m for m in served if not m.get("parent")]
     if served_bases and not any(m["id"] == plan.base.served_name for m in served_bases):

@@ -6,13 +6,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from agent.errors import CraError
 from agent.llm.budget import PromptBudget, char_budget, fit
-from agent.llm.client import LLM
+from agent.llm.roles import Role
+
+if TYPE_CHECKING:  # a stage talks to the model through its context; the model layer never imports a stage
+    from agent.llm.client import LLM
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - the conventional name for an input type
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
@@ -26,8 +29,43 @@ Reason = Annotated[str, Field(max_length=200)]
 RepoPath = Annotated[str, Field(max_length=160)]
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class StageUnavailable(CraError):
     """A stage that needs a model was asked to run without one."""
+
+
+class Retry(Exception):
+    """A model's answer the stage cannot use; `feedback` goes back to the model for another attempt."""
+
+    def __init__(self, feedback: str) -> None:
+        super().__init__(feedback)
+        self.feedback = feedback
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """How one stage's adapter is trained; alpha is always twice the rank."""
+
+    rank: int
+    technique: str = "sft"
+    learning_rate: float = 2e-4
+    epochs: int = 2
+    max_steps: int | None = None  # caps every phase; None trains `epochs` full passes
+    max_length: int = 4096
+    batch_size: int = 4
+    grad_accum: int = 4
+    curriculum: bool = False  # shortest examples first, in order, instead of shuffled
+    dpo_learning_rate: float = 5e-6
+    dpo_beta: float = 0.1
+    targets: tuple[str, ...] = LORA_TARGETS
+    seed: int = 42  # the LoRA's initial weights and the data order: the same data gives the same adapter
+
+    @property
+    def alpha(self) -> int:
+        """LoRA alpha: twice the rank."""
+        return 2 * self.rank
 
 
 class Decision(BaseModel):
@@ -78,12 +116,22 @@ class StageResult(Generic[O]):
 
 
 class Stage(ABC, Generic[I, O]):
-    """A pipeline stage. Subclasses set `name`, `Input`, `Output` and implement `build_input`, `prompt`, `decisions`."""
+    """A pipeline stage and all its facts: its name, types, the model role that answers it, how its adapter is
+    trained, how a held-out answer is scored, and how its output reads in the Prefect UI.
+
+    Subclasses set the class facts and implement `build_input`, `prompt`, `decisions` and `score`; a stage that acts
+    on the model's answer and may send it back (`retries`) overrides `accept` and `rejected`.
+    """
 
     name: ClassVar[str]
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
+    role: ClassVar[Role]
+    recipe: ClassVar[StageRecipe]
     has_rules: ClassVar[bool] = False
+    needs_worktree: ClassVar[bool] = False
+    retries: ClassVar[bool] = False  # an answer `accept` sends back is asked again, up to the run's retries
+    retry_request: ClassVar[str] = "Answer again, corrected."
 
     @abstractmethod
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> I:
@@ -97,6 +145,10 @@ class Stage(ABC, Generic[I, O]):
     def decisions(self, inp: I, out: O) -> list[Decision]:
         """The per-candidate choices in `out`, for the log."""
 
+    @abstractmethod
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """How well a held-out answer matches the gold one, in [0, 1] (`validated`: the edits passed validation)."""
+
     def rules(self, ctx: StageContext, inp: I) -> O:
         """A deterministic, index-based answer without a model (stages with `has_rules`)."""
         raise StageUnavailable(f"the {self.name} stage needs a model; run without --retrieval-only")
@@ -105,19 +157,47 @@ class Stage(ABC, Generic[I, O]):
         """Confine a model's answer to what the stage allows (known paths, candidates); return it and notes."""
         return out, []
 
+    def accept(self, ctx: StageContext, inp: I, out: O) -> tuple[O, list[str], dict[str, Any]]:
+        """Use the model's answer: the answer, notes and details; raise Retry when it cannot be used as it is."""
+        out, notes = self.check(ctx, inp, out)
+        return out, notes, {}
+
+    def rejected(self, inp: I, out: O, calls: list[str], notes: list[str]) -> StageResult[O]:
+        """The result when every answer was sent back (stages with `retries`)."""
+        raise StageUnavailable(f"the {self.name} stage could not use any of the model's {len(calls)} answers")
+
+    def summary(self, out: O) -> str:
+        """The output as markdown, for the Prefect UI."""
+        return f"```json\n{out.model_dump_json(indent=2)}\n```\n"
+
     def run(self, ctx: StageContext, inp: I, *, use_model: bool) -> StageResult[O]:
-        """Answer with the model when asked to (and one is configured), else with the rules."""
+        """Answer with the model when asked to (and one is configured), else with the rules; an answer `accept`
+        sends back goes to the model again with the feedback, as often as the run allows (`retries`)."""
         if not use_model:
             out = self.rules(ctx, inp)
             return StageResult(out, "rules", self.decisions(inp, out))
         if ctx.llm is None:
             raise StageUnavailable(f"the {self.name} stage needs a model, and none is configured")
+        if self.needs_worktree and ctx.worktree is None:
+            raise StageUnavailable(f"the {self.name} stage needs the run's worktree")
         prompt = self.prompt(ctx, inp)
-        answer = ctx.llm.ask(self.name, prompt.messages, self.Output)
-        out, notes = self.check(ctx, inp, answer.value)
-        if answer.fallback_reason:
-            notes.insert(0, f"fallback: {answer.fallback_reason}")
-        return StageResult(out, "model", self.decisions(inp, out), [answer.call_id], prompt.cut + notes)
+        messages, calls, notes = prompt.messages, [], list(prompt.cut)
+        tries = ctx.code_retries + 1 if self.retries else 1
+        for attempt in range(1, tries + 1):
+            answer = ctx.llm.ask(self.name, messages, self.Output)
+            calls.append(answer.call_id)
+            if answer.fallback_reason and attempt == 1:
+                notes.append(f"fallback: {answer.fallback_reason}")
+            try:
+                out, more, detail = self.accept(ctx, inp, answer.value)
+            except Retry as retry:
+                notes.append(f"attempt {attempt}: {retry.feedback}")
+                messages = [*messages, {"role": "assistant", "content": answer.value.model_dump_json()},
+                            {"role": "user", "content": f"{retry.feedback}\n{self.retry_request}"}]
+                continue
+            detail = {**detail, "attempts": attempt} if self.retries else detail
+            return StageResult(out, "model", self.decisions(inp, out), calls, notes + more, detail)
+        return self.rejected(inp, answer.value, calls, notes)
 
 
 def clip(text: str, limit: int) -> str:

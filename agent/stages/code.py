@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from pydantic import BaseModel, Field
@@ -13,10 +14,11 @@ from agent.stages.base import (
     Decision,
     Prompt,
     RepoPath,
+    Retry,
     Stage,
     StageContext,
+    StageRecipe,
     StageResult,
-    StageUnavailable,
     budgeted,
     clip,
 )
@@ -64,6 +66,11 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
     name = "code"
     Input = CodeInput
     Output = CodeEdits
+    role = "coding"
+    recipe = StageRecipe(rank=16)
+    needs_worktree = True
+    retries = True
+    retry_request = "Send all the edits again, corrected."
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> CodeInput:
         """The plan, with the text of the primary symbols (or the head of each planned file), spans and text both from
@@ -98,35 +105,33 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
                               "place only; `replace` is its new text. An empty `search` creates a new file.",
                         what="code excerpts", joiner="\n\n")
 
-    def run(self, ctx: StageContext, inp: CodeInput, *, use_model: bool) -> StageResult[CodeEdits]:
-        """Ask for edits and apply them; an edit that does not apply goes back to the model, a bounded number of times."""
-        if not use_model or ctx.llm is None:
-            raise StageUnavailable("the code stage needs a model; run without --retrieval-only")
-        if ctx.worktree is None:
-            raise StageUnavailable("the code stage needs the run's worktree")
-        prompt = self.prompt(ctx, inp)
-        messages, calls, notes = prompt.messages, [], list(prompt.cut)
-        for attempt in range(ctx.code_retries + 1):
-            answer = ctx.llm.ask(self.name, messages, CodeEdits)
-            calls.append(answer.call_id)
-            if answer.fallback_reason and attempt == 0:
-                notes.append(f"fallback: {answer.fallback_reason}")
-            edits = [Edit(path=b.path, search=b.search, replace=b.replace) for b in answer.value.edits]
-            try:
-                applied = apply_edits(ctx.worktree, edits)
-            except EditError as exc:
-                feedback = format_feedback(exc)
-                notes.append(f"attempt {attempt + 1}: {feedback}")
-                messages = [*messages, {"role": "assistant", "content": answer.value.model_dump_json()},
-                            {"role": "user", "content": feedback + "\nSend all the edits again, corrected."}]
-                continue
-            return StageResult(answer.value, "model", self.decisions(inp, answer.value), calls, notes,
-                               detail={"applied": [vars(a) for a in applied], "attempts": attempt + 1})
-        return StageResult(answer.value, "model", self.decisions(inp, answer.value, failed=True), calls, notes,
-                           detail={"applied": [], "attempts": ctx.code_retries + 1, "failed": True})
+    def accept(self, ctx: StageContext, inp: CodeInput, out: CodeEdits) -> tuple[CodeEdits, list[str], dict]:
+        """Apply the edits in the worktree; edits that do not apply go back to the model with what went wrong."""
+        try:
+            applied = apply_edits(ctx.worktree, [Edit(path=b.path, search=b.search, replace=b.replace) for b in out.edits])
+        except EditError as exc:
+            raise Retry(format_feedback(exc)) from exc
+        return out, [], {"applied": [vars(a) for a in applied]}
 
-    def decisions(self, inp: CodeInput, out: CodeEdits, failed: bool = False) -> list[Decision]:
+    def rejected(self, inp: CodeInput, out: CodeEdits, calls: list[str], notes: list[str]) -> StageResult[CodeEdits]:
+        """The last answer, marked not applied: the run fails without validation."""
+        return StageResult(out, "model", _rows(out, "not applied"), calls, notes,
+                           detail={"applied": [], "attempts": len(calls), "failed": True})
+
+    def decisions(self, inp: CodeInput, out: CodeEdits) -> list[Decision]:
         """One row per edit block."""
-        verdict = "not applied" if failed else "applied"
-        return [Decision(candidate=e.path, decision=verdict if e.search else f"{verdict} (new file)",
-                         reason=clip(e.search.splitlines()[0] if e.search else "", 200)) for e in out.edits]
+        return _rows(out, "applied")
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """Search blocks found in the prompt's code, the exact gold edits, and, when checked, passing validation."""
+        edits = predicted["edits"]
+        applies = sum(1 for e in edits if e["search"] and e["search"] in prompt) / len(edits) if edits else 0.0
+        exact = float(sorted(json.dumps(e, sort_keys=True) for e in edits)
+                      == sorted(json.dumps(e, sort_keys=True) for e in gold["edits"]))
+        return (applies + exact) / 2 if validated is None else (applies + exact + float(validated)) / 3
+
+
+def _rows(out: CodeEdits, verdict: str) -> list[Decision]:
+    """One decision per edit block: `verdict`, the file, and the first line it replaces."""
+    return [Decision(candidate=e.path, decision=verdict if e.search else f"{verdict} (new file)",
+                     reason=clip(e.search.splitlines()[0] if e.search else "", 200)) for e in out.edits]

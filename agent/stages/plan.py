@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 from agent.edits import resolve_in_repo
 from agent.errors import PathOutsideRepo
-from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, budgeted
+from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, StageRecipe, budgeted
+from agent.stages.measures import f1, order_agreement
 from agent.stages.precision import PrecisionOutput
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
@@ -45,6 +46,8 @@ class PlanStage(Stage[PlanInput, Plan]):
     name = "plan"
     Input = PlanInput
     Output = Plan
+    role = "reasoning"
+    recipe = StageRecipe(rank=32, technique="sft+dpo", learning_rate=1e-4)
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PlanInput:
         """Scoped files and tiered symbols."""
@@ -78,6 +81,17 @@ class PlanStage(Stage[PlanInput, Plan]):
             else:
                 steps.append(step)
         return Plan.model_construct(summary=out.summary, steps=steps), notes
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """F1 of the files the steps touch, and how well their order agrees with the gold order."""
+        gold_files = list(dict.fromkeys(s["file"] for s in gold["steps"]))
+        got_files = list(dict.fromkeys(s["file"] for s in predicted["steps"]))
+        return (f1(set(gold_files), set(got_files)) + order_agreement(gold_files, got_files)) / 2
+
+    def summary(self, out: Plan) -> str:
+        """The plan's summary and its numbered steps."""
+        steps = "".join(f"{i}. `{s.file}` {', '.join(s.symbols)}: {s.change}\n" for i, s in enumerate(out.steps, 1))
+        return f"{out.summary}\n\n{steps}"
 
     def decisions(self, inp: PlanInput, out: Plan) -> list[Decision]:
         """One row per step, in order."""

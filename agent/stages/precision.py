@@ -9,7 +9,19 @@ from pydantic import BaseModel, Field
 
 from agent import retrieval
 from agent.index.query import symbols_in_files
-from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, budgeted, keep_listed
+from agent.stages.base import (
+    Decision,
+    Prompt,
+    Reason,
+    RepoPath,
+    Short,
+    Stage,
+    StageContext,
+    StageRecipe,
+    budgeted,
+    keep_listed,
+)
+from agent.stages.measures import macro_f1
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -59,7 +71,15 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
     name = "precision"
     Input = PrecisionInput
     Output = PrecisionOutput
+    role = "reasoning"
+    recipe = StageRecipe(rank=16, curriculum=True)
     has_rules = True
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """Macro F1 of the symbols' tiers (a symbol the answer leaves out counts as excluded)."""
+        key = lambda v: (v["path"], v["name"])  # noqa: E731
+        return macro_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
+                        ("primary", "supporting", "excluded"), "excluded")
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PrecisionInput:
         """The symbols of relevant and supporting files, scored by symbol search and names in the task."""

@@ -10,7 +10,18 @@ from pydantic import BaseModel, Field
 from agent import retrieval
 from agent.errors import UnknownSymbol
 from agent.index.query import indexed_files, symbols_in_files
-from agent.stages.base import Decision, Prompt, Reason, RepoPath, Stage, StageContext, budgeted, keep_listed
+from agent.stages.base import (
+    Decision,
+    Prompt,
+    Reason,
+    RepoPath,
+    Stage,
+    StageContext,
+    StageRecipe,
+    budgeted,
+    keep_listed,
+)
+from agent.stages.measures import macro_f1
 from agent.stages.task_analysis import TaskAnalysis
 
 Label = Literal["relevant", "supporting", "irrelevant"]
@@ -72,7 +83,14 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
     name = "scope"
     Input = ScopeInput
     Output = ScopeOutput
+    role = "reasoning"
+    recipe = StageRecipe(rank=16)
     has_rules = True
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """Macro F1 of the files' labels (a file the answer leaves out counts as irrelevant)."""
+        return macro_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
+                        ("relevant", "supporting", "irrelevant"), "irrelevant")
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> ScopeInput:
         """Search hits, the files defining named symbols and their callers, and header/source partners."""

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agent.index.query import defined, indexed_files
-from agent.stages.base import Decision, Prompt, RepoPath, Short, Stage, StageContext, system
+from agent.stages.base import Decision, Prompt, RepoPath, Short, Stage, StageContext, StageRecipe, system
+from agent.stages.measures import f1
 
 Kind = Literal["documentation", "rename", "bug_fix", "feature", "refactor"]
 ROM_PRESERVING: frozenset[str] = frozenset({"documentation", "rename", "refactor"})
@@ -74,6 +75,8 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
     name = "task_analysis"
     Input = TaskInput
     Output = TaskAnalysis
+    role = "reasoning"
+    recipe = StageRecipe(rank=16, max_length=2048)
     has_rules = True
 
     @staticmethod
@@ -118,6 +121,11 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
             "terms, the code identifiers and repository files it names, the subsystems it touches, and whether the "
             "built ROM must stay byte-identical (true for documentation, renames and refactors)."
         )}])
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        """The kind and the ROM rule right, and F1 of the named symbols and of the named files."""
+        return (float(gold["kind"] == predicted["kind"]) + float(gold["keep_rom"] == predicted["keep_rom"])
+                + f1(set(gold["symbols"]), set(predicted["symbols"])) + f1(set(gold["files"]), set(predicted["files"]))) / 4
 
     def decisions(self, inp: TaskInput, out: TaskAnalysis) -> list[Decision]:
         """One row per field: the kind, each named symbol and file."""
