@@ -914,7 +914,7 @@ def adapters_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Registered adapters with their stage, base, rank and status."""
-    from curation.registry import list_adapters
+    from agent.llm.registry import list_adapters
 
     try:
         adapters = list_adapters(home, stage=stage)
@@ -943,7 +943,7 @@ def adapters_add(
     """Copy an adapter's own files into the adapter store as a candidate."""
     from agent.llm.adapters import same_name
     from agent.stages import stage_named
-    from curation.registry import register
+    from agent.llm.registry import register
 
     try:
         cfg = _config(repo, config)
@@ -966,7 +966,7 @@ def adapters_promote(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
     """Make an adapter active for its stage (the previous one is retired) and hot-load it."""
-    from curation.registry import promote
+    from agent.llm.registry import promote
 
     try:
         adapter = promote(home, name, require_evaluation=not force)
@@ -985,7 +985,7 @@ def adapters_rollback(
 ) -> None:
     """Retire a stage's active adapter and bring back the one it replaced."""
     from agent.stages import stage_named
-    from curation.registry import rollback
+    from agent.llm.registry import rollback
 
     try:
         adapter = rollback(home, stage, _config(repo, config).models.role(stage_named(stage).role).base)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.errors import BadAdapter, InvalidInput
 from agent.llm.adapters import locate_base
-from curation.registry import get, require_files
+from agent.llm.registry import get, require_files
 from curation.training import mark_merged
 
 

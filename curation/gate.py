@@ -25,7 +25,7 @@ from agent.store.ledger import LEDGER
 from agent.scratch import scratch_folder
 from agent.validation import validate
 from curation.datasets import Example, family_for, load_examples
-from curation.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
+from agent.llm.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
 
 MIN_GAIN = 0.01
 PLATEAU_ROUNDS = 2

@@ -12,7 +12,7 @@ from agent.errors import CraError, InvalidInput, ModelUnavailable
 from agent.stages import RECIPES, stage_named
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
-from curation.registry import Adapter
+from agent.llm.registry import Adapter
 from curation.rounds import Round, build_round, code_preferences, collect_logged
 from curation.training import MIN_DPO_PAIRS, train_adapter
 

@@ -41,7 +41,7 @@ from agent.stages.base import StageRecipe
 from agent.store import opened
 from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
-from curation.registry import METADATA_FILE, Adapter, list_adapters, register
+from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 
 TECHNIQUES = ("sft", "sft+dpo")
 END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops

@@ -14,7 +14,7 @@ from agent.cli import app
 from agent.config import adapter_store, ledger_path
 from agent.errors import BadAdapter, InvalidInput, UnsafeName
 from agent.llm.adapters import check_adapter, describe_base
-from curation.registry import get, list_adapters, promote, register, require_files
+from agent.llm.registry import get, list_adapters, promote, register, require_files
 
 runner = CliRunner()
 
@@ -92,8 +92,9 @@ def test_register_refuses_bad_names_duplicates_and_stages(tiny_models) -> None:
     base = str(tiny_models.base)
     with pytest.raises(UnsafeName):
         register(None, tiny_models.adapters[0], name="../escape", stage="scope", base_model=base)
-    with pytest.raises(InvalidInput, match="unknown stage"):
-        register(None, tiny_models.adapters[0], name="x", stage="scoping", base_model=base)
+    unknown = runner.invoke(app, ["adapters", "add", str(tiny_models.adapters[0]), "--name", "x", "--stage", "scoping",
+                                  "--base", base])
+    assert unknown.exit_code != 0 and "unknown stage 'scoping'; stages are task_analysis" in unknown.output
     register(None, tiny_models.adapters[0], name="dup", stage="scope", base_model=base)
     with pytest.raises(InvalidInput, match="already registered"):
         register(None, tiny_models.adapters[1], name="dup", stage="scope", base_model=base)

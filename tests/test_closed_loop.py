@@ -20,7 +20,7 @@ from agent.stages import stage_named
 from bootstrap.pairs import bootstrap_repo
 from curation.datasets import load_examples
 from curation.gate import evaluate, gate
-from curation.registry import get, list_adapters
+from agent.llm.registry import get, list_adapters
 from curation.retrain import curate, train_from_round
 from curation.rounds import REPLAY_BOUNDS, build_round
 from tests.fixtures.decomp import DecompRepo

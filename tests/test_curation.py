@@ -16,7 +16,7 @@ from agent.stages import stage_named
 from agent.stages.measures import f1, macro_f1, order_agreement
 from curation.datasets import Example, add_examples
 from curation.rounds import REPLAY_BOUNDS, build_round, code_preferences, load_round, replay_size
-from curation.registry import get, promote, register, rollback
+from agent.llm.registry import get, promote, register, rollback
 
 
 def examples(n: int, start: int = 0, stage: str = "scope", split: str = "train", source: str = "synthetic") -> list[Example]:

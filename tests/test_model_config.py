@@ -14,7 +14,7 @@ from agent.config import load_config
 from agent.errors import ConfigError, UnsafeName
 from agent.llm.resolve import resolve_all
 from agent.stages import STAGE_ROLES
-from curation.registry import promote, register
+from agent.llm.registry import promote, register
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from agent.config import load_config
 from agent.errors import ConfigError
 from agent.llm.serve import plan_serve
 from agent.stages import STAGE_ROLES
-from curation.registry import promote, register
+from agent.llm.registry import promote, register
 
 runner = CliRunner()
 

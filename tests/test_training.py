@@ -18,7 +18,7 @@ from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
 from agent.stages import RECIPES
 from agent.stages.base import LORA_TARGETS
 from curation.datasets import Example, add_examples
-from curation.registry import list_adapters, register
+from agent.llm.registry import list_adapters, register
 from curation.training import (
     METADATA_FILE,
     Progress,

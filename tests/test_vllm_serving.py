@@ -18,7 +18,7 @@ from agent.llm.client import LLM
 from agent.llm.serve import reload, state_file
 from agent.llm.resolve import resolve_all
 from agent.stages import STAGE_ROLES
-from curation.registry import promote
+from agent.llm.registry import promote
 from tests.fixtures.served import Served, cra, needs_vllm
 
 pytestmark = needs_vllm

@@ -11,7 +11,7 @@ from agent.errors import ConfigError
 from agent.llm.adapters import BaseModel, describe_base
 from agent.llm.names import check_name
 from agent.llm.roles import ROLES, Role, Routing
-from curation.registry import Adapter, active_adapters, list_adapters
+from agent.llm.registry import Adapter, active_adapters, list_adapters
 
 Source = Literal["override", "adapter", "role-default", "base"]
 

@@ -13,7 +13,6 @@ from agent.config import adapter_store, ledger_path
 from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
 from agent.llm.adapters import describe_base, read_adapter, same_name
 from agent.llm.names import check_name
-from agent.stages import stage_named
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 
@@ -66,7 +65,6 @@ def register(
     check_name(name, what="adapter name")
     if "/" in name:
         raise UnsafeName(f"adapter name {name!r} has a '/'; an adapter name is one word (as in scope-r3)")
-    stage_named(stage)  # an unknown stage is an error
     _refuse_links(source)
     files = read_adapter(source)
     if base_model is None:
