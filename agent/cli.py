@@ -1092,7 +1092,7 @@ def retrain(
 
             from curation.retrain import retrain as run_cycle
 
-            report = asdict(run_cycle(home, _config(repo, config), stages=stage, steps=steps))
+            report = asdict(run_cycle(home, _config(repo, config), stages=stage, max_steps=steps))
     except CraError as exc:
         _fail(exc)
     out.print(f"round {report['round']} (snapshot {report['snapshot']}); collected {report['collected']}")

@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
 from agent.scratch import scratch_folder
 from agent.stages.task_analysis import ROM_PRESERVING
+from agent.steps import DIRECT, Steps
 from agent.store import opened, transaction, utc_now
 from agent.store.ledger import LEDGER
 from agent.validation import validate
@@ -314,12 +314,19 @@ def tally(results: Iterable[dict]) -> TeacherReport:
     return report
 
 
-def label_plans(home: str | Path | None, teacher: Teacher, repo: Path, *, on_progress: Progress = lambda _: None) -> TeacherReport:
-    """Label every pending plan pair of `repo`, `concurrency` at a time; failures are left for the next run."""
+def teach_plan(home: str | Path | None, config: Config, repo: Path, row: tuple[str, str, str]) -> dict:
+    """Label one plan pair, with a teacher of its own (a step: threads and Dask workers share none)."""
+    return label_plan(home, Teacher(config, home), repo, row)
+
+
+def label_plans(home: str | Path | None, config: Config, repo: Path, *, on_progress: Progress = lambda _: None,
+                steps: Steps = DIRECT) -> TeacherReport:
+    """Have the configured teacher label every pending plan pair of `repo`, `concurrency` at a time; failures are
+    left for the next run."""
+    Teacher(config, home)  # no teacher configured: say so before anything is asked
     rows = pending_plans(home, repo)
     on_progress(f"teacher: {len(rows)} plan pairs")
-    with ThreadPoolExecutor(teacher.settings.concurrency) as pool:
-        return tally(pool.map(lambda row: label_plan(home, teacher, repo, row), rows))
+    return tally(steps.each("teach", teach_plan, [(home, config, repo, row) for row in rows], config.teacher.concurrency))
 
 
 @dataclass
@@ -345,17 +352,38 @@ def newest(commits: Sequence[MinedCommit], last: int | None, done: Sequence[date
     return [ordered[i] for _, pending, i in merged[len(merged) - last:] if pending] if last > 0 else []
 
 
+def derive_part(repo: Path, commits: Sequence[MinedCommit], config: Config, home: str | Path | None,
+                held_out: Sequence[str], use_teacher: bool, on_progress: Progress = lambda _: None) -> DeriveReport:
+    """Derive and store one slice of history's pairs, in a worktree of its own (a step of `bootstrap_repo`)."""
+    teacher = Teacher(config, home) if use_teacher else None
+    return derive_commits(repo, commits, config=config, home=home, teacher=teacher, held_out=held_out,
+                          on_progress=on_progress)
+
+
+def mine_new(repo: Path, exclude: Sequence[str], on_progress: Progress = lambda _: None) -> MiningReport:
+    """Mine the history for the commits not in `exclude` (a step of `bootstrap_repo`)."""
+    return mine(repo, exclude=set(exclude), on_progress=on_progress)
+
+
 def bootstrap_repo(
     repo: Path, *, config: Config, home: str | Path | None = None, use_teacher: bool = False, last: int | None = None,
-    eval_share: float = EVAL_SHARE, on_progress: Progress = lambda _: None,
+    eval_share: float = EVAL_SHARE, partitions: int = 1, on_progress: Progress = lambda _: None,
+    steps: Steps = DIRECT,
 ) -> BootstrapReport:
-    """Mine the commits not done before, derive and store their pairs, and (optionally) have the teacher label them."""
+    """Mine the commits not done before, derive and store their pairs (in `partitions` slices of history, each its
+    own step), and (optionally) have the teacher label them; `steps` runs each step, directly or as Prefect tasks."""
     top = git_repo.require_repo(repo)
-    teacher = Teacher(config, home) if use_teacher else None
+    if use_teacher:
+        Teacher(config, home)  # no teacher configured: say so before the history is mined
     started = time.perf_counter()
-    mined = mine(top, exclude=done_commits(home, top), on_progress=on_progress)
+    mined = steps.one("mine", mine_new, top, sorted(done_commits(home, top)), on_progress)
     mining_s = time.perf_counter() - started
     chosen, held = select_commits(home, top, mined, last, eval_share)
-    derived = derive_commits(top, chosen, config=config, home=home, teacher=teacher, held_out=held, on_progress=on_progress)
-    labelled = label_plans(home, teacher, top, on_progress=on_progress) if teacher else None
+    size = max(1, -(-len(chosen) // max(1, partitions)))
+    parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
+    derived = DeriveReport()
+    for report in steps.each("derive", derive_part, [(top, part, config, home, sorted(held), use_teacher, on_progress)
+                                                      for part in parts], len(parts)):
+        derived.absorb(report)
+    labelled = label_plans(home, config, top, on_progress=on_progress, steps=steps) if use_teacher else None
     return BootstrapReport(str(top), mined.seen, len(mined.commits), dict(mined.dropped), derived, labelled, mining_s)

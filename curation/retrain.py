@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
 
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, ModelUnavailable
 from agent.stages import RECIPES, stage_named
+from agent.steps import DIRECT, Steps
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
 from agent.llm.registry import Adapter
@@ -17,8 +17,6 @@ from curation.rounds import Round, build_round, code_preferences, collect_logged
 from curation.training import MIN_DPO_PAIRS, train_adapter
 
 Progress = Callable[[str], None]
-T = TypeVar("T")
-StepRunner = Callable[..., Any]  # (name, step, *args) -> what step(*args) returns: directly or as a Prefect task
 
 
 @dataclass
@@ -97,24 +95,16 @@ def curate(home: str | Path | None, config: Config, seed: int = 0) -> tuple[Roun
         return None, collected
 
 
-def run_directly(name: str, step: Callable[..., T], *args: Any) -> T:
-    """Run one step of a cycle in this process (`cra retrain --no-prefect`)."""
-    return step(*args)
-
-
-def retrain(home: str | Path | None, config: Config, *, stages: list[str] | None = None, steps: int | None = None,
-            seed: int = 0, on_progress: Progress = lambda _: None, run_step: StepRunner = run_directly) -> RetrainReport:
-    """Collect logged runs, build the next round, and train and gate each stage that has something new.
-
-    `run_step(name, step, *args)` runs each step: directly, or as a Prefect task (flows/retrain.py); the cycle is
-    the same either way.
-    """
-    built, collected = run_step("curate", curate, home, config, seed)
+def retrain(home: str | Path | None, config: Config, *, stages: list[str] | None = None, max_steps: int | None = None,
+            seed: int = 0, on_progress: Progress = lambda _: None, steps: Steps = DIRECT) -> RetrainReport:
+    """Collect logged runs, build the next round, and train and gate each stage that has something new; `steps`
+    runs each step (directly, or as Prefect tasks in flows/retrain.py)."""
+    built, collected = steps.one("curate", curate, home, config, seed)
     if built is None:
         return RetrainReport(None, None, collected, [StageOutcome(s, reason="nothing new since the last round")
                                                      for s in (stages or RECIPES)])
     outcomes = []
     for stage in stages or list(RECIPES):
         on_progress(f"round {built.number}: {stage}")
-        outcomes.append(run_step(f"train-and-gate-{stage}", train_stage_from_round, home, config, built, stage, steps))
+        outcomes.append(steps.one(f"train-and-gate-{stage}", train_stage_from_round, home, config, built, stage, max_steps))
     return RetrainReport(built.number, built.snapshot_hash, collected, outcomes)

@@ -3,24 +3,15 @@ a table artifact."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from agent.config import load_config
 from curation.retrain import retrain
-
-T = TypeVar("T")
-
-
-def as_task(name: str, step: Callable[..., T], *args: Any) -> T:
-    """Run one step of the cycle as a Prefect task named `name`."""
-    return task(step, name=name, task_run_name=name, cache_policy=NO_CACHE)(*args)
+from flows.steps import PrefectSteps
 
 
 @flow(name="cra-curate-retrain")
@@ -28,7 +19,7 @@ def curate_retrain(repo: str | None = None, home: str | None = None, config_file
                    stages: list[str] | None = None, steps: int | None = None) -> dict:
     """Curate the next round and retrain every stage with something new; decisions are a table artifact."""
     config = load_config(Path(repo) if repo else None, path=Path(config_file) if config_file else None)
-    report = retrain(home, config, stages=stages, steps=steps, run_step=as_task)
+    report = retrain(home, config, stages=stages, max_steps=steps, steps=PrefectSteps())
     create_table_artifact(key="cra-curate-retrain", description=f"round {report.round}: adapters trained and gated",
                           table=[{"stage": o.stage, "adapter": o.adapter or "", "promoted": o.promoted, "reason": o.reason}
                                  for o in report.stages])

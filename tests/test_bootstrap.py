@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.config import ledger_path, load_config
 from bootstrap.pairs import SCRATCH_PREFIX, bootstrap_repo, label_plans
-from bootstrap.teacher import Teacher
 from curation.datasets import load_examples, summary
 from tests.fixtures.decomp import DecompRepo
 from tests.fixtures.mining import make_small_repo
@@ -104,7 +103,7 @@ def test_a_teacher_that_is_down_leaves_every_pair_unlabelled(decomp_template: De
     config = load_config(tmp_path)
     bootstrap_repo(decomp_template.path, config=config, last=3)
     pending = len(load_examples(None, stage="plan"))
-    report = label_plans(None, Teacher(config), decomp_template.path)
+    report = label_plans(None, config, decomp_template.path)
     assert pending > 0 and report.labelled == 0 and report.failed == {"ModelUnavailable": pending}
     assert all(e.output for e in load_examples(None, stage="plan"))
     con = duckdb.connect(str(ledger_path()), read_only=True)

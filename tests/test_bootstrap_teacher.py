@@ -28,7 +28,7 @@ price_out_per_mtok = 0.60
     home = tmp_path / "home"
     bootstrap_repo(decomp_template.path, config=config, home=home, last=4)
     pending = len(pending_plans(home, decomp_template.path))
-    first = label_plans(home, Teacher(config, home), decomp_template.path)
+    first = label_plans(home, config, decomp_template.path)
     assert pending > 0 and first.labelled + sum(first.failed.values()) == pending
     con = duckdb.connect(str(ledger_path(home)), read_only=True)
     calls = con.execute("SELECT count(*), count(DISTINCT stage) FROM llm_calls WHERE stage = 'teacher:plan'").fetchone()
@@ -41,7 +41,7 @@ price_out_per_mtok = 0.60
     assert all(model == "tiny" and tokens > 0 and cost > 0 for model, tokens, cost in labelled)
     assert abs(first.cost_usd - sum(c for _, _, c in labelled)) < 1e-9
     # a second pass asks only for what failed; nothing labelled is asked again or stored twice
-    second = label_plans(home, Teacher(config, home), decomp_template.path)
+    second = label_plans(home, config, decomp_template.path)
     assert second.labelled + sum(second.failed.values()) == pending - first.labelled
 
 
