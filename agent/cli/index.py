@@ -1,0 +1,129 @@
+"""`cra index`, `cra search`, `cra symbol`: build the index and look things up in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from agent.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    RepoOpt,
+    _emit_json,
+    _table,
+    err,
+    one_line_errors,
+    out,
+)
+
+if TYPE_CHECKING:
+    from agent.index.build import IndexReport
+
+
+@one_line_errors
+def index(
+    path: Annotated[Path, typer.Argument(help="The decomp checkout to index.")] = Path("."),
+    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip embeddings: a fast, text-and-graph-only index.")] = False,
+    embedder: Annotated[str | None, typer.Option(help="Embedder: 'minilm' (default, offline) or a sentence-transformers name/path.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Rebuild from scratch instead of updating incrementally.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another indexer of the same project.")] = 60.0,
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Index a checkout (incrementally when an index exists); never writes into the checkout."""
+    from agent.index.build import index_repo
+
+    with err.status("indexing…") as status:
+        report = index_repo(path, home=home, embed=not no_embed, embedder=embedder, full=full, wait_s=wait,
+                            on_progress=lambda msg: status.update(msg))
+    if as_json:
+        out.print_json(json.dumps(_report_dict(report)))
+        return
+    kind = "full build" if report.full else ("incremental update" if report.changed else "up to date")
+    out.print(f"[bold]{escape(str(report.repo))}[/] @ {report.commit[:10]}: {kind} in {report.timings.get('total', 0):.2f} s")
+    table = Table(show_header=False, box=None)
+    for label, value in (
+        ("files considered", report.files_seen), ("parsed", report.parsed), ("removed", report.removed),
+        ("skipped", report.skipped), ("symbols in index", report.symbols), ("embedded", report.embedded),
+        ("C files with ERROR nodes", f"{report.c_files_with_errors}/{report.c_files}"
+         f" (plain tree-sitter-c: {report.raw_c_files_with_errors})" if report.c_files else "-"),
+        ("uncommitted files indexed", len(report.dirty)),
+    ):
+        table.add_row(label, str(value))
+    out.print(table)
+
+
+def _report_dict(report: IndexReport) -> dict:
+    """The index report as JSON-ready data."""
+    data = dict(vars(report))
+    data["repo"] = str(report.repo)
+    return data
+
+
+@one_line_errors
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words or identifiers.")],
+    repo: RepoOpt = Path("."),
+    k: Annotated[int, typer.Option("-k", help="Results per list.")] = 10,
+    kind: Annotated[list[str] | None, typer.Option(help="Only symbols of this kind (repeatable).")] = None,
+    path: Annotated[str | None, typer.Option(help="Only files under this path prefix.")] = None,
+    module: Annotated[str | None, typer.Option(help="Only files in this directory.")] = None,
+    ranker: Annotated[str, typer.Option(help="hybrid (default) or bm25.")] = "hybrid",
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Hybrid search of files and symbols, with scores and why."""
+    from agent import retrieval
+
+    results = retrieval.search(repo, query, home=home, k=k, ranker=ranker, kinds=kind, path=path, module=module)
+    if as_json:
+        _emit_json(results.as_dict())
+        return
+    files = _table(("#", "file", "score", "why"), title=escape(f"files for {query!r}"))
+    for i, hit in enumerate(results.files, 1):
+        files.add_row(str(i), escape(hit.path), f"{hit.score:.3f}", _why(hit.why))
+    out.print(files)
+    syms = _table(("#", "symbol", "kind", "where", "score", "why"), title="symbols")
+    for i, hit in enumerate(results.symbols, 1):
+        syms.add_row(str(i), escape(hit.name), hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
+    out.print(syms)
+    out.print(f"[dim]{results.elapsed_ms:.1f} ms[/]")
+
+
+def _why(why: dict[str, float]) -> str:
+    """A hit's signals, strongest first, without the zeros."""
+    return ", ".join(f"{name} {value:.2f}" for name, value in sorted(why.items(), key=lambda kv: -kv[1]) if value > 0)
+
+
+@one_line_errors
+def symbol(
+    name: Annotated[str, typer.Argument(help="A function, macro, type or data name.")],
+    repo: RepoOpt = Path("."),
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Definition, prototype, callers and callees of a symbol."""
+    from agent import retrieval
+
+    infos = retrieval.lookup_symbol(repo, name, home=home)
+    if as_json:
+        _emit_json([i.as_dict() for i in infos])
+        return
+    for info in infos:
+        out.print(f"[bold]{escape(info.name)}[/] ({info.kind}{', static' if info.is_static else ''}) "
+                  f"{escape(info.path)}:{info.start_line}-{info.end_line}")
+        if info.signature:
+            out.print(f"  [cyan]{escape(info.signature)}[/]")
+        for decl in info.declarations:
+            out.print(f"  declared at {escape(decl)}")
+        for label, rows in (("callers", info.callers), ("callees", info.callees)):
+            table = _table(("name", "kind", "reference", "at"), title=f"{label} ({len(rows)})", title_justify="left")
+            for row in rows:
+                table.add_row(escape(row["name"] or row["id"]), row["kind"], row["ref_kind"],
+                              escape(f"{row['site_path']}:{row['site_line']}"))
+            out.print(table)
