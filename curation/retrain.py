@@ -13,7 +13,7 @@ from agent.steps import DIRECT, Steps
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
 from agent.llm.registry import Adapter
-from curation.rounds import Round, build_round, code_preferences, collect_logged
+from curation.rounds import NothingNew, Round, build_round, code_preferences, collect_logged
 from curation.training import MIN_DPO_PAIRS, train_adapter
 
 Progress = Callable[[str], None]
@@ -91,7 +91,7 @@ def curate(home: str | Path | None, config: Config, seed: int = 0) -> tuple[Roun
     collected = {"logged_examples": sft, "logged_pairs": dpo, "code_pairs": code_preferences(home)}
     try:
         return build_round(home, seed=seed), collected
-    except InvalidInput:
+    except NothingNew:
         return None, collected
 
 

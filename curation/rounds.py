@@ -27,6 +27,13 @@ SELF_GENERATED_LAST = "plan"  # the plan stage trains on the agent's own runs on
 EARLY_STAGES = ("task_analysis", "scope", "precision")
 
 
+class NothingNew(InvalidInput):
+    """No stage has an example or preference pair that no round has used yet."""
+
+    def __init__(self) -> None:
+        super().__init__("nothing new to train on since the last round: bootstrap more history or log more runs")
+
+
 @dataclass
 class StageMix:
     """One stage's training mix in a round."""
@@ -198,7 +205,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
             if mix.new or mix.dpo:
                 mixes[(stage, family)] = mix
         if not mixes:
-            raise InvalidInput("nothing new to train on since the last round: bootstrap more history or log more runs")
+            raise NothingNew()
         rows = [(number, stage, family, kind, i) for (stage, family), mix in mixes.items()
                 for kind, ids in (("new", mix.new), ("replay", mix.replay), ("dpo", mix.dpo)) for i in ids]
         snapshot = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]

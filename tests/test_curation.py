@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
-from agent.stages import stage_named
+from agent.stages import RECIPES, stage_named
 from agent.stages.measures import f1, macro_f1, order_agreement
 from curation.datasets import Example, add_examples
 from curation.rounds import REPLAY_BOUNDS, build_round, code_preferences, load_round, replay_size
@@ -177,3 +177,20 @@ def test_training_a_stage_whose_examples_are_for_another_family_names_the_famili
     with pytest.raises(InvalidInput, match=r"nothing new for scope in the qwen3 family .*Qwen/Qwen3-4B.*it has scope "
                                            r"examples for gemma3 \(12 new\)"):
         train_from_round(None, config, built, "scope")
+
+
+def test_the_flow_and_the_cli_run_one_cycle_and_report_alike(prefect_api, tmp_path: Path) -> None:
+    # Nothing logged, nothing bootstrapped: both say so for every stage (the flow used to report no stage at all).
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+    from agent.config import load_config
+    from curation.retrain import retrain
+    from flows.retrain import curate_retrain
+
+    direct = retrain(None, load_config(tmp_path))
+    flowed = curate_retrain(str(tmp_path))
+    assert [s["stage"] for s in flowed["stages"]] == [s.stage for s in direct.stages] == list(RECIPES)
+    assert {s["reason"] for s in flowed["stages"]} == {s.reason for s in direct.stages} == {"nothing new since the last round"}
+    shown = CliRunner().invoke(app, ["curate", "--repo", str(tmp_path)])
+    assert shown.exit_code == 2 and "collected 0 new examples" in shown.output and "nothing new to train on" in shown.output

@@ -85,12 +85,14 @@ def bootstrap(
 def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = None,
            seed: Annotated[int, typer.Option(help="Seed of the replay sample.")] = 0) -> None:
     """Build the next training round from logged runs and bootstrapped pairs, and print what it holds."""
-    from curation.rounds import build_round, code_preferences, collect_logged
+    from curation.retrain import curate as next_round
+    from curation.rounds import NothingNew
 
-    sft, dpo = collect_logged(home, _config(repo, config))
-    code = code_preferences(home)
-    built = build_round(home, seed=seed)
-    out.print(f"collected {sft} new examples and {dpo} preference pairs from logged runs, {code} code preference pairs")
+    built, collected = next_round(home, _config(repo, config), seed)
+    out.print(f"collected {collected['logged_examples']} new examples and {collected['logged_pairs']} preference pairs "
+              f"from logged runs, {collected['code_pairs']} code preference pairs")
+    if built is None:
+        raise NothingNew()
     table = _table(("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool"),
                    title=f"round {built.number} (snapshot {built.snapshot_hash})")
     for (stage, family), mix in built.mixes.items():
