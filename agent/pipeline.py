@@ -23,6 +23,7 @@ from agent.llm.client import LLM
 from agent.llm.resolve import resolve_all
 from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES, STAGE_ROLES
 from agent.stages.base import Stage, StageContext, StageResult
+from agent.steps import DIRECT, Steps
 from agent.validation import ValidationResult, validate
 
 MAX_TASK_CHARS = 4000
@@ -233,17 +234,25 @@ class TaskRun:
                         error=f"{type(exc).__name__}: {exc}")
 
 
-def drive(run: TaskRun) -> RunOutcome:
-    """Take a run start to finish in this process (the Prefect flow does the same, one task per stage)."""
+def drive(run: TaskRun, *, steps: Steps = DIRECT,
+          publish: Callable[[Stage, StageResult], None] = lambda stage, result: None) -> RunOutcome:
+    """Take a run start to finish: each stage, then validation, a step (`steps`: directly, or a Prefect task each
+    in flows/run.py); `publish` sees each stage's result inside its step."""
+
+    def stage_step(stage: Stage) -> StageResult:
+        result = run.run_stage(stage)
+        publish(stage, result)
+        return result
+
     run.prepare()
     try:
         for stage in run.plan:
             run.say(f"{stage.name}…")
             try:
-                run.run_stage(stage)
+                steps.one(stage.name, stage_step, stage)
             except InvalidModelOutput:
                 return run.finish()  # a model that cannot answer fails the run; the log has why
-        return run.finish(run.validate())
+        return run.finish(steps.one("validation", run.validate) if run.edits else None)
     except BaseException as exc:
         run.fail(exc)
         raise

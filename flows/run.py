@@ -4,17 +4,17 @@ same run as a deployment started from the Prefect UI."""
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from agent.config import load_config
-from agent.errors import InvalidModelOutput
-from agent.pipeline import RunOptions, RunOutcome, TaskRun
+from agent.pipeline import RunOptions, RunOutcome, TaskRun, drive
 from agent.stages.base import Decision, Stage, StageResult
 from agent.validation import ValidationResult
+from flows.steps import PrefectSteps
 
 MAX_ROWS = 60
 NAMED_PER_DECISION = 3  # a decision taken for this many candidates or fewer names them in the summary
@@ -60,38 +60,11 @@ def publish_outcome(run: TaskRun, outcome: RunOutcome) -> None:
     )
 
 
-@task(cache_policy=NO_CACHE, task_run_name="{stage_name}")
-def stage_task(run: TaskRun, stage: Stage, stage_name: str) -> StageResult:
-    """Run one stage and publish what it decided."""
-    result = run.run_stage(stage)
-    publish_stage(run, stage, result)
-    return result
-
-
-@task(cache_policy=NO_CACHE, task_run_name="validation")
-def validation_task(run: TaskRun) -> ValidationResult | None:
-    """Parse, build and match checks on the run's worktree."""
-    return run.validate()
-
-
 @flow(name="cra-run", flow_run_name="{run_name}", validate_parameters=False)
 def run_flow(run: TaskRun, run_name: str) -> RunOutcome:
-    """The staged agent on one task: each stage a task, every decision an artifact."""
-    run.prepare()
-    try:
-        for stage in run.plan:
-            run.say(f"{stage.name}…")
-            try:
-                stage_task(run, stage, stage.name)
-            except InvalidModelOutput:
-                break  # the stage's task run shows the failure; the run ends as failed
-        if run.failed_stage:
-            outcome = run.finish()
-        else:
-            outcome = run.finish(validation_task(run) if run.edits else None)
-    except BaseException as exc:
-        run.fail(exc)
-        raise
+    """The staged agent on one task (`drive`): each stage a task publishing its decisions, every decision an
+    artifact, then validation and the outcome."""
+    outcome = drive(run, steps=PrefectSteps(), publish=partial(publish_stage, run))
     publish_outcome(run, outcome)
     return outcome
 
