@@ -133,3 +133,9 @@ class WrongModelFamily(TrainingRefused):
 
 class MergedBaseModel(TrainingRefused):
     """The base folder holds a merged (base + adapter) model; adapters are trained on the frozen base only."""
+
+
+class MissingExtra(CraError):
+    """A command needs an optional part of cra that is not installed (training, or the Prefect flows)."""
+
+    exit_code = 69  # EX_UNAVAILABLE

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from agent.errors import BadAdapter, InvalidInput
+from agent.extras import require
 from agent.llm.adapters import locate_base
 from agent.llm.registry import get, require_files
 from curation.training import mark_merged
@@ -18,6 +19,7 @@ from curation.training import mark_merged
 
 def export_adapter(home: str | Path | None, name: str, out: Path) -> Path:
     """Merge adapter `name` into its base and write the model, tokenizer and a Modelfile to `out` (written aside, then renamed)."""
+    require("train", "merging an adapter for export")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -34,6 +34,7 @@ from agent.errors import (
     TrainingRefused,
     WrongModelFamily,
 )
+from agent.extras import require
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
 from agent.llm.names import check_name
 from agent.stages import RECIPES, stage_named
@@ -264,6 +265,7 @@ def train_adapter(
 ) -> Adapter:
     """Train `stage`'s adapter on the frozen `base` and register it as a candidate named `name`."""
     stage_named(stage)  # an unknown stage is an error
+    require("train", f"training the {stage} adapter")
     check_name(name, what="adapter name")
     recipe = recipe or RECIPES[stage]
     if recipe.rank not in VLLM_RANKS:

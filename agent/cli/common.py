@@ -94,8 +94,10 @@ def _prefect_defaults() -> None:
     """Quiet, patient Prefect defaults unless the user set their own, and a watcher that ends an ephemeral server with us."""
     import os
 
+    from agent.extras import require
     from agent.lifeline import watch_children
 
+    require("flows", "running as a Prefect flow")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

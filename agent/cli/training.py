@@ -36,9 +36,11 @@ def train(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
     """Train a stage's adapter from the frozen base on a round's mix; it is registered as a candidate."""
+    from agent.extras import require
     from curation.retrain import train_from_round
     from curation.rounds import load_round
 
+    require("train", "cra train")
     built = load_round(home, round_number)
     with err.status(f"training {stage} on round {built.number}…"):
         adapter = train_from_round(home, _config(repo, config), built, stage, steps=steps)
@@ -55,6 +57,9 @@ def retrain(
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as the Prefect flow cra-curate-retrain.")] = True,
 ) -> None:
     """One curate-and-retrain cycle: the next round, then train and gate every stage with something new."""
+    from agent.extras import require
+
+    require("train", "cra retrain")
     if prefect:
         _prefect_defaults()
         from flows.retrain import curate_retrain

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from agent.errors import InvalidInput
+from agent.extras import require
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -102,6 +103,7 @@ def build_tiny_model(out: Path, *, vocab_size: int = 2048, seed: int = 0) -> Pat
 
 def random_adapter(base: Path, out: Path, *, seed: int, rank: int = 8, scale: float = 3.0) -> Path:
     """A LoRA adapter with random (untrained) weights on `base`: it answers visibly differently, for tests and demos."""
+    require("train", "a random LoRA adapter")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
