@@ -51,7 +51,7 @@ class BuildEnvironment:
     def of(cls, repo: Path, settings: ValidationSettings, home: str | Path | None = None) -> BuildEnvironment:
         """The build environment of the checkout at `repo`, its trees in the project's cra folder."""
         repo = git_repo.require_repo(repo)
-        return cls(repo=repo, settings=settings, trees=project_paths(repo, home).root / "builds")
+        return cls(repo=repo, settings=settings, trees=project_paths(repo, home).builds)
 
     def command(self, keep_rom: bool) -> list[str]:
         """One invocation: build and compare for a ROM-preserving task, build only for the others."""

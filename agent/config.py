@@ -55,6 +55,11 @@ class ProjectPaths:
         return self.root.parent.parent / "models"
 
     @property
+    def builds(self) -> Path:
+        """The trees built for validation, one per base commit."""
+        return self.root / "builds"
+
+    @property
     def index_lock(self) -> Path:
         """The lock file held while the index is written."""
         return self.root / "index.lock"

@@ -21,6 +21,7 @@ from agent.index.build import index_repo, open_index
 from agent.llm.budget import PromptBudget, budget_for
 from agent.llm.client import LLM
 from agent.llm.resolve import resolve_all
+from agent.project import Project
 from agent.stages import PIPELINE, RETRIEVAL_STAGES, STAGE_NAMES, STAGE_ROLES
 from agent.stages.base import Stage, StageContext, StageResult
 from agent.steps import DIRECT, Steps
@@ -119,12 +120,13 @@ class TaskRun:
                        options=vars(self.options))
         try:
             self._refresh_index()
+            project = Project.open(self.repo, self.home)
             dirty = workspace.dirty_paths(self.repo)
             if dirty and not self.options.include_dirty:
                 self.notes.append(f"the run starts from HEAD {self.base_commit[:10]}; {len(dirty)} uncommitted file(s) are "
                                   "not included (use --include-dirty to start from the working state)")
             if self.edits:
-                self.builds = BuildEnvironment.of(self.repo, self.config.validation, self.home)
+                self.builds = project.builds(self.config.validation)
                 self.builds.carried()  # a missing build tool stops the run before any model is asked
                 self.ws = workspace.create_workspace(self.repo, self.run_id, home=self.home,
                                                      include_dirty=self.options.include_dirty)
@@ -133,7 +135,7 @@ class TaskRun:
         except BaseException as exc:
             self.fail(exc)
             raise
-        self.ctx = StageContext(task=self.task, repo=self.repo, home=self.home, llm=llm,
+        self.ctx = StageContext(task=self.task, project=project, llm=llm,
                                 worktree=self.ws.path if self.ws else None, run_id=self.run_id,
                                 budgets=self._budgets() if self.needs_model else {})
         self.timings["prepare"] = time.perf_counter() - started

@@ -308,25 +308,21 @@ def _store_stamp(paths: ProjectPaths) -> tuple:
     return tuple(stamps)
 
 
-def searcher(repo: Path, home: Path | str | None = None) -> Searcher:
-    """A warm searcher for `repo`, reused until the index changes on disk."""
-    from agent import repo as git_repo
-    from agent.config import project_paths
-
-    paths = project_paths(git_repo.require_repo(repo), home)
+def searcher(paths: ProjectPaths, state: IndexState) -> Searcher:
+    """A warm searcher for the project at `paths`, reused until its index changes on disk."""
     stamp = _store_stamp(paths)
     cached = _SEARCHERS.get(paths.root)
     if cached and cached[0] == stamp:
         return cached[1]
-    paths, state = open_index(repo, home)
     warm = Searcher(paths, state)
     _SEARCHERS[paths.root] = (stamp, warm)
     return warm
 
 
 def search(repo: Path, query: str, *, home: Path | str | None = None, **options) -> SearchResults:
-    """Search the index of `repo`; see Searcher.search for the options."""
-    return searcher(repo, home).search(query, **options)
+    """Search the index of `repo` (a `Project`'s search, for callers with only a path); see Searcher.search."""
+    paths, state = open_index(repo, home)
+    return searcher(paths, state).search(query, **options)
 
 
 @dataclass
@@ -351,8 +347,13 @@ class SymbolInfo:
 
 
 def lookup_symbol(repo: Path, name: str, *, home: Path | str | None = None) -> list[SymbolInfo]:
-    """Every definition named `name` (several for pret's reused static names), with its graph neighbours."""
+    """Every definition named `name` (a `Project`'s lookup, for callers with only a path)."""
     paths, _state = open_index(repo, home)
+    return symbol_info(paths, name)
+
+
+def symbol_info(paths: ProjectPaths, name: str) -> list[SymbolInfo]:
+    """Every definition named `name` (several for pret's reused static names), with its graph neighbours."""
     with store.opened(paths.store, read_only=True) as con:
         rows = con.execute(
             "SELECT id, name, kind, path, start_line, end_line, signature, is_static FROM symbols"

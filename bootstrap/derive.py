@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from agent import repo as git_repo
 from agent.edits import Edit, EditError, apply_edits
-from agent.index.query import symbols_in_files
+from agent.project import Project
 from agent.stages import PIPELINE
 from agent.stages.base import StageContext
 from agent.stages.code import MAX_EDITS, CodeEdits, EditBlock, Excerpt
@@ -139,10 +139,10 @@ def kind_of(description: str, hunks: list[Hunk]) -> str:
     return stated
 
 
-def label_commit(repo: Path, home: str | Path, files: list[str], hunks: list[Hunk]) -> CommitLabels:
+def label_commit(project: Project, files: list[str], hunks: list[Hunk]) -> CommitLabels:
     """Modified symbols (whose spans the hunks touch) are primary; symbols they call or name are supporting."""
     labels = CommitLabels(files=files, hunks=hunks)
-    symbols = symbols_in_files(repo, files, home=home)
+    symbols = project.symbols_in_files(files)
     by_file: dict[str, list] = {}
     for sym in symbols:
         by_file.setdefault(sym.path, []).append(sym)
@@ -241,9 +241,10 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
     facts = {"files": len(files), "code_files": len(code_files), "hunks": len(hunks), "code_exact": False}
     if not hunks:
         return [], {**facts, "skipped": "no existing code file changed"}
-    ctx = StageContext(task=description, repo=worktree, home=home, llm=None, worktree=worktree)
+    project = Project.open(worktree, home)
+    ctx = StageContext(task=description, project=project, llm=None, worktree=worktree)
     stages = {s.name: s for s in PIPELINE}
-    labels = label_commit(worktree, home, code_files, hunks)
+    labels = label_commit(project, code_files, hunks)
     kind = kind_of(description, hunks)
     rules = stages["task_analysis"].rules(ctx, stages["task_analysis"].build_input(ctx, {}))
     analysis = TaskAnalysis(

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from agent import retrieval
 from agent.cli import app
 from agent.index.build import index_repo
+from agent.project import Project
 from agent.retrieval import file_name_scores, name_words, query_identifiers
 from tests.fixtures.decomp import DecompRepo
 
@@ -139,7 +140,7 @@ def _contains(root: Path, rel: str, text: str) -> bool:
 
 
 def test_hybrid_search_uses_identifiers_file_names_and_recent_work(indexed) -> None:
-    searcher = retrieval.searcher(indexed.repo, indexed.home)
+    searcher = Project.open(indexed.repo, indexed.home).searcher()
     langs = ["c", "h"]
 
     res = searcher.search("Use ANIM_TAG_BONE consistently", k=50, langs=langs)

@@ -104,7 +104,7 @@ def _index_command(repo: Path, home: str, *, embed: bool) -> dict:
 
 def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIES, repeats: int = 5) -> dict:
     """Full index without and with embeddings, one-file incremental updates, and warm search latency."""
-    from agent.retrieval import searcher
+    from agent.project import Project
 
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="cra-bench-home-") as home_plain, tempfile.TemporaryDirectory(
@@ -116,7 +116,7 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
         embedded = _index_command(repo, home_embed, embed=True)
         figures["full_embed"] = {k: embedded[k] for k in ("seconds", "peak_rss_mib", "timings", "embedded")}
 
-        warm = searcher(repo, home_embed)
+        warm = Project.open(repo, home_embed).searcher()
         latencies = []
         for query in queries:
             warm.search(query)  # first call warms caches for this query shape

@@ -1,4 +1,5 @@
-"""Read-only questions the agent's stages ask the index: symbols of files, names that exist, file lists."""
+"""Read-only questions the agent's stages ask the index (through `agent.project.Project`): symbols of files, names
+that exist, file lists. Each takes the project's store."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import store
-from agent.index.build import open_index
 
 AGENT_KINDS = ("function", "global", "macro_function", "macro", "struct", "union", "enum", "typedef")
 
@@ -30,13 +30,11 @@ def _in(values: Iterable[str]) -> tuple[str, list[str]]:
     return ", ".join("?" * len(values)) or "NULL", values
 
 
-def symbols_in_files(repo: Path, paths: Iterable[str], *, home: str | Path | None = None,
-                     kinds: Iterable[str] = AGENT_KINDS) -> list[IndexedSymbol]:
+def symbols_in_files(db: Path, paths: Iterable[str], kinds: Iterable[str] = AGENT_KINDS) -> list[IndexedSymbol]:
     """Symbols defined in `paths`, most central (PageRank) first."""
-    project, _ = open_index(repo, home)
     marks, files = _in(paths)
     kind_marks, kind_list = _in(kinds)
-    with store.opened(project.store, read_only=True) as con:
+    with store.opened(db, read_only=True) as con:
         rows = con.execute(
             f"SELECT s.name, s.kind, s.path, s.start_line, s.end_line, coalesce(s.signature, ''), coalesce(m.pagerank, 0)"
             f" FROM symbols s LEFT JOIN symbol_metrics m ON m.id = s.id"
@@ -46,11 +44,10 @@ def symbols_in_files(repo: Path, paths: Iterable[str], *, home: str | Path | Non
     return [IndexedSymbol(*row) for row in rows]
 
 
-def defined(repo: Path, names: Iterable[str], *, home: str | Path | None = None) -> dict[str, list[str]]:
+def defined(db: Path, names: Iterable[str]) -> dict[str, list[str]]:
     """For each name that the index defines (not only declares), the files defining it."""
-    project, _ = open_index(repo, home)
     marks, values = _in(names)
-    with store.opened(project.store, read_only=True) as con:
+    with store.opened(db, read_only=True) as con:
         rows = con.execute(
             f"SELECT name, list(DISTINCT path ORDER BY path) FROM symbols WHERE name IN ({marks}) AND kind <> 'prototype'"
             " GROUP BY name", values,
@@ -58,8 +55,7 @@ def defined(repo: Path, names: Iterable[str], *, home: str | Path | None = None)
     return dict(rows)
 
 
-def indexed_files(repo: Path, *, home: str | Path | None = None) -> set[str]:
+def indexed_files(db: Path) -> set[str]:
     """Every file path in the index."""
-    project, _ = open_index(repo, home)
-    with store.opened(project.store, read_only=True) as con:
+    with store.opened(db, read_only=True) as con:
         return {row[0] for row in con.execute("SELECT path FROM files").fetchall()}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from agent.errors import CraError
 from agent.llm.budget import PromptBudget, char_budget, fit
 from agent.llm.roles import Role
+from agent.project import Project
 
 if TYPE_CHECKING:  # a stage talks to the model through its context; the model layer never imports a stage
     from agent.llm.client import LLM
@@ -79,16 +80,20 @@ class Decision(BaseModel):
 
 @dataclass
 class StageContext:
-    """What every stage may read: the task, the index of the checkout, the run's worktree, and the model."""
+    """What every stage may read: the task, the indexed checkout, the run's worktree, and the model."""
 
     task: str
-    repo: Path
-    home: str | Path | None
+    project: Project
     llm: LLM | None
     worktree: Path | None = None
     run_id: str | None = None
     budgets: dict[str, PromptBudget] = field(default_factory=dict)  # per stage, in the served model's tokens
     code_retries: int = 2
+
+    @property
+    def repo(self) -> Path:
+        """The checkout's top folder."""
+        return self.project.repo
 
     def budget(self, stage: str) -> PromptBudget:
         """The prompt budget of `stage`: its served model's, else a character estimate (no model serves it)."""

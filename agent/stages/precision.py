@@ -7,8 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent import retrieval
-from agent.index.query import symbols_in_files
 from agent.stages.base import (
     Decision,
     Prompt,
@@ -86,13 +84,13 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
         analysis: TaskAnalysis = done["task_analysis"]
         scope: ScopeOutput = done["scope"]
         files = scoped(scope, "relevant", "supporting")
-        hits = retrieval.search(ctx.repo, " ".join([ctx.task, *analysis.symbols]), home=ctx.home, k=200)
+        hits = ctx.project.search(" ".join([ctx.task, *analysis.symbols]), k=200)
         score = {(h.name, h.path): h.score for h in hits.symbols if h.path in files}
         top = max(score.values(), default=1.0) or 1.0
         named = set(analysis.symbols)
         terms = {t.lower() for t in analysis.key_terms}
         cands = []
-        for sym in symbols_in_files(ctx.repo, files, home=ctx.home):
+        for sym in ctx.project.symbols_in_files(files):
             value = score.get((sym.name, sym.path), 0.0) / top
             if sym.name in named:
                 value = max(value, 1.0) + 1.0

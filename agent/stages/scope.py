@@ -7,9 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent import retrieval
 from agent.errors import UnknownSymbol
-from agent.index.query import indexed_files, symbols_in_files
 from agent.stages.base import (
     Decision,
     Prompt,
@@ -96,16 +94,16 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
         """Search hits, the files defining named symbols and their callers, and header/source partners."""
         analysis = done["task_analysis"]
         query = " ".join([ctx.task, *analysis.symbols])
-        hits = retrieval.search(ctx.repo, query, home=ctx.home, k=CANDIDATES, langs=["c", "h"])
+        hits = ctx.project.search(query, k=CANDIDATES, langs=["c", "h"])
         found: dict[str, tuple[float, str, str]] = {h.path: (h.score, _why(h.why), "search") for h in hits.files}
         top = max((score for score, _, _ in found.values()), default=1.0) or 1.0
-        known = indexed_files(ctx.repo, home=ctx.home)
+        known = ctx.project.indexed_files()
         for path in analysis.files:
             if path in known:
                 found[path] = (top, "named in the task", "named")
         for name in analysis.symbols:
             try:
-                infos = retrieval.lookup_symbol(ctx.repo, name, home=ctx.home)
+                infos = ctx.project.lookup_symbol(name)
             except UnknownSymbol:
                 continue
             for info in infos:
@@ -120,7 +118,7 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
                 found[partner] = (0.5 * score, f"header/source partner of {path}", "header")
         ranked = sorted(found.items(), key=lambda kv: -kv[1][0])[: CANDIDATES + 5]
         defs: dict[str, list[str]] = {}
-        for sym in symbols_in_files(ctx.repo, [p for p, _ in ranked], home=ctx.home, kinds=("function", "global")):
+        for sym in ctx.project.symbols_in_files([p for p, _ in ranked], kinds=("function", "global")):
             defs.setdefault(sym.path, []).append(sym.name)
         return ScopeInput(task=ctx.task, analysis=analysis, candidates=[
             Candidate(path=p, score=round(s / top, 3), why=w, symbols=defs.get(p, [])[:6], origin=o)

@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent.index.query import defined, indexed_files
 from agent.stages.base import Decision, Prompt, RepoPath, Short, Stage, StageContext, StageRecipe, system
 from agent.stages.measures import f1
 
@@ -96,9 +95,9 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
 
     def rules(self, ctx: StageContext, inp: TaskInput) -> TaskAnalysis:
         """Kind from the leading verb, identifiers the index defines, paths the index has."""
-        known = defined(ctx.repo, _identifiers(inp.task), home=ctx.home)
+        known = ctx.project.defined(_identifiers(inp.task))
         named = [name for name in _identifiers(inp.task) if name in known]
-        files = indexed_files(ctx.repo, home=ctx.home)
+        files = ctx.project.indexed_files()
         by_name: dict[str, list[str]] = {}
         for path in files:
             by_name.setdefault(path.rsplit("/", 1)[-1], []).append(path)
