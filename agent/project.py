@@ -12,7 +12,7 @@ from agent.config import ProjectPaths, ValidationSettings
 from agent.index import query
 from agent.index.build import IndexState, open_index
 from agent.index.query import AGENT_KINDS, IndexedSymbol
-from agent.retrieval import SearchResults, Searcher, SymbolInfo, searcher, symbol_info
+from agent.retrieval import Searcher, SearchResults, SymbolInfo, searcher, symbol_info
 
 
 @dataclass(frozen=True)

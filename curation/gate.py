@@ -17,15 +17,22 @@ from agent.config import Config, ledger_path
 from agent.edits import Edit, EditError, apply_edits
 from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.llm.client import LLM
+from agent.llm.registry import (
+    Adapter,
+    active_adapters,
+    get,
+    promote,
+    record_evaluation,
+    require_files,
+)
 from agent.llm.resolve import describe_bases, resolve_stage
 from agent.llm.serve import load_adapter, reload, unload_adapter
+from agent.scratch import scratch_folder
 from agent.stages import STAGE_ROLES, stage_named
 from agent.store import opened, utc_now
 from agent.store.ledger import LEDGER
-from agent.scratch import scratch_folder
 from agent.validation import validate
 from curation.datasets import Example, family_for, load_examples
-from agent.llm.registry import Adapter, active_adapters, get, promote, record_evaluation, require_files
 
 MIN_GAIN = 0.01
 PLATEAU_ROUNDS = 2

@@ -8,12 +8,18 @@ from pathlib import Path
 
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, ModelUnavailable
+from agent.llm.registry import Adapter
 from agent.stages import RECIPES, stage_named
 from agent.steps import DIRECT, Steps
 from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
 from curation.gate import gate, plateaued
-from agent.llm.registry import Adapter
-from curation.rounds import NothingNew, Round, build_round, code_preferences, collect_logged
+from curation.rounds import (
+    NothingNew,
+    Round,
+    build_round,
+    code_preferences,
+    collect_logged,
+)
 from curation.training import MIN_DPO_PAIRS, train_adapter
 
 Progress = Callable[[str], None]

@@ -37,12 +37,12 @@ from agent.errors import (
 from agent.extras import require
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
 from agent.llm.names import check_name
+from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 from agent.stages import RECIPES, stage_named
 from agent.stages.base import StageRecipe
 from agent.store import opened
 from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
-from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 
 TECHNIQUES = ("sft", "sft+dpo")
 END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops

@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from agent.config import ledger_path, load_config
+from agent.llm.registry import get, list_adapters
 from agent.pipeline import RunOptions, TaskRun, drive
 from agent.runs import mark_run
 from agent.stages import stage_named
 from bootstrap.pairs import bootstrap_repo
 from curation.datasets import load_examples
 from curation.gate import evaluate, gate
-from agent.llm.registry import get, list_adapters
 from curation.retrain import curate, train_from_round
 from curation.rounds import REPLAY_BOUNDS, build_round
 from tests.fixtures.decomp import DecompRepo

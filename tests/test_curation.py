@@ -12,11 +12,17 @@ import pytest
 
 from agent.config import ledger_path
 from agent.errors import InvalidInput
+from agent.llm.registry import get, promote, register, rollback
 from agent.stages import RECIPES, stage_named
 from agent.stages.measures import f1, macro_f1, order_agreement
 from curation.datasets import Example, add_examples
-from curation.rounds import REPLAY_BOUNDS, build_round, code_preferences, load_round, replay_size
-from agent.llm.registry import get, promote, register, rollback
+from curation.rounds import (
+    REPLAY_BOUNDS,
+    build_round,
+    code_preferences,
+    load_round,
+    replay_size,
+)
 
 
 def examples(n: int, start: int = 0, stage: str = "scope", split: str = "train", source: str = "synthetic") -> list[Example]:
@@ -121,11 +127,11 @@ def test_export_merges_for_ollama_and_the_merge_is_never_a_training_base(tiny_mo
 
 
 def test_code_answers_are_validated_at_the_commits_parent(decomp_template, tmp_path: Path) -> None:
+    from agent.builds import BuildEnvironment
     from agent.config import load_config
     from bootstrap.pairs import bootstrap_repo
     from curation.datasets import load_examples
     from curation.gate import replay_gold_edits, validates
-    from agent.builds import BuildEnvironment
     from tests.fixtures.decomp import host_build_missing
 
     if reason := host_build_missing():

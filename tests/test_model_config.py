@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.config import load_config
 from agent.errors import ConfigError, UnsafeName
+from agent.llm.registry import promote, register
 from agent.llm.resolve import resolve_all
 from agent.stages import STAGE_ROLES
-from agent.llm.registry import promote, register
 
 runner = CliRunner()
 

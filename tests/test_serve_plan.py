@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.llm.registry import promote, register
 from agent.llm.serve import plan_serve
 from agent.stages import STAGE_ROLES
-from agent.llm.registry import promote, register
 
 runner = CliRunner()
 

@@ -15,10 +15,10 @@ import pytest
 from agent.config import Config, ModelsConfig, RoleModels, adapter_store, cra_home
 from agent.errors import DatasetTooSmall, MergedBaseModel, WrongModelFamily
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
+from agent.llm.registry import list_adapters, register
 from agent.stages import RECIPES
 from agent.stages.base import LORA_TARGETS
 from curation.datasets import Example, add_examples
-from agent.llm.registry import list_adapters, register
 from curation.training import (
     METADATA_FILE,
     Progress,

@@ -15,10 +15,10 @@ from agent.config import ledger_path, load_config
 from agent.errors import InvalidModelOutput
 from agent.llm.calls import list_calls
 from agent.llm.client import LLM
-from agent.llm.serve import reload, state_file
-from agent.llm.resolve import resolve_all
-from agent.stages import STAGE_ROLES
 from agent.llm.registry import promote
+from agent.llm.resolve import resolve_all
+from agent.llm.serve import reload, state_file
+from agent.stages import STAGE_ROLES
 from tests.fixtures.served import Served, cra, needs_vllm
 
 pytestmark = needs_vllm

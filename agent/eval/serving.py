@@ -15,10 +15,10 @@ import psutil
 
 from agent.config import Config, ModelsConfig, RoleModels, ServeConfig
 from agent.eval.bench import PeakMemory
+from agent.llm.registry import promote, register
 from agent.llm.serve import plan_serve, start
 from agent.llm.tiny import build_tiny_model, random_adapter
 from agent.stages import STAGE_ROLES, stages_of
-from agent.llm.registry import promote, register
 
 PROMPT = [{"role": "user", "content": "Rename sub_80A1234 to CB2_InitWallClock in src/wallclock.c"}]
 Progress = Callable[[str], None]

@@ -10,8 +10,8 @@ from agent.config import Config, RoleModels
 from agent.errors import ConfigError
 from agent.llm.adapters import BaseModel, describe_base
 from agent.llm.names import check_name
-from agent.llm.roles import ROLES, Role, Routing
 from agent.llm.registry import Adapter, active_adapters, list_adapters
+from agent.llm.roles import ROLES, Role, Routing
 
 Source = Literal["override", "adapter", "role-default", "base"]
 

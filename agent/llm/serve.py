@@ -20,9 +20,14 @@ from agent.config import Config, cra_home
 from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
 from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
 from agent.llm.names import scrub_urls
-from agent.llm.resolve import candidate_adapters, check_overrides, describe_bases, resolve_stage
-from agent.llm.roles import Role, Routing
 from agent.llm.registry import require_files
+from agent.llm.resolve import (
+    candidate_adapters,
+    check_overrides,
+    describe_bases,
+    resolve_stage,
+)
+from agent.llm.roles import Role, Routing
 
 PYTHON_ENV = "CRA_VLLM_PYTHON"
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}

@@ -8,7 +8,17 @@ from pydantic import BaseModel, Field
 
 from agent.edits import resolve_in_repo
 from agent.errors import PathOutsideRepo
-from agent.stages.base import Decision, Prompt, Reason, RepoPath, Short, Stage, StageContext, StageRecipe, budgeted
+from agent.stages.base import (
+    Decision,
+    Prompt,
+    Reason,
+    RepoPath,
+    Short,
+    Stage,
+    StageContext,
+    StageRecipe,
+    budgeted,
+)
 from agent.stages.measures import f1, order_agreement
 from agent.stages.precision import PrecisionOutput
 from agent.stages.scope import ScopeOutput, scoped

@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent.stages.base import Decision, Prompt, RepoPath, Short, Stage, StageContext, StageRecipe, system
+from agent.stages.base import (
+    Decision,
+    Prompt,
+    RepoPath,
+    Short,
+    Stage,
+    StageContext,
+    StageRecipe,
+    system,
+)
 from agent.stages.measures import f1
 
 Kind = Literal["documentation", "rename", "bug_fix", "feature", "refactor"]
