@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +183,10 @@ class RunningServer:
     endpoint: str
     log: Path
     started_s: float
+    scratch: Path  # the server's TMPDIR: vLLM's sockets and rendezvous files, removed when it stops
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server and everything it spawned."""
+        """Stop the server and everything it spawned, and remove its scratch folder."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -192,6 +194,7 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _health_url(endpoint: str) -> str:
@@ -217,15 +220,17 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
     state = state_file(home, plan.role)
     state.parent.mkdir(parents=True, exist_ok=True)
     log = state.with_suffix(".log")
+    scratch = Path(tempfile.mkdtemp(prefix=f"cra-vllm-{plan.role}-"))  # short: unix socket paths live in it
     with log.open("wb") as out:
         process = subprocess.Popen(
-            plan.command, env={**os.environ, **plan.env}, stdout=out, stderr=subprocess.STDOUT,
+            plan.command, env={**os.environ, **plan.env, "TMPDIR": str(scratch)}, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     started = time.monotonic()
-    server = RunningServer(process, plan.endpoint, log, 0.0)
+    server = RunningServer(process, plan.endpoint, log, 0.0, scratch)
     while True:
         if process.poll() is not None:
+            server.stop()
             raise ServeFailed(f"vLLM exited with code {process.returncode} before it was healthy; the end of {log}:\n{_log_tail(log)}")
         try:
             if httpx.get(_health_url(plan.endpoint), timeout=2.0).status_code == 200:
@@ -238,7 +243,8 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
         time.sleep(0.5)
     server.started_s = time.monotonic() - started
     state.write_text(json.dumps({
-        "pid": process.pid, "endpoint": scrub_urls(plan.endpoint), "log": str(log), "base": plan.base.name,
+        "pid": process.pid, "endpoint": scrub_urls(plan.endpoint), "log": str(log), "scratch": str(scratch),
+        "base": plan.base.name,
         "adapters": [a.name for a in plan.adapters], "command": plan.command,
     }, indent=1))
     return server
@@ -249,13 +255,33 @@ def stop(home: str | Path | None, role: Role) -> int | None:
     state = state_file(home, role)
     if not state.exists():
         return None
-    pid = json.loads(state.read_text())["pid"]
+    recorded = json.loads(state.read_text())
+    pid = recorded["pid"]
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pid = None
+    else:
+        _wait_gone(pid)
+    if recorded.get("scratch"):
+        shutil.rmtree(recorded["scratch"], ignore_errors=True)
     state.unlink()
     return pid
+
+
+def _wait_gone(group: int, timeout_s: float = 30.0) -> None:
+    """Wait until process group `group` has ended; kill what is left after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @dataclass
