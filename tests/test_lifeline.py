@@ -66,17 +66,17 @@ def test_a_killed_prefect_run_takes_the_ephemeral_api_server_with_it(decomp_repo
     proc.wait()
     assert _gone(servers), [p.cmdline() for p in servers if p.is_running()]
     deadline = time.monotonic() + 30  # the watcher leaves once its work is done
-    while time.monotonic() < deadline and any("agent.lifeline" in " ".join(p.cmdline()) for p in _processes()):
+    while time.monotonic() < deadline and any("agent.lifeline" in line for line in _command_lines()):
         time.sleep(0.2)
-    assert not any(f"agent.lifeline {proc.pid}" in " ".join(p.cmdline()) for p in _processes())
+    assert not any(f"agent.lifeline {proc.pid}" in line for line in _command_lines())
 
 
-def _processes() -> list[psutil.Process]:
+def _command_lines() -> list[str]:
+    """The command line of every process, read once: a process that ends (or turns zombie) meanwhile is left out."""
     found = []
     for process in psutil.process_iter():
         try:
-            process.cmdline()
-            found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            found.append(" ".join(process.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
             pass
     return found
