@@ -451,3 +451,32 @@ def test_syntax_problems_the_decomp_fixups_would_hide(old: bytes, new: bytes, wh
     assert problems and problems[0].what.startswith(what), problems
     assert problems[0].line == next(i for i, line in enumerate(broken.split(b"\n"), 1) if new.split(b"\n")[0] in line
                                     ) or what == "missing '}'"
+
+
+SEPARATOR_MACRO = b"""#define OLD_UNOWN_BASE_STATS {   \\
+        .baseHP = 50,            \\
+        .baseAttack = 150,       \\
+},
+
+const struct BaseStats gBaseStats[] =
+{
+    [SPECIES_OLD_UNOWN_B] = OLD_UNOWN_BASE_STATS
+    [SPECIES_OLD_UNOWN_C] = OLD_UNOWN_BASE_STATS // the macro brings the comma
+    [SPECIES_TREECKO] =
+    {
+        .baseHP = 40,
+        .baseAttack = 45,
+    },
+};
+"""
+
+
+def test_a_macro_that_ends_with_the_lists_comma_is_no_syntax_problem() -> None:
+    # pokeruby's base_stats.h (c50bfde9b7): an object macro whose expansion ends with `,` stands for an item
+    assert syntax_problems(SEPARATOR_MACRO) == []
+    masked, _ = mask_c(SEPARATOR_MACRO)
+    assert len(masked) == len(SEPARATOR_MACRO) and masked.count(b"\n") == SEPARATOR_MACRO.count(b"\n")
+    # the same use without the macro's comma is still a missing separator
+    assert syntax_problems(SEPARATOR_MACRO.replace(b"150,       \\\n},", b"150,       \\\n}"))
+    thing = parse_file("src/data/base_stats.c", SEPARATOR_MACRO)
+    assert isinstance(thing, ParsedFile) and thing.error_nodes == 0

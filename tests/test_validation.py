@@ -309,6 +309,35 @@ def test_the_benchmark_replays_commits_with_a_mutation_and_a_syntax_break(decomp
     assert not any(_env(decomp_repo).trees.glob(f"{COPY_PREFIX}*"))
 
 
+DMA_MACROS = """
+#define DmaSet(dmaNum, src, dest, control) \\
+{                                          \\
+    vu32 *dmaRegs = (vu32 *)REG_ADDR_DMA##dmaNum; \\
+    dmaRegs[0] = (vu32)(src);              \\
+}
+#define DMA_COPY(dmaNum, src, dest, size, bit) DmaSet(dmaNum, src, dest, (DMA_##bit##BIT | (size)))
+#define DmaCopy16(dmaNum, src, dest, size) DMA_COPY(dmaNum, src, dest, size, 16)
+#define DmaCopyDefvars(dmaNum, src, dest, size, bit) { DmaCopy##bit(dmaNum, src, dest, size); }
+#define DmaCopy16Defvars(dmaNum, src, dest, size) DmaCopyDefvars(dmaNum, src, dest, size, 16)
+"""
+
+
+@pytest.mark.parametrize(("line", "mutated"), [
+    ("    DmaCopy16(3, gTilemap, (void *)(VRAM + 0x21c0), 32);", "DmaCopy16(3, gTilemap, (void *)(VRAM + 0x21c0), 33);"),
+    ("    DmaCopy16Defvars(3, gBuffers[1], (void *)VRAM, 0x800);", "DmaCopy16Defvars(3, gBuffers[2], (void *)VRAM"),
+    ("    x = Min(3, y);", "x = Min(4, y);"),  # a function's argument is a value
+])
+def test_the_benchmark_never_mutates_an_argument_a_macro_pastes_into_a_name(line: str, mutated: str) -> None:
+    # pokeruby: `DmaCopy16(3, ...)` -> 4 gave REG_ADDR_DMA4, undeclared: a build failure, not a changed ROM
+    from agent.eval.validation import mutate_constant, pasted_parameters
+
+    source = f"void Show(void)\n{{\n    u8 x;\n{line}\n}}\n"
+    pasted = pasted_parameters([DMA_MACROS, source])
+    assert pasted["DmaCopy16"] == {0} and pasted["DmaCopy16Defvars"] == {0} and "Min" not in pasted
+    text, where = mutate_constant("src/show.c", source, pasted)
+    assert mutated in text, where
+
+
 @pytest.mark.real_repo
 def test_real_pokeemerald_validation_verdicts() -> None:
     """On a real pokeemerald checkout with agbcc installed (CRA_POKEEMERALD): the newest commit's three verdicts."""

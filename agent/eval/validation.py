@@ -14,7 +14,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,8 +34,12 @@ OK, ROM_CHANGED, PARSE_FAILED = "ok", "rom changed", "parse failed"
 _LITERAL = re.compile(r"(?<![\w.])([1-9]\d{0,3})(?![\w.])")
 _STATEMENT = re.compile(r"^(\s+)(?!(?:for|if|while|return|case|default|else)\b)[A-Za-z_][^;{}]*;\s*$")
 _CONSTANT_CONDITION = re.compile(r"\s*(?:while|if)\s*\(\s*\d+\s*\)")  # `while (1)` is `while (2)`: no change
+_FUNCTION_MACRO = re.compile(r"#[ \t]*define[ \t]+(\w+)\(([^)\n]*)\)((?:[^\n\\]|\\[\s\S])*)")
+_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_MACRO_CALL = re.compile(r"\b([A-Za-z_]\w*(?:\s*##\s*\w+)*)\s*\(")  # in a macro's body, names may be pasted
 _COMMENT = re.compile(r"//.*|/\*.*?\*/|\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'")
 Progress = Callable[[str], None]
+Pasted = dict[str, set[int]]  # macro name -> positions of the arguments it pastes into a token
 
 
 @dataclass(frozen=True)
@@ -128,16 +132,81 @@ def candidates(repo: Path, last: int) -> list[Candidate]:
     return found
 
 
-def mutate_constant(path: str, text: str) -> tuple[str, str] | None:
-    """The text with one integer literal of a function body raised by one, outside any #if; and where."""
+def mutate_constant(path: str, text: str, pasted: Pasted | None = None) -> tuple[str, str] | None:
+    """The text with one integer literal of a function body raised by one, outside any #if and never an argument
+    a macro pastes into a name (`pasted`); and where."""
     for line_no, line in _function_lines(path, text):
         if "=" not in line and "return" not in line and "(" not in line or _CONSTANT_CONDITION.match(line):
             continue
         code = _COMMENT.sub(lambda m: " " * len(m.group(0)), line)
-        if (m := _LITERAL.search(code)) is not None:
+        for m in _LITERAL.finditer(code):
+            if _pasted_argument(code, m.start(), pasted or {}):
+                continue
             new = line[:m.start()] + str(int(m.group(1)) + 1) + line[m.end():]
             return _replace_line(text, line_no, new), f"{path}:{line_no}: {m.group(1)} -> {int(m.group(1)) + 1}"
     return None
+
+
+def pasted_parameters(sources: Iterable[str]) -> Pasted:
+    """For each function-like macro of `sources`, the positions of the parameters its expansion pastes into a
+    token with `##`, directly or through the macros it calls (`DmaCopy16(3, ...)` ends as `REG_ADDR_DMA3`)."""
+    macros: dict[str, tuple[list[str], str]] = {}
+    for text in sources:
+        for m in _FUNCTION_MACRO.finditer(text):
+            params = [p.strip() for p in m.group(2).split(",")]
+            macros[m.group(1)] = (params, m.group(3).replace("\\\n", " "))
+    pasted: Pasted = {name: {i for i, p in enumerate(params) if p and re.search(
+        rf"##\s*{re.escape(p)}\b|\b{re.escape(p)}\s*##", body)} for name, (params, body) in macros.items()}
+    changed = True
+    while changed:  # a parameter handed on where the called macro pastes it is pasted too
+        changed = False
+        for name, (params, body) in macros.items():
+            for call in _MACRO_CALL.finditer(body):
+                inner = _pasted_by(call.group(1), pasted)
+                if not inner:
+                    continue
+                for i, (begin, end) in enumerate(_argument_spans(body, call.end())):
+                    arg = body[begin:end]
+                    if i in inner and arg in params and params.index(arg) not in pasted[name]:
+                        pasted[name].add(params.index(arg))
+                        changed = True
+    return {name: found for name, found in pasted.items() if found}
+
+
+def _pasted_by(name: str, pasted: Pasted) -> set[int]:
+    """The pasted positions of the macro `name` calls; for a name itself pasted (`DmaCopy##bit`), of every macro
+    it could be."""
+    if "##" not in name:
+        return pasted.get(name, set())
+    prefix = name.split("#", 1)[0].rstrip()
+    return set().union(*(found for macro, found in pasted.items() if macro.startswith(prefix)))
+
+
+def _argument_spans(text: str, start: int) -> list[tuple[int, int]]:
+    """The (start, end) of each comma-separated argument, blanks trimmed, of the call whose `(` ends at `start`."""
+    spans, depth, begin = [], 0, start
+    for i in range(start, len(text) + 1):
+        char = text[i] if i < len(text) else ")"
+        if char in "([{":
+            depth += 1
+        elif char in ")]}" and depth:
+            depth -= 1
+        elif char in ",)" and depth == 0:
+            arg = text[begin:i]
+            spans.append((begin + len(arg) - len(arg.lstrip()), i - len(arg) + len(arg.rstrip())))
+            if char == ")":
+                return spans
+            begin = i + 1
+    return spans
+
+
+def _pasted_argument(code: str, pos: int, pasted: Pasted) -> bool:
+    """Whether the literal at `pos` is, whole, an argument that its macro call pastes into a name."""
+    for call in _CALL.finditer(code[:pos]):
+        for i, (begin, end) in enumerate(_argument_spans(code, call.end())):
+            if begin == pos and i in pasted.get(call.group(1), ()) and _LITERAL.fullmatch(code[begin:end]):
+                return True
+    return False
 
 
 def break_syntax(path: str, text: str, variant: int) -> tuple[str, str] | None:
@@ -211,7 +280,8 @@ def run_validation_bench(repo: Path, env: BuildEnvironment, last: int, *,
         texts = {p: git_repo.git(repo, "show", f"{commit.sha}:{p}").decode("utf-8", "surrogateescape")
                  for p in commit.files}
         c_files = [p for p in commit.files if p.endswith(".c")]
-        mutation = next((m for p in c_files if (m := mutate_constant(p, texts[p]))), None)
+        pasted = pasted_parameters([*_macro_headers(repo, commit.parent), *texts.values()])
+        mutation = next((m for p in c_files if (m := mutate_constant(p, texts[p], pasted))), None)
         broken = next((b for p in c_files if (b := break_syntax(p, texts[p], i))), None)
         plan = [("commit", OK, texts, ",".join(commit.files))]
         if mutation is None or broken is None:
@@ -228,6 +298,14 @@ def run_validation_bench(repo: Path, env: BuildEnvironment, last: int, *,
         for name, expected, files, detail in plan:
             report.cases.append(_replay(env, commit, name, expected, files, detail))
     return report
+
+
+def _macro_headers(repo: Path, commit: str) -> list[str]:
+    """The text of every header at `commit` that defines a function-like macro."""
+    listed = git_repo.git(repo, "grep", "-l", "-E", r"#[[:space:]]*define[[:space:]]+[A-Za-z_0-9]+\(", commit, "--",
+                          "*.h", check=False).decode("utf-8", "surrogateescape").splitlines()
+    return [data.decode("utf-8", "surrogateescape") for name in listed
+            if (data := git_repo.file_at(repo, commit, name.split(":", 1)[1])) is not None]
 
 
 def _replay(env: BuildEnvironment, commit: Candidate, name: str, expected: str, files: dict[str, str],

@@ -290,12 +290,30 @@ def _skip_reason(data: bytes) -> str:
 # C: masking and preprocessor branches
 # ---------------------------------------------------------------------------------------------
 def mask_c(data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
-    """Apply MASK_RULES; returns the masked bytes (same length, same lines) and the byte spans changed."""
+    """Apply MASK_RULES and the file's separator macros; returns the masked bytes (same length, same lines) and
+    the byte spans changed."""
     spans: list[tuple[int, int]] = []
-    for _construct, literal, pattern, repl in MASK_RULES:
+    rules = [*MASK_RULES, *(_separator_rule(name) for name in _separator_macros(data))]
+    for _construct, literal, pattern, repl in rules:
         if literal in data:
             data = pattern.sub(_recording(repl, spans), data)
     return data, spans
+
+
+def _separator_macros(data: bytes) -> list[str]:
+    """Object macros the file defines whose expansion ends with the `,` that separates items of a list."""
+    if b"define" not in data:
+        return []
+    return [m.group(1).decode() for m in _DEFINE_RE.finditer(data)
+            if not m.group(2) and _COMMENT_RE.sub(b"", m.group(3).replace(b"\\\n", b"")).rstrip().endswith(b",")]
+
+
+def _separator_rule(macro: str) -> MaskRule:
+    """A use of `macro` at a line's end, where its expansion supplies the list's `,`, moved left over a blank to
+    show the comma (`[A] = OLD_UNOWN_BASE_STATS` then `[B] = ...`: pokeruby's base_stats.h)."""
+    word = macro.encode()
+    return (f"{macro} (ends with ',')", word,
+            re.compile(rb"[ \t]" + word + rb"(?!\w)(?=[ \t]*(?://[^\n]*)?\r?\n)"), lambda m: m.group(0)[1:] + b",")
 
 
 def _recording(repl: Callable[[re.Match[bytes]], bytes], spans: list[tuple[int, int]]) -> Callable[

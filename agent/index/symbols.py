@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # raised whenever parsing yields other symbols or references: indexes rebuild in full
 
 # Symbol kinds, in the order a reader meets them in a C file.
 FUNCTION = "function"
