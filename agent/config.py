@@ -95,6 +95,10 @@ class RoleModels(_Strict):
     provider: Literal["vllm", "ollama", "openai"] = "vllm"
     default: str | None = Field(None, description="model or adapter every stage of the role uses before the base")
     api_key_env: str | None = Field(None, description="environment variable holding the API key, if the server needs one")
+    repetition_penalty: float | None = Field(None, gt=0, description="sent with every request (a base model that "
+                                                                      "loops needs about 1.3)")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="sent with every request to the "
+                                                 "chat template (Qwen3: enable_thinking = false for JSON answers)")
 
     @field_validator("endpoint")
     @classmethod
@@ -110,7 +114,8 @@ class RoleModels(_Strict):
 class ModelsConfig(_Strict):
     """`[models]`: the two roles' servers, per-stage overrides, and call limits."""
 
-    reasoning: RoleModels = RoleModels(base="Qwen/Qwen3-4B", endpoint="http://127.0.0.1:8000/v1")
+    reasoning: RoleModels = RoleModels(base="Qwen/Qwen3-4B", endpoint="http://127.0.0.1:8000/v1",
+                                       chat_template_kwargs={"enable_thinking": False})
     coding: RoleModels = RoleModels(base="Qwen/Qwen2.5-Coder-3B-Instruct", endpoint="http://127.0.0.1:8001/v1")
     overrides: dict[str, str] = Field(default_factory=dict, description="stage name -> model or adapter name")  # names checked in resolution
     timeout_s: float = Field(120.0, gt=0)

@@ -36,6 +36,7 @@ from agent.errors import (
 )
 from agent.extras import require
 from agent.llm.adapters import VLLM_RANKS, check_adapter, describe_base
+from agent.llm.chat import chat_format
 from agent.llm.names import check_name
 from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 from agent.stages import RECIPES, stage_named
@@ -45,7 +46,6 @@ from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
 
 TECHNIQUES = ("sft", "sft+dpo")
-END_TOKEN = "<|im_end|>"  # ChatML's end of turn: where every answer stops
 MERGED_MARKER = "cra_merged"
 MERGE_SIGNS = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE)
 MIN_SFT_EXAMPLES = 8
@@ -221,7 +221,7 @@ def _run_phase(trainer, phase: _Phase) -> None:
     phase.loss = [round(float(row["loss"]), 6) for row in trainer.state.log_history if "loss" in row]
 
 
-def _train(path: Path, recipe: StageRecipe, sft: list[Example], dpo: list[tuple[Example, Example]] | None,
+def _train(path: Path, base: str, recipe: StageRecipe, sft: list[Example], dpo: list[tuple[Example, Example]] | None,
            scratch: Path, on_progress: Callable[[Progress], None] | None) -> tuple[Any, dict[str, _Phase], str]:
     """Train a fresh LoRA through the recipe's phases; return the PEFT model, each phase's record and the backend."""
     import torch
@@ -234,12 +234,14 @@ def _train(path: Path, recipe: StageRecipe, sft: list[Example], dpo: list[tuple[
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    tokenizer.eos_token = END_TOKEN  # DPOConfig has no eos_token field: TRL falls back to the tokenizer's
+    chat = chat_format(path, base)  # the template and end of turn the server uses too
+    tokenizer.chat_template = chat.template
+    tokenizer.eos_token = chat.end_token  # DPOConfig has no eos_token field: TRL falls back to the tokenizer's
 
     ordered = sorted(sft, key=lambda e: len(json.dumps(e.chat()))) if recipe.curriculum else sft
     phases = {"sft": _Phase(len(sft))}
     sft_args = SFTConfig(**_common_args(recipe, scratch / "sft", gpu), learning_rate=recipe.learning_rate,
-                         assistant_only_loss=True, eos_token=END_TOKEN,
+                         assistant_only_loss=True, eos_token=chat.end_token,
                          train_sampling_strategy="sequential" if recipe.curriculum else "random")
     trainer = SFTTrainer(model=model, args=sft_args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": e.chat()} for e in ordered]),
@@ -276,6 +278,7 @@ def train_adapter(
     if any(a.name == name for a in list_adapters(home)):
         raise InvalidInput(f"an adapter named {name} is already registered; choose another name")
     path, base_fingerprint = _frozen_base(base)
+    chat_format(path, base)  # a base whose chat format cra cannot tell is refused before any training
     snapshot = dataset_hash or _hash_ids([*sft, *(e for pair in dpo or [] for e in pair)])
 
     root = cra_home(home) / "training"
@@ -284,7 +287,7 @@ def train_adapter(
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=root))
     try:
         started = time.monotonic()
-        model, phases, backend = _train(path, recipe, sft, dpo, scratch, on_progress)
+        model, phases, backend = _train(path, base, recipe, sft, dpo, scratch, on_progress)
         out = scratch / "adapter"
         model.peft_config["default"].base_model_name_or_path = base
         model.save_pretrained(out, selected_adapters=["default"])

@@ -209,3 +209,17 @@ def test_calls_show_prints_what_a_failing_server_answered(tmp_path: Path) -> Non
     text = " ".join(shown.output.split())
     assert shown.exit_code == 0 and "failed attempts" in text
     assert text.count("answered 500:") == 3 and "CUDA out of memory in the sampler" in text
+
+
+def test_a_roles_generation_settings_go_with_every_request_and_into_the_log(tmp_path: Path) -> None:
+    # A base model loops without a repetition penalty; Qwen3 answers JSON with its thinking off
+    extra = 'repetition_penalty = 1.3\nchat_template_kwargs = { enable_thinking = false }'
+    with standin_server([chat_reply(GOOD)]) as server:
+        answer = llm_for(tmp_path, server.url, extra).ask("scope", ASK, Scope)
+    sent = server.requests[0]
+    assert sent["repetition_penalty"] == 1.3 and sent["chat_template_kwargs"] == {"enable_thinking": False}
+    assert get_call(None, answer.call_id).params["extra_body"]["repetition_penalty"] == 1.3
+    (tmp_path / "plain").mkdir()
+    with standin_server([chat_reply(GOOD)]) as server:
+        llm_for(tmp_path / "plain", server.url).ask("scope", ASK, Scope)
+    assert "repetition_penalty" not in server.requests[0] and "chat_template_kwargs" not in server.requests[0]

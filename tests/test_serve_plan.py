@@ -118,3 +118,18 @@ def test_ollama_create_runs_for_each_adapter_when_ollama_is_installed(
     assert "now has scope-r1" in result.output
     (line,) = calls.read_text().splitlines()
     assert line.startswith("create scope-r1 -f ") and line.endswith("/scope-r1/Modelfile")
+
+
+def test_a_base_trained_on_a_template_cra_supplies_is_served_with_it(tmp_path: Path, tiny_models) -> None:
+    from agent.llm.chat import chat_format
+    from tests.test_chat_format import FAMILIES, tokenizer_folder
+
+    plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning", STAGE_ROLES)
+    assert "--chat-template" not in plan.command  # the tiny model's own template marks its answers
+    qwen = tmp_path / "Qwen3-4B"
+    tokenizer_folder(qwen, *FAMILIES["Qwen3-4B"])
+    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    config = load_config(project(tmp_path, tiny_models))
+    config.models.reasoning.base = str(qwen)
+    cmd = plan_serve(config, "reasoning", STAGE_ROLES).command
+    assert cmd[cmd.index("--chat-template") + 1] == chat_format(qwen).template

@@ -16,7 +16,7 @@ import httpx
 import openai
 from pydantic import BaseModel, ValidationError
 
-from agent.config import Config
+from agent.config import Config, RoleModels
 from agent.errors import InvalidInput, InvalidModelOutput, ModelUnavailable
 from agent.llm.calls import CallRecord, log_call
 from agent.llm.resolve import Resolution
@@ -108,6 +108,7 @@ class LLM:
         schema = output.model_json_schema()
         params = {
             "max_tokens": max_tokens or self.config.models.max_tokens, "temperature": temperature,
+            **({"extra_body": extra} if (extra := _generation_settings(resolution.server)) else {}),
             "response_format": {"type": "json_schema", "json_schema": {"name": output.__name__, "schema": schema, "strict": True}},
         }
         record = CallRecord(
@@ -197,6 +198,16 @@ class LLM:
                 attempt.failed(model, exc)
                 raise ModelUnavailable(f"the {resolution.role} server at {resolution.server.shown_endpoint} answered {exc.status_code}: {_first_line(exc)}") from exc
             return attempt.used(response, model), response.choices[0].finish_reason
+
+
+def _generation_settings(server: RoleModels) -> dict:
+    """The role's own request settings the OpenAI API has no field for (vLLM reads them from the body)."""
+    settings: dict = {}
+    if server.repetition_penalty is not None:
+        settings["repetition_penalty"] = server.repetition_penalty
+    if server.chat_template_kwargs:
+        settings["chat_template_kwargs"] = server.chat_template_kwargs
+    return settings
 
 
 def _answers(endpoint: str) -> bool:

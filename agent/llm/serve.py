@@ -20,6 +20,7 @@ import httpx
 from agent.config import Config, cra_home
 from agent.errors import BadAdapter, ConfigError, CraError, ModelUnavailable, UnsafeName
 from agent.llm.adapters import VLLM_RANKS, BaseModel, check_adapter
+from agent.llm.chat import chat_format
 from agent.llm.names import scrub_urls
 from agent.llm.registry import require_files
 from agent.llm.resolve import (
@@ -140,6 +141,8 @@ def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | 
         plan.command += ["--lora-modules", *(
             json.dumps({"name": a.name, "path": str(a.path), "base_model_name": base.served_name}) for a in adapters
         )]
+    if (template := _supplied_template(base)) is not None:
+        plan.command += ["--chat-template", template]  # vLLM takes the template itself as well as a file
     if config.serve.max_model_len:
         plan.command += ["--max-model-len", str(config.serve.max_model_len)]
     plan.command += config.serve.extra_args
@@ -147,6 +150,17 @@ def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | 
     if host in ("127.0.0.1", "localhost"):
         plan.env["VLLM_HOST_IP"] = "127.0.0.1"
     return plan
+
+
+def _supplied_template(base: BaseModel) -> str | None:
+    """The chat template cra trains the base with, where it is not the base's own (the server must use it too)."""
+    if base.path is None:
+        return None
+    try:
+        chat = chat_format(base.path, base.name)
+    except ConfigError:  # a format cra cannot train on: the base is served with its own template
+        return None
+    return chat.template if chat.supplied else None
 
 
 def _ollama_steps(base: BaseModel, adapters: list[ServedAdapter]) -> list[list[str]]:
