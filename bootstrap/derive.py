@@ -1,7 +1,8 @@
-"""One synthetic pipeline run per mined commit: a training pair for every stage, labelled from the diff.
+"""One synthetic pipeline run per mined commit: the commit's gold facts from its diff, then each stage's training pair.
 
-Each pair is built with the stage's own input builder and prompt on the index as it was at the commit's parent,
-so training prompts are exactly what the agent sends at run time; the label comes from what the commit changed.
+Each stage of the pipeline makes its own pair (`Stage.teach`) with its input builder and prompt on the index as it was
+at the commit's parent, so training prompts are exactly what the agent sends at run time; the label comes from the
+gold facts computed here: what the commit changed.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from agent.edits import Edit, EditError, apply_edits
 from agent.project import Project
 from agent.stages import PIPELINE
 from agent.stages.base import StageContext
-from agent.stages.code import MAX_EDITS, CodeEdits, EditBlock, Excerpt
-from agent.stages.plan import Plan, PlanStep
-from agent.stages.precision import PrecisionOutput, SymbolVerdict
-from agent.stages.scope import FileVerdict, ScopeOutput
-from agent.stages.task_analysis import ROM_PRESERVING, TaskAnalysis, TaskAnalysisStage
+from agent.stages.code import MAX_EDITS, EditBlock
+from agent.stages.gold import CommitGold, GoldEdit, Lesson, SymbolRef
+from agent.stages.task_analysis import TaskAnalysisStage
 
 CODE_SUFFIXES = (".c", ".h", ".s", ".inc")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -73,16 +72,6 @@ class Hunk:
             if text[:1] in (" ", "-"):
                 line += 1
         return first or self.old_start, last or self.old_start
-
-
-@dataclass
-class CommitLabels:
-    """What a commit changed, in the stages' terms."""
-
-    files: list[str]
-    primary: list[tuple[str, str]] = field(default_factory=list)
-    supporting: list[tuple[str, str]] = field(default_factory=list)
-    hunks: list[Hunk] = field(default_factory=list)
 
 
 @dataclass
@@ -139,9 +128,9 @@ def kind_of(description: str, hunks: list[Hunk]) -> str:
     return stated
 
 
-def label_commit(project: Project, files: list[str], hunks: list[Hunk]) -> CommitLabels:
-    """Modified symbols (whose spans the hunks touch) are primary; symbols they call or name are supporting."""
-    labels = CommitLabels(files=files, hunks=hunks)
+def label_commit(project: Project, files: list[str], hunks: list[Hunk]) -> tuple[list[SymbolRef], list[SymbolRef]]:
+    """The primary symbols, modified (their spans the hunks touch), and the supporting ones, that they call or name."""
+    primary: list[SymbolRef] = []
     symbols = project.symbols_in_files(files)
     by_file: dict[str, list] = {}
     for sym in symbols:
@@ -150,12 +139,11 @@ def label_commit(project: Project, files: list[str], hunks: list[Hunk]) -> Commi
     for hunk in hunks:
         first, last = hunk.old_changed
         for sym in by_file.get(hunk.path, []):
-            if sym.start_line <= last and sym.end_line >= first and (sym.path, sym.name) not in labels.primary:
-                labels.primary.append((sym.path, sym.name))
+            if sym.start_line <= last and sym.end_line >= first and (sym.path, sym.name) not in primary:
+                primary.append((sym.path, sym.name))
         named |= {m for line in hunk.lines if line[:1] in "+-" for m in _IDENT.findall(line[1:])}
-    primary = set(labels.primary)
-    labels.supporting = [(s.path, s.name) for s in symbols if s.name in named and (s.path, s.name) not in primary]
-    return labels
+    modified = set(primary)
+    return primary, [(s.path, s.name) for s in symbols if s.name in named and (s.path, s.name) not in modified]
 
 
 def merge_hunks(root: Path, hunks: list[Hunk], limit: int = MAX_EDITS) -> list[Hunk]:
@@ -222,20 +210,40 @@ def reapply_problem(worktree: Path, repo: Path, sha: str, blocks: list[EditBlock
             (worktree / path).write_bytes(data)
 
 
-def _plan_for(description: str, labels: CommitLabels, kind: str) -> Plan:
-    steps = []
-    headers_first = sorted(labels.files, key=lambda p: (not p.endswith(".h"), labels.files.index(p)))
-    for path in headers_first:
-        names = [name for p, name in labels.primary if p == path][:6]
-        n = sum(1 for h in labels.hunks if h.path == path)
-        what = {"documentation": "document", "rename": "rename in"}.get(kind, "change")
-        steps.append(PlanStep(file=path, symbols=names, change=f"{what} {', '.join(names) or 'the file'} ({n} hunk{'s' * (n != 1)})"[:200]))
-    return Plan(summary=description[:200], steps=steps[:8])
+def commit_gold(worktree: Path, project: Project, repo: Path, *, sha: str, description: str, files: list[str],
+                code_files: list[str], hunks: list[Hunk]) -> CommitGold:
+    """The commit's gold facts, with the worktree and its index at its parent: its kind, its symbols' labels, and the
+    search/replace edits that reproduce it exactly (or why there are none)."""
+    primary, supporting = label_commit(project, code_files, hunks)
+    gold = CommitGold(description=description, files=files, code_files=code_files, kind=kind_of(description, hunks),
+                      primary=primary, supporting=supporting,
+                      hunks={p: sum(h.path == p for h in hunks) for p in code_files})
+    listed = git_repo.git(repo, "ls-tree", "--name-only", "-z", sha, "--", *code_files).decode("utf-8", "surrogateescape")
+    if set(code_files) - set(listed.split("\0")):
+        gold.edits_skipped = "the commit deletes or renames a file; search/replace cannot express it"
+    elif (longest := max(len(line) for h in hunks for line in ("\n".join(h.old_text), "\n".join(h.new_text)))) > MAX_BLOCK:
+        gold.edits_skipped = f"a hunk of {longest} characters is longer than an edit block may be ({MAX_BLOCK})"
+    else:
+        edited = merge_hunks(worktree, hunks)
+        blocks = unique_edits(worktree, edited)
+        if not blocks:
+            gold.edits_failed = ("block too long", f"an edit block outgrows {MAX_BLOCK + 500} characters with the context "
+                                 "that makes its search unique")
+        elif len(blocks) > MAX_EDITS:
+            gold.edits_failed = ("too many blocks", f"{len(blocks)} edit blocks (neighbours too far apart to join); "
+                                                   f"a code answer holds at most {MAX_EDITS}")
+        elif problem := reapply_problem(worktree, repo, sha, blocks, code_files):
+            gold.edits_failed = problem
+        else:
+            gold.edits = [GoldEdit(b.path, b.search, b.replace, hunk.old_start)
+                          for b, hunk in zip(blocks, edited, strict=True)]
+    return gold
 
 
 def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, description: str,
                  files: list[str], repo: Path) -> tuple[list[StagePair], dict]:
-    """The five stage pairs for one commit, with the worktree and its index at `parent`; and facts about them."""
+    """A pair from each stage of the pipeline that the commit can teach, with the worktree and its index at `parent`;
+    and facts about them."""
     code_files = [p for p in files if p.endswith(CODE_SUFFIXES) and (worktree / p).is_file()]
     hunks = [h for h in parse_hunks(commit_patch(repo, parent, sha, code_files)) if h.path in code_files] if code_files else []
     facts = {"files": len(files), "code_files": len(code_files), "hunks": len(hunks), "code_exact": False}
@@ -243,61 +251,14 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
         return [], {**facts, "skipped": "no existing code file changed"}
     project = Project.open(worktree, home)
     ctx = StageContext(task=description, project=project, llm=None, worktree=worktree)
-    stages = {s.name: s for s in PIPELINE}
-    labels = label_commit(project, code_files, hunks)
-    kind = kind_of(description, hunks)
-    rules = stages["task_analysis"].rules(ctx, stages["task_analysis"].build_input(ctx, {}))
-    analysis = TaskAnalysis(
-        kind=kind, key_terms=rules.key_terms, symbols=[n for _, n in labels.primary][:8], files=files[:5],
-        subsystems=list(dict.fromkeys(Path(p).stem for p in files))[:5], keep_rom=kind in ROM_PRESERVING,
-    )
-    pairs = [StagePair("task_analysis", stages["task_analysis"].prompt(ctx, stages["task_analysis"].build_input(ctx, {})).messages, analysis)]
-    scope_in = stages["scope"].build_input(ctx, {"task_analysis": rules})
-    support_files = {p for p, _ in labels.supporting} - set(files)
-    scope = ScopeOutput(files=[
-        FileVerdict(path=c.path, label="relevant" if c.path in files else "supporting" if c.path in support_files else "irrelevant",
-                    reason="the commit changed it" if c.path in files else "defines symbols the change uses"
-                    if c.path in support_files else "the commit did not need it")
-        for c in scope_in.candidates])
-    found = {c.path for c in scope_in.candidates}
-    pairs.append(StagePair("scope", stages["scope"].prompt(ctx, scope_in).messages, scope,
-                           {"gold_in_candidates": sum(p in found for p in files), "gold": len(files)}))
-    gold_scope = ScopeOutput(files=[FileVerdict(path=p, label="relevant", reason="the commit changed it") for p in code_files])
-    precision_in = stages["precision"].build_input(ctx, {"task_analysis": rules, "scope": gold_scope})
-    primary, supporting = set(labels.primary), set(labels.supporting)
-    precision = PrecisionOutput(symbols=[
-        SymbolVerdict(name=c.name, path=c.path, tier="primary" if (c.path, c.name) in primary else "supporting"
-                      if (c.path, c.name) in supporting else "excluded",
-                      reason="the commit modified it" if (c.path, c.name) in primary else "the modified code uses it"
-                      if (c.path, c.name) in supporting else "not touched")
-        for c in precision_in.candidates])
-    pairs.append(StagePair("precision", stages["precision"].prompt(ctx, precision_in).messages, precision))
-    plan = _plan_for(description, labels, kind)
-    plan_in = stages["plan"].build_input(ctx, {"task_analysis": analysis, "scope": gold_scope, "precision": precision})
-    pairs.append(StagePair("plan", stages["plan"].prompt(ctx, plan_in).messages, plan))
-    facts["kind"] = kind
-    listed = git_repo.git(repo, "ls-tree", "--name-only", "-z", sha, "--", *code_files).decode("utf-8", "surrogateescape")
-    if set(code_files) - set(listed.split("\0")):
-        facts["code_skipped"] = "the commit deletes or renames a file; search/replace cannot express it"
-    elif (longest := max(len(line) for h in hunks for line in ("\n".join(h.old_text), "\n".join(h.new_text)))) > MAX_BLOCK:
-        facts["code_skipped"] = f"a hunk of {longest} characters is longer than an edit block may be ({MAX_BLOCK})"
-    else:
-        edited = merge_hunks(worktree, hunks)
-        blocks = unique_edits(worktree, edited)
-        if not blocks:
-            facts["code_failed"] = ("block too long", f"an edit block outgrows {MAX_BLOCK + 500} characters with the context "
-                                    "that makes its search unique")
-        elif len(blocks) > MAX_EDITS:
-            facts["code_failed"] = ("too many blocks", f"{len(blocks)} edit blocks (neighbours too far apart to join); "
-                                                      f"a code answer holds at most {MAX_EDITS}")
-        elif problem := reapply_problem(worktree, repo, sha, blocks, code_files):
-            facts["code_failed"] = problem
-        else:
-            code_in = stages["code"].build_input(ctx, {"plan": plan, "precision": precision})
-            shown = "\n".join(e.text for e in code_in.excerpts)
-            for block, hunk in zip(blocks, edited, strict=True):  # the answer may only edit code the prompt shows
-                if block.search not in shown:
-                    code_in.excerpts.append(Excerpt(path=block.path, start_line=hunk.old_start, text=block.search))
-            pairs.append(StagePair("code", stages["code"].prompt(ctx, code_in).messages, CodeEdits(edits=blocks)))
-            facts["code_exact"] = True
+    gold = commit_gold(worktree, project, repo, sha=sha, description=description, files=files, code_files=code_files,
+                       hunks=hunks)
+    facts["kind"] = gold.kind
+    pairs: list[StagePair] = []
+    earlier: dict[str, Lesson] = {}
+    for stage in PIPELINE:
+        lesson = earlier[stage.name] = stage.teach(ctx, gold, earlier)
+        facts.update(lesson.facts)
+        if lesson.output is not None:
+            pairs.append(StagePair(stage.name, lesson.messages, lesson.output, lesson.meta))
     return pairs, facts

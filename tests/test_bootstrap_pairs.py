@@ -8,14 +8,18 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.config import load_config
 from agent.errors import InvalidInput
 from agent.index.build import index_repo
-from agent.stages import STAGE_NAMES
+from agent.stages import PIPELINE, STAGE_NAMES
+from agent.stages.base import Decision, Prompt, Stage, StageContext, StageRecipe, system
 from agent.stages.code import EditBlock
+from agent.stages.gold import CommitGold, Lesson
+from agent.stages.task_analysis import TaskInput
 from bootstrap.derive import derive_pairs, parse_hunks, reapply_problem
 from bootstrap.mining import MinedCommit
 from bootstrap.pairs import StoredSplit, bootstrap_repo, eval_commits
@@ -64,6 +68,53 @@ def test_rename_commit_gives_a_pair_per_stage_with_labels_from_the_diff(decomp_r
     assert all("sub_80A1234" in e.search and "InitWallClock" in e.replace for e in edits)
     # the code pair's prompt shows the pre-commit code the edits apply to
     assert "sub_80A1234" in by_stage["code"].messages[-1]["content"]
+
+
+class Recap(BaseModel):
+    """The stages that taught before this one."""
+
+    stages: list[str]
+
+
+class RecapStage(Stage[TaskInput, Recap]):
+    """A stage added at the end of the pipeline, with nothing but its module."""
+
+    name = "recap"
+    Input = TaskInput
+    Output = Recap
+    role = "reasoning"
+    recipe = StageRecipe(rank=8)
+
+    def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> TaskInput:
+        return TaskInput(task=ctx.task)
+
+    def prompt(self, ctx: StageContext, inp: TaskInput) -> Prompt:
+        return Prompt([system("recapper"), {"role": "user", "content": inp.task}])
+
+    def decisions(self, inp: TaskInput, out: Recap) -> list[Decision]:
+        return []
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        return Lesson(Recap(stages=list(earlier)), self.prompt(ctx, self.build_input(ctx, {})).messages,
+                      facts={"recap_primary": len(gold.primary)})
+
+    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+        return float(gold == predicted)
+
+
+def test_each_stage_of_the_pipeline_teaches_its_own_pair(decomp_repo: DecompRepo, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    subject = "Rename sub_80A1234 to InitWallClock"
+    sha, parent, files = at_parent(decomp_repo, subject, tmp_path / "home")
+    pairs, _ = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description=subject,
+                            files=files, repo=decomp_repo.path)
+    assert [p.stage for p in pairs] == [stage.name for stage in PIPELINE]  # one pair each, in pipeline order
+    # a stage added to the pipeline is asked for its pair, after the lessons of every stage before it
+    monkeypatch.setattr("bootstrap.derive.PIPELINE", (*PIPELINE, RecapStage()))
+    pairs, facts = derive_pairs(decomp_repo.path, tmp_path / "home", sha=sha, parent=parent, description=subject,
+                                files=files, repo=decomp_repo.path)
+    assert [p.stage for p in pairs] == [*STAGE_NAMES, "recap"] and facts["code_exact"] and facts["recap_primary"] > 0
+    assert pairs[-1].output.stages == list(STAGE_NAMES) and pairs[-1].messages[-1]["content"] == subject
 
 
 def test_documentation_by_comments_only_is_documentation(decomp_repo: DecompRepo, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from agent.errors import CraError
 from agent.llm.budget import PromptBudget, char_budget, fit
 from agent.llm.roles import Role
 from agent.project import Project
+from agent.stages.gold import CommitGold, Lesson
 
 if TYPE_CHECKING:  # a stage talks to the model through its context; the model layer never imports a stage
     from agent.llm.client import LLM
@@ -122,10 +123,11 @@ class StageResult(Generic[O]):
 
 class Stage(ABC, Generic[I, O]):
     """A pipeline stage and all its facts: its name, types, the model role that answers it, how its adapter is
-    trained, how a held-out answer is scored, and how its output reads in the Prefect UI.
+    trained, its labeller (how a past commit becomes its training pair), how a held-out answer is scored, and how its
+    output reads in the Prefect UI.
 
-    Subclasses set the class facts and implement `build_input`, `prompt`, `decisions` and `score`; a stage that acts
-    on the model's answer and may send it back (`retries`) overrides `accept` and `rejected`.
+    Subclasses set the class facts and implement `build_input`, `prompt`, `decisions`, `teach` and `score`; a stage
+    that acts on the model's answer and may send it back (`retries`) overrides `accept` and `rejected`.
     """
 
     name: ClassVar[str]
@@ -149,6 +151,11 @@ class Stage(ABC, Generic[I, O]):
     @abstractmethod
     def decisions(self, inp: I, out: O) -> list[Decision]:
         """The per-candidate choices in `out`, for the log."""
+
+    @abstractmethod
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """This stage's training pair for a past commit, from its gold facts and the earlier stages' lessons, with
+        `ctx` at the commit's parent."""
 
     @abstractmethod
     def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:

@@ -22,6 +22,7 @@ from agent.stages.base import (
     budgeted,
     clip,
 )
+from agent.stages.gold import CommitGold, Lesson
 from agent.stages.plan import Plan
 from agent.stages.precision import PrecisionOutput
 
@@ -95,6 +96,21 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
                 end = min(end, start + EXCERPT_LINES - 1, len(lines))
                 excerpts.append(Excerpt(path=path, start_line=start, text="\n".join(lines[start - 1:end])))
         return CodeInput(task=ctx.task, plan=plan, excerpts=excerpts)
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """The blocks that reproduce the commit exactly, each one's code shown in the prompt; no pair when there are
+        none, the facts saying why."""
+        if gold.edits_skipped is not None:
+            return Lesson(None, facts={"code_skipped": gold.edits_skipped})
+        if gold.edits_failed is not None:
+            return Lesson(None, facts={"code_failed": gold.edits_failed})
+        inp = self.build_input(ctx, {"plan": earlier["plan"].handed, "precision": earlier["precision"].handed})
+        shown = "\n".join(e.text for e in inp.excerpts)
+        for edit in gold.edits:  # the answer may only edit code the prompt shows
+            if edit.search not in shown:
+                inp.excerpts.append(Excerpt(path=edit.path, start_line=edit.hunk_line, text=edit.search))
+        answer = CodeEdits(edits=[EditBlock(path=e.path, search=e.search, replace=e.replace) for e in gold.edits])
+        return Lesson(answer, self.prompt(ctx, inp).messages, facts={"code_exact": True})
 
     def prompt(self, ctx: StageContext, inp: CodeInput) -> Prompt:
         """The plan and the excerpts (as many as fit, the last one cut short if need be), with the edit format."""

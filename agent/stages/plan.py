@@ -19,6 +19,7 @@ from agent.stages.base import (
     StageRecipe,
     budgeted,
 )
+from agent.stages.gold import CommitGold, Lesson
 from agent.stages.measures import f1, order_agreement
 from agent.stages.precision import PrecisionOutput
 from agent.stages.scope import ScopeOutput, scoped
@@ -68,6 +69,20 @@ class PlanStage(Stage[PlanInput, Plan]):
             primary=[f"{v.path}:{v.name}" for v in precision.symbols if v.tier == "primary"],
             supporting=[f"{v.path}:{v.name}" for v in precision.symbols if v.tier == "supporting"],
         )
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """A step per code file the commit changed, headers first, naming its modified symbols and hunks; the prompt
+        is built on the commit's analysis, not the rules' (the teacher may replace the plan later)."""
+        inp = self.build_input(ctx, {"task_analysis": earlier["task_analysis"].output, "scope": earlier["scope"].handed,
+                                     "precision": earlier["precision"].handed})
+        what = {"documentation": "document", "rename": "rename in"}.get(gold.kind, "change")
+        steps = []
+        for path in sorted(gold.code_files, key=lambda p: (not p.endswith(".h"), gold.code_files.index(p))):
+            names = [name for p, name in gold.primary if p == path][:6]
+            n = gold.hunks[path]
+            steps.append(PlanStep(file=path, symbols=names,
+                                  change=f"{what} {', '.join(names) or 'the file'} ({n} hunk{'s' * (n != 1)})"[:200]))
+        return Lesson(Plan(summary=gold.description[:200], steps=steps[:8]), self.prompt(ctx, inp).messages)
 
     def prompt(self, ctx: StageContext, inp: PlanInput) -> Prompt:
         """The task with the files and symbols to work from (symbols as many as fit)."""

@@ -19,6 +19,7 @@ from agent.stages.base import (
     budgeted,
     keep_listed,
 )
+from agent.stages.gold import CommitGold, Lesson
 from agent.stages.measures import macro_f1
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
@@ -100,6 +101,23 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
         cands.sort(key=lambda c: (-c.score, c.path, c.line))
         return PrecisionInput(task=ctx.task, analysis=analysis, relevant_files=scoped(scope, "relevant"),
                               candidates=cands[:MAX_SYMBOLS])
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """The candidates of the files the commit changed in tiers: the symbols it modified primary, those the modified
+        code names supporting."""
+        inp = self.build_input(ctx, {"task_analysis": earlier["task_analysis"].handed,
+                                     "scope": earlier["scope"].handed})
+        primary, supporting = set(gold.primary), set(gold.supporting)
+        verdicts = []
+        for cand in inp.candidates:
+            if (cand.path, cand.name) in primary:
+                tier, reason = "primary", "the commit modified it"
+            elif (cand.path, cand.name) in supporting:
+                tier, reason = "supporting", "the modified code uses it"
+            else:
+                tier, reason = "excluded", "not touched"
+            verdicts.append(SymbolVerdict(name=cand.name, path=cand.path, tier=tier, reason=reason))
+        return Lesson(PrecisionOutput(symbols=verdicts), self.prompt(ctx, inp).messages)
 
     def rules(self, ctx: StageContext, inp: PrecisionInput) -> PrecisionOutput:
         """Named symbols and the best matches in relevant files are primary; other matches support."""

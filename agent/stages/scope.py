@@ -19,6 +19,7 @@ from agent.stages.base import (
     budgeted,
     keep_listed,
 )
+from agent.stages.gold import CommitGold, Lesson
 from agent.stages.measures import macro_f1
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -89,6 +90,26 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
         """Macro F1 of the files' labels (a file the answer leaves out counts as irrelevant)."""
         return macro_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
                         ("relevant", "supporting", "irrelevant"), "irrelevant")
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """Each candidate labelled from the commit: the files it changed relevant, files defining symbols the change
+        names supporting; the later stages are handed the code files it changed, all relevant."""
+        inp = self.build_input(ctx, {"task_analysis": earlier["task_analysis"].handed})
+        support = {p for p, _ in gold.supporting} - set(gold.files)
+        verdicts = []
+        for cand in inp.candidates:
+            if cand.path in gold.files:
+                label, reason = "relevant", "the commit changed it"
+            elif cand.path in support:
+                label, reason = "supporting", "defines symbols the change uses"
+            else:
+                label, reason = "irrelevant", "the commit did not need it"
+            verdicts.append(FileVerdict(path=cand.path, label=label, reason=reason))
+        changed = ScopeOutput(files=[FileVerdict(path=p, label="relevant", reason="the commit changed it")
+                                     for p in gold.code_files])
+        found = {c.path for c in inp.candidates}
+        return Lesson(ScopeOutput(files=verdicts), self.prompt(ctx, inp).messages, handed=changed,
+                      meta={"gold_in_candidates": sum(p in found for p in gold.files), "gold": len(gold.files)})
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> ScopeInput:
         """Search hits, the files defining named symbols and their callers, and header/source partners."""

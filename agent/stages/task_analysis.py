@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -17,6 +18,7 @@ from agent.stages.base import (
     StageRecipe,
     system,
 )
+from agent.stages.gold import CommitGold, Lesson
 from agent.stages.measures import f1
 
 Kind = Literal["documentation", "rename", "bug_fix", "feature", "refactor"]
@@ -129,6 +131,18 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
             "terms, the code identifiers and repository files it names, the subsystems it touches, and whether the "
             "built ROM must stay byte-identical (true for documentation, renames and refactors)."
         )}])
+
+    def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
+        """The commit's kind, modified symbols and files; the later stages' retrieval is handed the rules' answer, which
+        knows only the task text, as at run time."""
+        inp = self.build_input(ctx, {})
+        rules = self.rules(ctx, inp)
+        analysis = TaskAnalysis(
+            kind=gold.kind, key_terms=rules.key_terms, symbols=[n for _, n in gold.primary][:8],
+            files=gold.files[:5], subsystems=list(dict.fromkeys(Path(p).stem for p in gold.files))[:5],
+            keep_rom=gold.kind in ROM_PRESERVING,
+        )
+        return Lesson(analysis, self.prompt(ctx, inp).messages, handed=rules)
 
     def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
         """The kind and the ROM rule right, and F1 of the named symbols and of the named files."""
