@@ -171,7 +171,8 @@ class TaskRun:
         inp = None
         try:
             inp = stage.build_input(self.ctx, self.done)
-            result = stage.run(self.ctx, inp, use_model=self.needs_model)
+            self.ctx.project.close()  # the input's reads of the index shared one connection; none is held while
+            result = stage.run(self.ctx, inp, use_model=self.needs_model)  # a model answers (cra index may write)
         except BaseException as exc:
             runs.record_stage(self.home, self.run_id, len(self.results), stage.name, inp, None,
                               time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
@@ -179,6 +180,8 @@ class TaskRun:
                 self.failed_stage = stage.name
                 self.notes.append(f"the {stage.name} stage failed: {exc}")
             raise
+        finally:
+            self.ctx.project.close()  # nor between stages, nor through validation
         seconds = time.perf_counter() - started
         self.timings[stage.name] = seconds
         runs.record_stage(self.home, self.run_id, len(self.results), stage.name, inp, result, seconds)

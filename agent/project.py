@@ -1,33 +1,44 @@
 """One indexed checkout as cra sees it, opened once per command or run: its paths, its index state, and the
-reads the stages make of the index (search, symbols, files). Queries reuse it instead of finding the project again."""
+reads the stages make of the index (search, symbols, files) through its one IndexReader. Queries reuse it instead
+of finding the project again; `close` it (or use it as a context manager) when done."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.builds import BuildEnvironment
 from agent.config import ProjectPaths, ValidationSettings
-from agent.index import query
 from agent.index.build import IndexState, open_index
-from agent.index.query import AGENT_KINDS, IndexedSymbol
-from agent.retrieval import Searcher, SearchResults, SymbolInfo, searcher, symbol_info
+from agent.index.reader import AGENT_KINDS, IndexReader, Symbol, SymbolInfo
+from agent.retrieval import Searcher, SearchResults, searcher
 
 
 @dataclass(frozen=True)
 class Project:
-    """An indexed checkout: `open` it once, then ask it."""
+    """An indexed checkout: `open` it once, then ask it; its reader's connection opens at the first read."""
 
     home: str | Path | None
     paths: ProjectPaths
     state: IndexState
+    index: IndexReader = field(repr=False, compare=False)
 
     @classmethod
     def open(cls, repo: Path, home: str | Path | None = None) -> Project:
         """The indexed checkout at `repo`; NotIndexed when it has no index yet."""
         paths, state = open_index(repo, home)
-        return cls(home, paths, state)
+        return cls(home, paths, state, IndexReader(paths.store, paths.repo))
+
+    def close(self) -> None:
+        """Release the index's connection (the next read opens another): the indexer may write meanwhile."""
+        self.index.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     @property
     def repo(self) -> Path:
@@ -36,7 +47,7 @@ class Project:
 
     def searcher(self) -> Searcher:
         """The warm hybrid searcher over this index."""
-        return searcher(self.paths, self.state)
+        return searcher(self.paths, self.state, self.index)
 
     def search(self, text: str, **options) -> SearchResults:
         """Files and symbols for `text`, best first; see Searcher.search for the options."""
@@ -44,19 +55,19 @@ class Project:
 
     def lookup_symbol(self, name: str) -> list[SymbolInfo]:
         """Every definition named `name`, with its declarations, callers and callees."""
-        return symbol_info(self.paths, name)
+        return self.index.lookup(name)
 
-    def symbols_in_files(self, files: Iterable[str], kinds: Iterable[str] = AGENT_KINDS) -> list[IndexedSymbol]:
+    def symbols_in_files(self, files: Iterable[str], kinds: Iterable[str] = AGENT_KINDS) -> list[Symbol]:
         """Symbols defined in `files`, most central first."""
-        return query.symbols_in_files(self.paths.store, files, kinds)
+        return self.index.symbols_in_files(files, kinds)
 
     def defined(self, names: Iterable[str]) -> dict[str, list[str]]:
         """For each name the index defines (not only declares), the files defining it."""
-        return query.defined(self.paths.store, names)
+        return self.index.defined(names)
 
     def indexed_files(self) -> set[str]:
         """Every file path in the index."""
-        return query.indexed_files(self.paths.store)
+        return self.index.indexed_files()
 
     def builds(self, settings: ValidationSettings) -> BuildEnvironment:
         """How this checkout is built and where its built trees are kept."""

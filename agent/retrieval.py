@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agent import store
 from agent.config import ProjectPaths
-from agent.errors import InvalidInput, UnknownSymbol
-from agent.index import graph, history
+from agent.errors import InvalidInput
+from agent.index import history
 from agent.index.build import IndexState, open_index
+from agent.index.reader import IndexReader, neighbors
 from agent.index.symbols import PROTOTYPE, SYMBOL_KINDS
 from agent.index.tokens import code_tokens
 
@@ -158,22 +158,18 @@ def file_name_scores(query: str, words_of: dict[str, tuple[str, ...]]) -> dict[s
 class Searcher:
     """A warm handle on one project's index: the search tables at the recorded versions and the graph."""
 
-    def __init__(self, paths: ProjectPaths, state: IndexState):
+    def __init__(self, paths: ProjectPaths, state: IndexState, index: IndexReader):
         from agent.index.tables import SearchTables
 
         self.paths = paths
         self.state = state
         self.tables = SearchTables(paths.lance, state.embedder, models=paths.models)
         self.tables.open(state.generation, state.symbols_version, state.files_version)
-        with store.opened(paths.store, read_only=True) as con:
-            rows = con.execute(
-                "SELECT s.id, s.name, s.kind, s.path, s.start_line, coalesce(m.pagerank, 0)"
-                " FROM symbols s LEFT JOIN symbol_metrics m USING (id)"
-            ).fetchall()
-            self.file_pagerank = dict(con.execute("SELECT path, pagerank FROM file_metrics").fetchall())
-            self.files = {p: lang for p, lang in con.execute("SELECT path, lang FROM files").fetchall()}
-            self.graph = graph.load_adjacency(con)
-            self.history = history.load(con)
+        rows = index.symbol_ranks()
+        self.file_pagerank = index.file_pagerank()
+        self.files = index.file_langs()
+        self.graph = index.adjacency()
+        self.history = index.history()
         self.meta = {r[0]: r[1:5] for r in rows}
         self.path_of = {r[0]: r[3] for r in rows}
         self.symbol_pagerank = _normalise({r[0]: r[5] for r in rows})
@@ -227,7 +223,7 @@ class Searcher:
             file_vec = dict(self.tables.nearest_files(vector, limit=CANDIDATES, **file_filter))
         seeds = sorted(sym_text, key=sym_text.get, reverse=True)[:SEED_HITS]
         # Seeds already carry their text score; their neighbours (one hop: 1/2, two hops: 1/3) get the boost.
-        near = {sid: 1.0 / (1 + d) for sid, d in graph.neighbors(self.graph, seeds, hops=2).items()
+        near = {sid: 1.0 / (1 + d) for sid, d in neighbors(self.graph, seeds, hops=2).items()
                 if d > 0 and sid in self.meta}
 
         # Symbols: text, vector, neighbourhood and prior.
@@ -308,13 +304,13 @@ def _store_stamp(paths: ProjectPaths) -> tuple:
     return tuple(stamps)
 
 
-def searcher(paths: ProjectPaths, state: IndexState) -> Searcher:
-    """A warm searcher for the project at `paths`, reused until its index changes on disk."""
+def searcher(paths: ProjectPaths, state: IndexState, index: IndexReader) -> Searcher:
+    """A warm searcher for the project at `paths`, reused until its index changes on disk (`index` loads a new one)."""
     stamp = _store_stamp(paths)
     cached = _SEARCHERS.get(paths.root)
     if cached and cached[0] == stamp:
         return cached[1]
-    warm = Searcher(paths, state)
+    warm = Searcher(paths, state, index)
     _SEARCHERS[paths.root] = (stamp, warm)
     return warm
 
@@ -322,64 +318,5 @@ def searcher(paths: ProjectPaths, state: IndexState) -> Searcher:
 def search(repo: Path, query: str, *, home: Path | str | None = None, **options) -> SearchResults:
     """Search the index of `repo` (a `Project`'s search, for callers with only a path); see Searcher.search."""
     paths, state = open_index(repo, home)
-    return searcher(paths, state).search(query, **options)
-
-
-@dataclass
-class SymbolInfo:
-    """A symbol's definition, its declarations, and who it calls and is called by."""
-
-    id: str
-    name: str
-    kind: str
-    path: str
-    start_line: int
-    end_line: int
-    signature: str
-    is_static: bool
-    declarations: list[str]
-    callers: list[dict]
-    callees: list[dict]
-
-    def as_dict(self) -> dict:
-        """A JSON-ready view."""
-        return asdict(self)
-
-
-def lookup_symbol(repo: Path, name: str, *, home: Path | str | None = None) -> list[SymbolInfo]:
-    """Every definition named `name` (a `Project`'s lookup, for callers with only a path)."""
-    paths, _state = open_index(repo, home)
-    return symbol_info(paths, name)
-
-
-def symbol_info(paths: ProjectPaths, name: str) -> list[SymbolInfo]:
-    """Every definition named `name` (several for pret's reused static names), with its graph neighbours."""
-    with store.opened(paths.store, read_only=True) as con:
-        rows = con.execute(
-            "SELECT id, name, kind, path, start_line, end_line, signature, is_static FROM symbols"
-            " WHERE name = ? AND kind <> 'prototype' ORDER BY path, start_line",
-            [name],
-        ).fetchall()
-        if not rows:
-            rows = con.execute(
-                "SELECT id, name, kind, path, start_line, end_line, signature, is_static FROM symbols"
-                " WHERE name = ? ORDER BY path, start_line",
-                [name],
-            ).fetchall()
-        if not rows:
-            close = [r[0] for r in con.execute(
-                "SELECT DISTINCT name FROM symbols WHERE name ILIKE ? ORDER BY length(name) LIMIT 5", [f"%{name}%"]
-            ).fetchall()]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownSymbol(f"no symbol named {name!r} in the index of {paths.repo}{hint}")
-        infos = []
-        for sid, sname, kind, spath, start, end, signature, is_static in rows:
-            decls = [f"{p}:{line}" for p, line in con.execute(
-                "SELECT s.path, s.start_line FROM decl_links d JOIN symbols s ON s.id = d.decl WHERE d.defn = ?"
-                " ORDER BY 1", [sid]
-            ).fetchall()]
-            infos.append(SymbolInfo(
-                sid, sname, kind, spath, start, end, signature or "", bool(is_static), decls,
-                graph.callers(con, sid), graph.callees(con, sid),
-            ))
-    return infos
+    with IndexReader(paths.store, paths.repo) as index:
+        return searcher(paths, state, index).search(query, **options)

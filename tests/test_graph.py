@@ -10,6 +10,7 @@ import pytest
 from agent import store
 from agent.index import catalog, graph
 from agent.index.parse import parse_file
+from agent.index.reader import IndexReader, neighbors
 from agent.index.symbols import ParsedFile
 
 GLOBAL_H = """\
@@ -164,7 +165,7 @@ def test_set_main_callback_makes_an_entry_point(con: duckdb.DuckDBPyConnection) 
     assert metrics["src/main.c::function::AgbMain"] == (True, 0)
     assert metrics["src/title.c::function::Task_A"] == (False, 2)  # CB2_InitTitle -> sTasks -> Task_A
     assert metrics["src/title.c::function::VBlankCB"][0] is False  # called directly: no entry point
-    top = [e.name for e in graph.top_entry_points(con, 10)]
+    top = [e.name for e, _ in IndexReader.over(con).top_entry_points(10)]
     assert "CB2_InitTitle" in top and "AgbMain" in top
 
 
@@ -187,7 +188,7 @@ def test_ambiguity_is_counted_and_ifdef_duplicates_count_once(con: duckdb.DuckDB
     rows = con.execute("SELECT src, dst, candidates FROM refs WHERE name = 'Twice' AND kind = 'call'").fetchall()
     assert {r[0] for r in rows} == {"src/caller.c::function::Once", "src/caller.c::function::Once#2"}
     assert all(r[1] == "src/ambig_a.c::function::Twice" and r[2] == 2 for r in rows)
-    assert [d.path for d in graph.definition_of(con, "Once", "src/caller.c")] == ["src/caller.c"]
+    assert [d.path for d in IndexReader.over(con).definition_of("Once", "src/caller.c")] == ["src/caller.c"]
     # A macro defined alike in two headers is one definition.
     assert _dst(con, "src/window.c::function::Range", "WIN_RANGE", "call") == (
         "include/gba/defines.h::macro_function::WIN_RANGE", 1)
@@ -195,18 +196,19 @@ def test_ambiguity_is_counted_and_ifdef_duplicates_count_once(con: duckdb.DuckDB
 
 def test_read_api(con: duckdb.DuckDBPyConnection) -> None:
     cb2 = "src/title.c::function::CB2_InitTitle"
-    [caller] = graph.callers(con, cb2)
+    index = IndexReader.over(con)
+    [caller] = index.callers(cb2)
     assert (caller["id"], caller["path"], caller["site_line"]) == ("src/main.c::function::AgbMain", "src/main.c", 11)
-    called = {c["name"]: c for c in graph.callees(con, cb2) if c["ref_kind"] == "call"}
+    called = {c["name"]: c for c in index.callees(cb2) if c["ref_kind"] == "call"}
     assert set(called) == {"VBlankCB", "CreateTask", "ARRAY_COUNT"}
     assert (called["CreateTask"]["path"], called["CreateTask"]["line"]) == ("src/main.c", 13)
-    near = graph.neighbors(con, [cb2], hops=2)
+    near = neighbors(index, [cb2], hops=2)
     assert near[cb2] == 0 and near["src/title.c::function::VBlankCB"] == 1
     assert near["include/palette.h::function::SetBackdrop"] == 2
-    assert graph.neighbors(graph.load_adjacency(con), [cb2], hops=2) == near
-    own = graph.definition_of(con, "VBlankCB", "src/options.c")
+    assert neighbors(index.adjacency(), [cb2], hops=2) == near
+    own = index.definition_of("VBlankCB", "src/options.c")
     assert [d.id for d in own] == ["src/options.c::function::VBlankCB"]
-    assert len(graph.definition_of(con, "VBlankCB")) == 2
+    assert len(index.definition_of("VBlankCB")) == 2
 
 
 def test_metrics_cover_the_graphs(con: duckdb.DuckDBPyConnection) -> None:

@@ -31,6 +31,7 @@ from agent.errors import (
     StoreBusy,
     UnknownSymbol,
 )
+from agent.index import reader
 from agent.index.build import IndexReport, index_repo
 from tests.fixtures.decomp import DecompRepo
 
@@ -173,7 +174,7 @@ def test_repository_without_indexable_files(tmp_path: Path) -> None:
     assert recorded_commit(repo) == git(repo, "rev-parse", "HEAD").strip()
     assert retrieval.search(repo, "anything at all").files == []
     with pytest.raises(UnknownSymbol):
-        retrieval.lookup_symbol(repo, "AgbMain")
+        reader.lookup_symbol(repo, "AgbMain")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_non_utf8_and_binary_c_files(decomp_repo: DecompRepo) -> None:
     report = index(repo)
     assert report.skipped >= 2
     assert "src/latin1.c" in indexed_paths(repo)
-    assert [i.path for i in retrieval.lookup_symbol(repo, "LatinOneFunction")] == ["src/latin1.c"]
+    assert [i.symbol.path for i in reader.lookup_symbol(repo, "LatinOneFunction")] == ["src/latin1.c"]
     reasons = skipped(repo)
     assert "binary" in reasons.get("src/blob.c", ""), reasons
     assert reasons.get("src/wide.c"), reasons
@@ -209,7 +210,7 @@ def test_non_utf8_and_binary_c_files(decomp_repo: DecompRepo) -> None:
     assert "binary" in skipped(repo).get("src/task.c", "")
     assert "src/task.c" not in indexed_paths(repo)
     assert not rows(repo, "SELECT id FROM symbols WHERE path = 'src/task.c'")
-    assert [i.path for i in retrieval.lookup_symbol(repo, "LatinTwoFunction")] == ["src/sprite.c"]
+    assert [i.symbol.path for i in reader.lookup_symbol(repo, "LatinTwoFunction")] == ["src/sprite.c"]
     assert retrieval.search(repo, "wall clock").files
 
     # Restoring the file takes it out of the skipped list again.
@@ -227,7 +228,7 @@ def test_pathological_c_file_does_not_abort_the_index(decomp_repo: DecompRepo) -
     report = index(repo)  # parsed, or skipped with a reason: never an exception
     assert report.commit == git(repo, "rev-parse", "HEAD").strip()
     assert "src/deep_if.c" in indexed_paths(repo) or skipped(repo).get("src/deep_if.c")
-    assert [i.path for i in retrieval.lookup_symbol(repo, "InitWallClock")] == ["src/wallclock.c"]
+    assert [i.symbol.path for i in reader.lookup_symbol(repo, "InitWallClock")] == ["src/wallclock.c"]
 
 
 def test_awkward_file_names(decomp_repo: DecompRepo) -> None:
@@ -235,13 +236,13 @@ def test_awkward_file_names(decomp_repo: DecompRepo) -> None:
     (repo / "src/it's here.c").write_text("void QuotedPathFunction(void)\n{\n}\n")
     commit_all(repo, "a file name with a quote and a space")
     index(repo)
-    assert [i.path for i in retrieval.lookup_symbol(repo, "QuotedPathFunction")] == ["src/it's here.c"]
+    assert [i.symbol.path for i in reader.lookup_symbol(repo, "QuotedPathFunction")] == ["src/it's here.c"]
     # Incremental: its rows are deleted and re-added by path (SQL quoting in DuckDB and LanceDB).
     (repo / "src/it's here.c").write_text("void QuotedPathRenamed(void)\n{\n}\n")
     report = index(repo)
     assert report.parsed == 1
     with pytest.raises(UnknownSymbol):
-        retrieval.lookup_symbol(repo, "QuotedPathFunction")
+        reader.lookup_symbol(repo, "QuotedPathFunction")
     found = retrieval.search(repo, "QuotedPathRenamed", k=20)
     assert ("QuotedPathRenamed", "src/it's here.c") in {(s.name, s.path) for s in found.symbols}
     assert not [s for s in retrieval.search(repo, "QuotedPathFunction", k=50).symbols
@@ -300,14 +301,14 @@ def test_symlinks_out_of_the_repo_are_not_followed(decomp_repo: DecompRepo, tmp_
     assert not report.full
     assert "src/wallclock.c" in skipped(repo)
     assert "src/wallclock.c" not in indexed_paths(repo)
-    assert "src/wallclock.c" not in {i.path for i in retrieval.lookup_symbol(repo, "InitWallClock")}
+    assert "src/wallclock.c" not in {i.symbol.path for i in reader.lookup_symbol(repo, "InitWallClock")}
     _assert_secret_not_indexed(repo, {"src/secret.c", "include/passwd.h", "src/sub/inner.c", "src/wallclock.c"})
 
 
 def _assert_secret_not_indexed(repo: Path, links: set[str]) -> None:
     for name in (f"{SECRET}Function", f"{SECRET}Inner", "root"):
         with pytest.raises(UnknownSymbol):
-            retrieval.lookup_symbol(repo, name)
+            reader.lookup_symbol(repo, name)
     assert not rows(repo, "SELECT id FROM symbols WHERE name ILIKE ? OR detail ILIKE ?", [f"%{SECRET}%"] * 2)
     for ranker in ("hybrid", "bm25"):
         found = retrieval.search(repo, f"{SECRET}Function root nologin", k=50, ranker=ranker)
@@ -371,7 +372,7 @@ def test_partial_clone_never_fetches_and_never_crashes(partial_clone: Path, isol
     else:
         assert "src/wallclock.c" in indexed_paths(partial_clone)
         assert "src/task.c" not in indexed_paths(partial_clone)
-        assert "src/wallclock.c" in {i.path for i in retrieval.lookup_symbol(partial_clone, "InitWallClock")}
+        assert "src/wallclock.c" in {i.symbol.path for i in reader.lookup_symbol(partial_clone, "InitWallClock")}
     assert missing_objects(partial_clone) == missing, "indexing lazily fetched objects"
 
     # The promisor remote gone: the CLI still ends cleanly (a result, or a clear error).
@@ -480,7 +481,7 @@ def test_killed_indexer_leaves_previous_index_usable(decomp_repo: DecompRepo, tm
     assert rows(repo, "SELECT generation, dirty_paths FROM index_state", home=home) == [(generation, [])]
     assert "src/wallclock.c" in {f.path for f in retrieval.search(repo, "wall clock window", home=home).files}
     assert not has_symbol(repo, "WallClockKilledEdit", home)
-    [info] = retrieval.lookup_symbol(repo, "InitWallClock", home=home)
+    [info] = reader.lookup_symbol(repo, "InitWallClock", home=home)
     assert info.callers
 
     # Discard the edit the killed run saw, change another file: the next run succeeds and nothing of the
@@ -494,7 +495,7 @@ def test_killed_indexer_leaves_previous_index_usable(decomp_repo: DecompRepo, tm
     assert has_symbol(repo, "TaskAfterKill", home)
     assert not has_symbol(repo, "WallClockKilledEdit", home)
     with pytest.raises(UnknownSymbol):
-        retrieval.lookup_symbol(repo, "WallClockKilledEdit", home=home)
+        reader.lookup_symbol(repo, "WallClockKilledEdit", home=home)
     if full:
         lance = {p.name for p in paths.lance.iterdir() if p.name.endswith(".lance")}
         [(new_generation,)] = rows(repo, "SELECT generation FROM index_state", home=home)

@@ -23,6 +23,7 @@ import pytest
 from agent import retrieval
 from agent.config import project_paths
 from agent.errors import UnknownSymbol
+from agent.index import reader
 from agent.index.build import IndexReport, index_repo
 from tests.fixtures.decomp import DecompRepo
 
@@ -238,9 +239,9 @@ def test_uncommitted_edit_then_commit_then_revert(decomp_repo: DecompRepo, isola
     assert state(home)["dirty"] == ["src/wallclock.c"]
     found = retrieval.search(repo, "WallClockSelfTest", k=20)
     assert ("WallClockSelfTest", "src/wallclock.c") in symbol_names(found)
-    [info] = retrieval.lookup_symbol(repo, "WallClockSelfTest")
-    assert info.path == "src/wallclock.c" and info.kind == "function"
-    [init] = retrieval.lookup_symbol(repo, "InitWallClock")
+    [info] = reader.lookup_symbol(repo, "WallClockSelfTest")
+    assert info.symbol.path == "src/wallclock.c" and info.symbol.kind == "function"
+    [init] = reader.lookup_symbol(repo, "InitWallClock")
     assert "WallClockSelfTest" in {c["name"] for c in init.callers}
 
     # Committing the same content: HEAD moves, nothing needs parsing, nothing is dirty any more.
@@ -264,8 +265,8 @@ def test_uncommitted_edit_then_commit_then_revert(decomp_repo: DecompRepo, isola
     assert ("WallClockSelfTest", "src/wallclock.c") not in symbol_names(
         retrieval.search(repo, "WallClockSelfTest", k=20))
     with pytest.raises(UnknownSymbol):
-        retrieval.lookup_symbol(repo, "WallClockSelfTest")
-    [init] = retrieval.lookup_symbol(repo, "InitWallClock")
+        reader.lookup_symbol(repo, "WallClockSelfTest")
+    [init] = reader.lookup_symbol(repo, "InitWallClock")
     assert "WallClockSelfTest" not in {c["name"] for c in init.callers}
 
 
@@ -280,7 +281,7 @@ def test_discarded_uncommitted_edit_is_forgotten(decomp_repo: DecompRepo, isolat
     assert report.dirty == []
     assert state(isolated_cra_home)["dirty"] == []
     with pytest.raises(UnknownSymbol):
-        retrieval.lookup_symbol(repo, "WallClockSelfTest")
+        reader.lookup_symbol(repo, "WallClockSelfTest")
     assert ("InitWallClock", "src/wallclock.c") in symbol_names(retrieval.search(repo, "InitWallClock", k=20))
 
 
@@ -300,7 +301,7 @@ def test_deleted_file_disappears(decomp_repo: DecompRepo, isolated_cra_home: Pat
     assert "src/field_effect.c" not in {f.path for f in found.files}
     assert "src/field_effect.c" not in {s.path for s in found.symbols}
     # What is left is the prototype in the header, and nobody's calls resolve into the deleted file.
-    assert {i.path for i in retrieval.lookup_symbol(repo, "DoEnterCaveTransition")} == {"include/field_effect.h"}
+    assert {i.symbol.path for i in reader.lookup_symbol(repo, "DoEnterCaveTransition")} == {"include/field_effect.h"}
     assert not rows(home, "SELECT src FROM refs WHERE dst LIKE 'src/field_effect.c::%'")
 
     # Committing the deletion keeps it gone.

@@ -140,7 +140,8 @@ def _contains(root: Path, rel: str, text: str) -> bool:
 
 
 def test_hybrid_search_uses_identifiers_file_names_and_recent_work(indexed) -> None:
-    searcher = Project.open(indexed.repo, indexed.home).searcher()
+    with Project.open(indexed.repo, indexed.home) as project:
+        searcher = project.searcher()
     langs = ["c", "h"]
 
     res = searcher.search("Use ANIM_TAG_BONE consistently", k=50, langs=langs)

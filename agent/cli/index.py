@@ -108,17 +108,18 @@ def symbol(
     as_json: JsonOpt = False,
 ) -> None:
     """Definition, prototype, callers and callees of a symbol."""
-    from agent import retrieval
+    from agent.index import reader
 
-    infos = retrieval.lookup_symbol(repo, name, home=home)
+    infos = reader.lookup_symbol(repo, name, home=home)
     if as_json:
         _emit_json([i.as_dict() for i in infos])
         return
     for info in infos:
-        out.print(f"[bold]{escape(info.name)}[/] ({info.kind}{', static' if info.is_static else ''}) "
-                  f"{escape(info.path)}:{info.start_line}-{info.end_line}")
-        if info.signature:
-            out.print(f"  [cyan]{escape(info.signature)}[/]")
+        sym = info.symbol
+        out.print(f"[bold]{escape(sym.name)}[/] ({sym.kind}{', static' if sym.is_static else ''}) "
+                  f"{escape(sym.path)}:{sym.start_line}-{sym.end_line}")
+        if sym.signature:
+            out.print(f"  [cyan]{escape(sym.signature)}[/]")
         for decl in info.declarations:
             out.print(f"  declared at {escape(decl)}")
         for label, rows in (("callers", info.callers), ("callees", info.callees)):

@@ -116,7 +116,8 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
         embedded = _index_command(repo, home_embed, embed=True)
         figures["full_embed"] = {k: embedded[k] for k in ("seconds", "peak_rss_mib", "timings", "embedded")}
 
-        warm = Project.open(repo, home_embed).searcher()
+        with Project.open(repo, home_embed) as project:
+            warm = project.searcher()
         latencies = []
         for query in queries:
             warm.search(query)  # first call warms caches for this query shape

@@ -1,4 +1,5 @@
-"""The index's dependency graphs: includes and references resolved under C's visibility rules, decl links, metrics."""
+"""The index's dependency graphs, as the indexer writes them: includes and references resolved under C's visibility
+rules, decl links, metrics (agent.index.reader reads them)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ INCLUDER = "includer"  # in a file that includes P: a header's references seen f
 EXTERN = "extern"      # anywhere, with external linkage (not static)
 ANYWHERE = "anywhere"  # anywhere: a fallback for TU-scoped names when the include graph misses their header
 
-# Pseudo reference kinds resolved by the same machinery: declarations (decl_links) and definition_of.
+# Pseudo reference kinds resolved by the same machinery: declarations (decl_links) and definitions.
 DECL = "decl"                # a non-static prototype
 DECL_STATIC = "decl_static"  # a static prototype (a forward declaration in a .c file)
 DECL_DATA = "decl_data"      # an `extern` variable declaration
-LOOKUP = "lookup"            # definition_of: any definition, as seen from a file
+LOOKUP = "lookup"            # definitions: any definition, as seen from a file
 EXTERN_DETAIL = "extern"     # parse.py marks `extern` variable declarations with this detail: not definitions
 
 _TYPES = (STRUCT, UNION, ENUM, TYPEDEF)
@@ -133,8 +134,8 @@ PAGERANK_ALPHA = 0.85
 # references resolved differently, every node added (at the teleport floor). Above this bound: recompute.
 PAGERANK_STALE_L1 = 0.02
 
-# neighbors(): the references walked, and the fan-out above which a node is reached but not walked through
-# (CreateTask has hundreds of callers: they are no neighbourhood).
+# The reader's neighbors(): the references walked, and the fan-out above which a node is reached but not walked
+# through (CreateTask has hundreds of callers: they are no neighbourhood).
 NEIGHBOR_REF_KINDS = (CALL, VALUE, ASM_USE)
 NEIGHBOR_MAX_FANOUT = 64
 
@@ -151,7 +152,7 @@ _DECL_KIND = (
 _DECL_KINDS = (DECL, DECL_STATIC, DECL_DATA)
 
 
-def _sql_list(values: Iterable[str]) -> str:
+def sql_list(values: Iterable[str]) -> str:
     """A SQL list literal of constant strings."""
     return ", ".join(f"'{v}'" for v in values)
 
@@ -176,33 +177,6 @@ class GraphStats:
     def as_dict(self) -> dict:
         """A JSON-ready copy."""
         return asdict(self)
-
-
-class SymbolRow(NamedTuple):
-    """A definition, as definition_of returns it."""
-
-    id: str
-    name: str
-    kind: str
-    path: str
-    start_line: int
-    end_line: int
-    signature: str
-    is_static: bool
-
-
-class EdgeRow(NamedTuple):
-    """One reference seen from either end, as callers and callees return it (as a dict)."""
-
-    id: str          # the symbol at the other end: the caller (the file path for file-scope uses) or the callee
-    name: str
-    kind: str        # its kind ('' for a file)
-    path: str        # where it is defined
-    line: int
-    ref_kind: str    # call | value | macro | type | asm
-    site_path: str   # where the reference is
-    site_line: int
-    candidates: int  # definitions the reference could mean; > 1 is ambiguous
 
 
 # =============================================================================================
@@ -644,7 +618,7 @@ class SymbolGraph(NamedTuple):
     flags: np.ndarray        # _CALL_BIT | _VALUE_BIT | _FILE_BIT of each edge
 
 
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def positions(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of `keys` in `sorted_keys`, and which were found."""
     pos = np.searchsorted(sorted_keys, keys)
     pos = np.minimum(pos, max(len(sorted_keys) - 1, 0))
@@ -657,13 +631,13 @@ def symbol_graph(con: duckdb.DuckDBPyConnection) -> SymbolGraph:
     files = con.sql("SELECT hash(path) AS h, path FROM files ORDER BY h").to_arrow_table()
     nodes = con.sql(
         f"""SELECT hash(id) AS h, id, hash(path) AS fh, kind = '{FUNCTION}' AS fn,
-                   name IN ({_sql_list(ENTRY_NAMES)}) AS named
-        FROM symbols WHERE kind IN ({_sql_list(GRAPH_NODE_KINDS)}) ORDER BY h"""
+                   name IN ({sql_list(ENTRY_NAMES)}) AS named
+        FROM symbols WHERE kind IN ({sql_list(GRAPH_NODE_KINDS)}) ORDER BY h"""
     ).to_arrow_table()
     refs = con.execute(
         f"""SELECT hash(src) AS s, hash(dst) AS d,
                    (kind = '{CALL}')::UTINYINT * {_CALL_BIT} + (kind = '{VALUE}')::UTINYINT * {_VALUE_BIT}
-                   + (kind IN ({_sql_list(FILE_EDGE_REF_KINDS)}))::UTINYINT * {_FILE_BIT} AS f
+                   + (kind IN ({sql_list(FILE_EDGE_REF_KINDS)}))::UTINYINT * {_FILE_BIT} AS f
         FROM refs WHERE dst IS NOT NULL AND src <> dst"""
     ).fetchnumpy()
     hashes, file_hashes = nodes.column("h").to_numpy(), files.column("h").to_numpy()
@@ -671,8 +645,8 @@ def symbol_graph(con: duckdb.DuckDBPyConnection) -> SymbolGraph:
         raise RuntimeError("two symbol ids or paths share a 64-bit hash; the graph cannot be loaded by hash")
     fn = nodes.column("fn").to_numpy(zero_copy_only=False)
     n = len(hashes)
-    si, sok = _lookup(hashes, np.asarray(refs["s"]))
-    di, dok = _lookup(hashes, np.asarray(refs["d"]))
+    si, sok = positions(hashes, np.asarray(refs["s"]))
+    di, dok = positions(hashes, np.asarray(refs["d"]))
     keep = sok & dok  # sources that are no graph node (prototypes, file scope) drop out
     si, di, bits = si[keep], di[keep], np.asarray(refs["f"])[keep]
     bits = np.where(fn[si], bits, bits & ~np.uint8(_VALUE_BIT))  # only a function taking a value registers a callback
@@ -687,7 +661,7 @@ def symbol_graph(con: duckdb.DuckDBPyConnection) -> SymbolGraph:
     taken = np.zeros(n, bool)
     taken[dst[(flags & _VALUE_BIT) != 0]] = True
     named = nodes.column("named").to_numpy(zero_copy_only=False)
-    file, _ = _lookup(file_hashes, nodes.column("fh").to_numpy())
+    file, _ = positions(file_hashes, nodes.column("fh").to_numpy())
     return SymbolGraph(hashes, nodes.column("id").combine_chunks(), fn, file, file_hashes,
                        files.column("path").combine_chunks(), fn & (named | (taken & ~called)), src, dst, flags)
 
@@ -724,7 +698,7 @@ class _Stored(NamedTuple):
 def _stored(con: duckdb.DuckDBPyConnection, table: str, key: str, hashes: np.ndarray, cols: list[str]) -> _Stored:
     """The stored rows of `table`, aligned to `hashes`."""
     old = con.execute(f"SELECT hash({key}) AS h, {', '.join(cols)} FROM {table}").fetchnumpy()
-    pos, found = _lookup(hashes, np.asarray(old["h"]))
+    pos, found = positions(hashes, np.asarray(old["h"]))
     present = np.zeros(len(hashes), bool)
     present[pos[found]] = True
     columns = {}
@@ -805,7 +779,7 @@ def _metrics(con: duckdb.DuckDBPyConnection, stats: GraphStats, scope: _Scope | 
         "out_degree": np.bincount(g.src, minlength=n).astype(np.int32),
         "entry_distance": distance,
         "is_entry": g.entries,
-    }, old, f"SELECT id FROM symbols WHERE kind IN ({_sql_list(GRAPH_NODE_KINDS)})")
+    }, old, f"SELECT id FROM symbols WHERE kind IN ({sql_list(GRAPH_NODE_KINDS)})")
     _file_metrics(con, g, old_files, file_pagerank)
     stats.nodes, stats.edges, stats.entry_points = n, len(g.src), int(g.entries.sum())
 
@@ -818,8 +792,8 @@ def _file_metrics(con: duckdb.DuckDBPyConnection, g: SymbolGraph, stored: _Store
     inc_pairs = con.execute(
         "SELECT hash(path) AS a, hash(resolved) AS b FROM includes WHERE resolved IS NOT NULL AND resolved <> path"
     ).fetchnumpy()
-    ia, _ = _lookup(g.file_hashes, np.asarray(inc_pairs["a"]))
-    ib, _ = _lookup(g.file_hashes, np.asarray(inc_pairs["b"]))
+    ia, _ = positions(g.file_hashes, np.asarray(inc_pairs["a"]))
+    ib, _ = positions(g.file_hashes, np.asarray(inc_pairs["b"]))
     file_edge = (g.flags & _FILE_BIT) != 0
     fa, fb = g.file[g.src[file_edge]], g.file[g.dst[file_edge]]
     cross = fa != fb
@@ -837,7 +811,7 @@ def _edge_flags(t: str) -> str:
     """SQL for the _CALL_BIT | _VALUE_BIT | _FILE_BIT flags of the reference rows aliased `t`."""
     return (f"(({t}.kind = '{CALL}')::UTINYINT * {_CALL_BIT}"
             f" + ({t}.kind = '{VALUE}' AND split_part({t}.src, '::', 2) = '{FUNCTION}')::UTINYINT * {_VALUE_BIT}"
-            f" + ({t}.kind IN ({_sql_list(FILE_EDGE_REF_KINDS)}))::UTINYINT * {_FILE_BIT})")
+            f" + ({t}.kind IN ({sql_list(FILE_EDGE_REF_KINDS)}))::UTINYINT * {_FILE_BIT})")
 
 
 def _local_metrics(con: duckdb.DuckDBPyConnection, stats: GraphStats) -> bool:
@@ -848,7 +822,7 @@ def _local_metrics(con: duckdb.DuckDBPyConnection, stats: GraphStats) -> bool:
     the distance of a node that was there (added nodes take theirs from their incoming edges); PageRank stays
     within PAGERANK_STALE_L1. Otherwise the caller recomputes everything (_metrics).
     """
-    node = f"split_part(t.src, '::', 2) IN ({_sql_list(GRAPH_NODE_KINDS)}) AND t.src <> t.dst"
+    node = f"split_part(t.src, '::', 2) IN ({sql_list(GRAPH_NODE_KINDS)}) AND t.src <> t.dst"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _g_delta AS
         WITH old_rows AS (SELECT src, dst, kind FROM _g_before_edges
@@ -860,7 +834,7 @@ def _local_metrics(con: duckdb.DuckDBPyConnection, stats: GraphStats) -> bool:
         SELECT src, dst, o.f AS old_f, n.f AS new_f FROM old_e o FULL JOIN new_e n USING (src, dst)
         WHERE o.f IS DISTINCT FROM n.f"""
     )
-    kinds = _sql_list(GRAPH_NODE_KINDS)
+    kinds = sql_list(GRAPH_NODE_KINDS)
     added = {i for (i,) in con.execute(
         f"""SELECT id FROM symbols WHERE path IN (SELECT path FROM _g_changed) AND kind IN ({kinds})
         EXCEPT SELECT id FROM _g_before_symbols WHERE kind IN ({kinds})""").fetchall()}
@@ -893,7 +867,7 @@ def _local_metrics(con: duckdb.DuckDBPyConnection, stats: GraphStats) -> bool:
     # Entry points around the changed edges, from every reference into them.
     entry_of = {i: False for i in (dsts | added) - removed}
     for dst, is_fn, named, called, taken in con.execute(
-        f"""SELECT i.id, split_part(i.id, '::', 2) = '{FUNCTION}', s.name IN ({_sql_list(ENTRY_NAMES)}),
+        f"""SELECT i.id, split_part(i.id, '::', 2) = '{FUNCTION}', s.name IN ({sql_list(ENTRY_NAMES)}),
                    coalesce(bool_or(t.kind = '{CALL}' AND {node}), false),
                    coalesce(bool_or(t.kind = '{VALUE}' AND split_part(t.src, '::', 2) = '{FUNCTION}' AND {node}), false)
         FROM (SELECT unnest(?::VARCHAR[]) AS id) i JOIN symbols s ON s.id = i.id
@@ -1001,7 +975,7 @@ def _local_file_metrics(con: duckdb.DuckDBPyConnection, delta: list[tuple[str, s
         f"""WITH p AS (SELECT unnest(?::VARCHAR[]) AS a, unnest(?::VARCHAR[]) AS b)
         SELECT p.a, p.b, (SELECT count(DISTINCT (t.src, t.dst)) FROM refs t
                           WHERE t.path = p.a AND t.dst IS NOT NULL AND split_part(t.dst, '::', 1) = p.b
-                            AND t.kind IN ({_sql_list(FILE_EDGE_REF_KINDS)}) AND {node})
+                            AND t.kind IN ({sql_list(FILE_EDGE_REF_KINDS)}) AND {node})
                     + (SELECT count(*) > 0 FROM includes i WHERE i.path = p.a AND i.resolved = p.b)::INTEGER
         FROM p""", [[a for a, _ in pairs], [b for _, b in pairs]]).fetchall():
         step = (weight > 0) - (weight - pair_delta[(a, b)] > 0)
@@ -1029,20 +1003,11 @@ def _summarise(con: duckdb.DuckDBPyConnection, stats: GraphStats) -> None:
 
 
 # =============================================================================================
-# Read API
+# Answers the reader (agent.index.reader) turns into records
 # =============================================================================================
-class EntryPoint(NamedTuple):
-    """An entry point and the code it owns: the functions for which it is the nearest entry point."""
-
-    id: str
-    name: str
-    path: str
-    territory: int
-    pagerank: float
-
-
-def top_entry_points(con: duckdb.DuckDBPyConnection, n: int = 20) -> list[EntryPoint]:
-    """The entry points owning the most functions (nearest-entry territories of one BFS), biggest first."""
+def entry_territories(con: duckdb.DuckDBPyConnection, n: int = 20) -> list[tuple[str, int]]:
+    """The `n` entry points owning the most functions (nearest-entry territories of one BFS), biggest first, with
+    how many functions each owns."""
     g = symbol_graph(con)
     _dist, pred = _entry_distance(len(g.ids), g.src, g.dst, g.entries)
     owner = np.where(g.entries, np.arange(len(g.ids)), pred)
@@ -1053,129 +1018,19 @@ def top_entry_points(con: duckdb.DuckDBPyConnection, n: int = 20) -> list[EntryP
         owner = nxt
     counts = np.bincount(owner[(owner >= 0) & g.is_function], minlength=len(g.ids))
     best = sorted(np.flatnonzero(g.entries).tolist(), key=lambda i: -counts[i])[:n]
-    ids = [g.ids[i].as_py() for i in best]
-    info = {
-        row[0]: row[1:]
-        for row in con.execute(
-            """SELECT s.id, s.name, s.path, coalesce(m.pagerank, 0) FROM symbols s
-            LEFT JOIN symbol_metrics m ON m.id = s.id WHERE s.id IN (SELECT unnest(?))""",
-            [ids],
-        ).fetchall()
-    }
-    return [EntryPoint(i, *info[i][:2], int(counts[b]), info[i][2]) for i, b in zip(ids, best, strict=True)]
+    return [(g.ids[i].as_py(), int(counts[i])) for i in best]
 
 
-def callers(con: duckdb.DuckDBPyConnection, symbol_id: str) -> list[dict]:
-    """Every reference resolved to `symbol_id`, with the symbol (or file) it sits in: EdgeRow dicts."""
-    rows = con.execute(
-        """SELECT r.src, coalesce(s.name, ''), coalesce(s.kind, ''), coalesce(s.path, r.path),
-                  coalesce(s.start_line, r.line), r.kind, r.path, r.line, r.candidates
-        FROM refs r LEFT JOIN symbols s ON s.id = r.src WHERE r.dst = ? ORDER BY r.path, r.line, r.src""",
-        [symbol_id],
-    ).fetchall()
-    return [EdgeRow(*row)._asdict() for row in rows]
-
-
-def callees(con: duckdb.DuckDBPyConnection, symbol_id: str) -> list[dict]:
-    """Every resolved reference inside `symbol_id`, with the definition it resolved to: EdgeRow dicts."""
-    rows = con.execute(
-        """SELECT r.dst, s.name, s.kind, s.path, s.start_line, r.kind, r.path, r.line, r.candidates
-        FROM refs r JOIN symbols s ON s.id = r.dst WHERE r.src = ? ORDER BY r.line, r.dst""",
-        [symbol_id],
-    ).fetchall()
-    return [EdgeRow(*row)._asdict() for row in rows]
-
-
-class Adjacency:
-    """The symbol graph's NEIGHBOR_REF_KINDS edges in memory, both directions: for many neighbors() calls."""
-
-    def __init__(self, ids: list[str], src: np.ndarray, dst: np.ndarray) -> None:
-        self.ids = ids
-        self.index = {s: i for i, s in enumerate(ids)}
-        n = len(ids)
-        both = csr_array((np.ones(2 * len(src), bool), (np.r_[src, dst], np.r_[dst, src])), shape=(n, n))
-        self.indptr, self.indices = both.indptr, both.indices
-
-    def adjacent(self, nodes: list[str]) -> dict[str, list[str]]:
-        """The neighbours of each of `nodes` that is in the graph."""
-        out = {}
-        for node in nodes:
-            i = self.index.get(node)
-            if i is not None:
-                out[node] = [self.ids[j] for j in self.indices[self.indptr[i]:self.indptr[i + 1]]]
-        return out
-
-
-def load_adjacency(con: duckdb.DuckDBPyConnection) -> Adjacency:
-    """Load the graph neighbors() walks, for a long-lived searcher."""
-    nodes = con.sql(
-        f"SELECT hash(id) AS h, id FROM symbols WHERE kind IN ({_sql_list(GRAPH_NODE_KINDS)}) ORDER BY h"
-    ).to_arrow_table()
-    edges = con.execute(
-        f"""SELECT DISTINCT hash(src) AS s, hash(dst) AS d FROM refs
-        WHERE kind IN ({_sql_list(NEIGHBOR_REF_KINDS)}) AND dst IS NOT NULL AND src <> dst"""
-    ).fetchnumpy()
-    hashes = nodes.column("h").to_numpy()
-    si, sok = _lookup(hashes, np.asarray(edges["s"]))
-    di, dok = _lookup(hashes, np.asarray(edges["d"]))
-    keep = sok & dok
-    return Adjacency(nodes.column("id").to_pylist(), si[keep], di[keep])
-
-
-def _sql_adjacent(con: duckdb.DuckDBPyConnection, nodes: list[str]) -> dict[str, list[str]]:
-    """Adjacency.adjacent, read from the store."""
-    node = f"split_part(src, '::', 2) IN ({_sql_list(GRAPH_NODE_KINDS)})"
-    out: dict[str, set[str]] = defaultdict(set)
-    for a, b in con.execute(
-        f"""WITH f AS (SELECT unnest(?::VARCHAR[]) AS id)
-        SELECT DISTINCT src, dst FROM refs
-        WHERE kind IN ({_sql_list(NEIGHBOR_REF_KINDS)}) AND dst IS NOT NULL AND src <> dst AND {node}
-          AND (src IN (SELECT id FROM f) OR dst IN (SELECT id FROM f))""",
-        [nodes],
-    ).fetchall():
-        out[a].add(b)
-        out[b].add(a)
-    return {node: list(near) for node, near in out.items()}
-
-
-def neighbors(graph: Adjacency | duckdb.DuckDBPyConnection, symbol_ids: Iterable[str], hops: int = 2,
-              max_fanout: int = NEIGHBOR_MAX_FANOUT) -> dict[str, int]:
-    """Symbols within `hops` NEIGHBOR_REF_KINDS references of `symbol_ids`, either way, to their distance.
-
-    Seeds are at 0. A node past the seeds with more than `max_fanout` neighbours is reached but not walked
-    through. `graph` is a loaded Adjacency, or the store itself for a one-off query.
-    """
-    adjacent = graph.adjacent if isinstance(graph, Adjacency) else (lambda nodes: _sql_adjacent(graph, nodes))
-    dist = {s: 0 for s in symbol_ids}
-    frontier = list(dist)
-    for hop in range(1, hops + 1):
-        if not frontier:
-            break
-        near_of = adjacent(frontier)
-        nxt = []
-        for node in frontier:
-            near = near_of.get(node, ())
-            if hop > 1 and len(near) > max_fanout:
-                continue  # a hub: reached, but no path to a neighbourhood
-            for other in near:
-                if other not in dist:
-                    dist[other] = hop
-                    nxt.append(other)
-        frontier = nxt
-    return dist
-
-
-def definition_of(con: duckdb.DuckDBPyConnection, name: str, from_path: str | None = None) -> list[SymbolRow]:
-    """Where `name` is defined as seen from `from_path` (its TU first), best first; several when ambiguous."""
-    cols = "id, name, kind, path, start_line, end_line, coalesce(signature, ''), is_static"
+def definitions(con: duckdb.DuckDBPyConnection, name: str, from_path: str | None = None) -> list[str]:
+    """The ids of the definitions of `name` as seen from `from_path` (its TU first), best first; several when
+    ambiguous. Without `from_path`: every definition, external linkage and the likelier kinds first."""
     if from_path is None:
-        rows = con.execute(
-            f"""SELECT {cols} FROM symbols WHERE name = ? AND kind IN ({_sql_list(_ANY_DEF)})
+        return [r[0] for r in con.execute(
+            f"""SELECT id FROM symbols WHERE name = ? AND kind IN ({sql_list(_ANY_DEF)})
               AND NOT (kind = '{GLOBAL}' AND detail = '{EXTERN_DETAIL}')
-            ORDER BY is_static, list_position([{_sql_list(_ANY_DEF)}], kind), path, start_line""",
+            ORDER BY is_static, list_position([{sql_list(_ANY_DEF)}], kind), path, start_line""",
             [name],
-        ).fetchall()
-        return [SymbolRow(*r) for r in rows]
+        ).fetchall()]
     includes = IncludeGraph.load(con)
     pairs = [(from_path, inc) for inc in includes.closure.get(from_path, {from_path})]
     pairs += [(p, from_path) for p, c in includes.closure.items() if from_path in c and p != from_path]
@@ -1191,9 +1046,4 @@ def definition_of(con: duckdb.DuckDBPyConnection, name: str, from_path: str | No
     finally:
         for view in ("_g_lookup_closure", "_g_lookup_keys", "_g_rules"):
             con.unregister(view)
-    if not cands:
-        return []
-    ordered = [c.id for c in _narrow(from_path, cands, includes)]
-    rows = {r[0]: r for r in con.execute(f"SELECT {cols} FROM symbols WHERE id IN (SELECT unnest(?))",
-                                         [ordered]).fetchall()}
-    return [SymbolRow(*rows[i]) for i in ordered]
+    return [c.id for c in _narrow(from_path, cands, includes)] if cands else []

@@ -128,7 +128,8 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
             except UnknownSymbol:
                 continue
             for info in infos:
-                found[info.path] = (max(found.get(info.path, (0,))[0], top), f"defines {name}", "named")
+                path = info.symbol.path
+                found[path] = (max(found.get(path, (0,))[0], top), f"defines {name}", "named")
                 for caller in info.callers[:5]:
                     site = caller["site_path"]
                     if site not in found:
