@@ -249,16 +249,16 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
     facts = {"files": len(files), "code_files": len(code_files), "hunks": len(hunks), "code_exact": False}
     if not hunks:
         return [], {**facts, "skipped": "no existing code file changed"}
-    project = Project.open(worktree, home)
-    ctx = StageContext(task=description, project=project, llm=None, worktree=worktree)
-    gold = commit_gold(worktree, project, repo, sha=sha, description=description, files=files, code_files=code_files,
-                       hunks=hunks)
-    facts["kind"] = gold.kind
     pairs: list[StagePair] = []
-    earlier: dict[str, Lesson] = {}
-    for stage in PIPELINE:
-        lesson = earlier[stage.name] = stage.teach(ctx, gold, earlier)
-        facts.update(lesson.facts)
-        if lesson.output is not None:
-            pairs.append(StagePair(stage.name, lesson.messages, lesson.output, lesson.meta))
+    with Project.open(worktree, home) as project:  # its index connection closes before the walk writes the index
+        ctx = StageContext(task=description, project=project, llm=None, worktree=worktree)
+        gold = commit_gold(worktree, project, repo, sha=sha, description=description, files=files,
+                           code_files=code_files, hunks=hunks)
+        facts["kind"] = gold.kind
+        earlier: dict[str, Lesson] = {}
+        for stage in PIPELINE:
+            lesson = earlier[stage.name] = stage.teach(ctx, gold, earlier)
+            facts.update(lesson.facts)
+            if lesson.output is not None:
+                pairs.append(StagePair(stage.name, lesson.messages, lesson.output, lesson.meta))
     return pairs, facts
