@@ -74,7 +74,7 @@ def project_paths(repo: Path, home: str | Path | None = None) -> ProjectPaths:
 
 
 def ledger_path(home: str | Path | None = None) -> Path:
-    """The cra home's ledger: model calls and the adapter registry, shared by every project."""
+    """The cra home's ledger: model calls, runs, adapters and training data, shared by every project."""
     return cra_home(home) / "cra.duckdb"
 
 

@@ -10,28 +10,55 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 from pydantic import ValidationError
 
 from agent import repo as git_repo
 from agent.builds import BuildEnvironment
-from agent.config import Config, ledger_path
+from agent.config import Config
 from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
 from agent.scratch import scratch_folder
 from agent.stages.task_analysis import ROM_PRESERVING
 from agent.steps import DIRECT, Steps
-from agent.store import opened, transaction, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import utc_now
+from agent.store.ledger import LEDGER, ledger
 from agent.validation import validate
 from bootstrap.derive import commit_patch, derive_pairs
 from bootstrap.mining import MinedCommit, MiningReport, mine
 from bootstrap.teacher import Teacher
-from curation.datasets import Example, add_examples, family_for
+from curation.datasets import (
+    Example,
+    add_examples,
+    commit_splits,
+    family_for,
+    relabel,
+    unlabelled,
+)
 
 Progress = Callable[[str], None]
 EVAL_SHARE = 0.1
 SCRATCH_PREFIX = "cra-bootstrap-"  # + the walking process's pid: a killed walk's folder is removed by the next
 WEAK_WORDS = 4
+
+
+@LEDGER.migration
+def l004_bootstrap_commits(con: duckdb.DuckDBPyConnection) -> None:
+    """The commits bootstrapping has done; a ledger from before each table had its owner has it from l004_training."""
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS bootstrap_commits (
+            repo TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            status TEXT NOT NULL,            -- derived | skipped
+            reason TEXT,
+            pairs INTEGER NOT NULL,
+            facts JSON,
+            done_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (repo, commit_sha)
+        )
+        """
+    )
 
 
 @dataclass
@@ -72,7 +99,7 @@ def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
 
 def done_commits(home: str | Path | None, repo: Path) -> set[str]:
     """Commits of `repo` bootstrapping already handled (derived or skipped for good)."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         return {r[0] for r in con.execute("SELECT commit_sha FROM bootstrap_commits WHERE repo = ?", [str(repo)]).fetchall()}
 
 
@@ -82,7 +109,7 @@ def commit_log(home: str | Path | None, repo: Path | None = None, *, status: str
     if status not in (None, "derived", "skipped"):
         raise InvalidInput(f"unknown status {status!r}: use derived or skipped")
     repo = git_repo.require_repo(repo) if repo else None
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute(
             "SELECT repo, commit_sha, status, reason, pairs, json_extract_string(facts, '$.code_failed[1]') AS why, done_at"
             " FROM bootstrap_commits WHERE (? IS NULL OR repo = ?) AND (? IS NULL OR status = ?)"
@@ -125,21 +152,18 @@ _KEPT = "(facts->>'split' IS NOT NULL OR coalesce(reason, '') NOT LIKE 'missing 
 def stored_split(home: str | Path | None, repo: Path) -> StoredSplit:
     """What bootstrapping did with `repo` before (see eval_commits). Commits mining could not read were never done;
     in ledgers from before records kept their split, a commit counts as held out when its stored pairs are."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        row = con.execute(
-            "WITH stored AS (SELECT commit_sha, bool_or(split = 'eval') AS eval, max(commit_date) AS date"
-            "                FROM training_examples WHERE repo = $repo AND source = 'synthetic' GROUP BY ALL)"
-            f" SELECT count(*) FILTER {_KEPT},"
-            "        count(*) FILTER (coalesce(facts->>'split' = 'eval', s.eval, false)),"
-            "        (SELECT max(date) FROM stored)"
-            " FROM bootstrap_commits LEFT JOIN stored s USING (commit_sha) WHERE repo = $repo",
-            {"repo": str(repo)}).fetchone()
-    return StoredSplit(*row)
+    stored = commit_splits(home, repo)
+    with ledger(home) as con:
+        rows = con.execute(f"SELECT commit_sha, {_KEPT}, facts->>'split' FROM bootstrap_commits WHERE repo = ?",
+                           [str(repo)]).fetchall()
+    held = sum(split == "eval" if split is not None else stored.get(sha, (False, None))[0] for sha, _, split in rows)
+    return StoredSplit(sum(kept for _, kept, _ in rows), held,
+                       max((date for _, date in stored.values() if date is not None), default=None))
 
 
 def done_dates(home: str | Path | None, repo: Path) -> list[datetime]:
     """The author dates (naive UTC) of `repo`'s kept commits that bootstrapping handled before."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         shas = [r[0] for r in con.execute(f"SELECT commit_sha FROM bootstrap_commits WHERE repo = ? AND {_KEPT}",
                                           [str(repo)]).fetchall()]
     return [_utc(date) for date in git_repo.author_dates(repo, shas).values()]
@@ -174,7 +198,7 @@ def _record(home: str | Path | None, repo: Path, sha: str, status: str, reason: 
             split: str | None = None) -> None:
     """Record what became of a commit; `split` is where a commit the walk reached was meant to go."""
     facts = facts if split is None else {**facts, "split": split}
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         con.execute("INSERT OR REPLACE INTO bootstrap_commits VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [str(repo), sha, status, reason, pairs, json.dumps(facts), utc_now()])
 
@@ -277,10 +301,7 @@ class TeacherReport:
 
 def pending_plans(home: str | Path | None, repo: Path) -> list[tuple[str, str, str]]:
     """Synthetic plan pairs of `repo` the teacher has not labelled yet: (id, messages, commit)."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        return con.execute(
-            "SELECT id, messages, commit_sha FROM training_examples WHERE stage = 'plan' AND source = 'synthetic'"
-            " AND teacher IS NULL AND repo = ? ORDER BY commit_date", [str(repo)]).fetchall()
+    return unlabelled(home, stage="plan", repo=repo)
 
 
 def label_plan(home: str | Path | None, teacher: Teacher, repo: Path, row: tuple[str, str, str]) -> dict:
@@ -293,9 +314,7 @@ def label_plan(home: str | Path | None, teacher: Teacher, repo: Path, row: tuple
         return {"failed": type(exc).__name__}
     record = {"model": teacher.settings.model, "reasoning": result.value.reasoning, "cached": result.cached,
               "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd}
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
-        con.execute("UPDATE training_examples SET output = ?, teacher = ? WHERE id = ?",
-                    [result.value.plan.model_dump_json(), json.dumps(record), example_id])
+    relabel(home, example_id, output=result.value.plan.model_dump_json(), teacher=record)
     return record
 
 

@@ -12,19 +12,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import duckdb
 from pydantic import BaseModel, Field
 
-from agent.config import Config, RoleModels, ledger_path
+from agent.config import Config, RoleModels
 from agent.errors import ConfigError
 from agent.llm.adapters import BaseModel as ServedBase
 from agent.llm.calls import get_call
 from agent.llm.client import LLM
 from agent.llm.resolve import Resolution
 from agent.stages.plan import Plan
-from agent.store import opened, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import utc_now
+from agent.store.ledger import LEDGER, ledger
 
 T = TypeVar("T", bound=BaseModel)
+
+
+@LEDGER.migration
+def l005_teacher_cache(con: duckdb.DuckDBPyConnection) -> None:
+    """Teacher answers by content hash, so a re-run costs nothing."""
+    con.execute(
+        """
+        CREATE TABLE teacher_cache (
+            key TEXT PRIMARY KEY,            -- hash of teacher model, purpose and messages
+            purpose TEXT NOT NULL,           -- plan | description | judge
+            model TEXT NOT NULL,
+            answer JSON NOT NULL,            -- validated against the purpose's schema
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
 
 
 class PlanLabel(BaseModel):
@@ -80,7 +100,7 @@ class Teacher:
     def ask(self, purpose: str, messages: list[dict[str, str]], output: type[T]) -> Labelled:
         """A validated answer for `purpose`, from the cache when this exact question was asked before."""
         key = self._key(purpose, messages)
-        with opened(ledger_path(self.home), schema=LEDGER) as con:
+        with ledger(self.home) as con:
             row = con.execute("SELECT answer FROM teacher_cache WHERE key = ?", [key]).fetchone()
         if row:
             return Labelled(output.model_validate_json(row[0]), True, 0, 0, 0.0)
@@ -88,7 +108,7 @@ class Teacher:
         call = get_call(self.home, answer.call_id)
         tokens_in, tokens_out = call.prompt_tokens or 0, call.completion_tokens or 0
         cost = (tokens_in * self.settings.price_in_per_mtok + tokens_out * self.settings.price_out_per_mtok) / 1e6
-        with opened(ledger_path(self.home), schema=LEDGER) as con:
+        with ledger(self.home) as con:
             con.execute("INSERT OR IGNORE INTO teacher_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [key, purpose, self.settings.model, answer.value.model_dump_json(), tokens_in, tokens_out, cost,
                          utc_now()])

@@ -9,17 +9,42 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.config import Config, ledger_path
+from agent.config import Config
 from agent.errors import InvalidInput
 from agent.stages import stage_named
-from agent.store import opened, transaction, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import transaction, utc_now
+from agent.store.ledger import LEDGER, ledger
 
 FORMATS = ("jsonl", "parquet")
 SPLITS = ("train", "eval")
+
+
+@LEDGER.migration
+def l004_training(con: duckdb.DuckDBPyConnection) -> None:
+    """Training examples per stage, bootstrapped, logged or imported (ledgers from before got bootstrap_commits here too)."""
+    con.execute(
+        """
+        CREATE TABLE training_examples (
+            id TEXT PRIMARY KEY,             -- hash of stage, messages and output: the same pair is stored once
+            stage TEXT NOT NULL,
+            source TEXT NOT NULL,            -- synthetic | logged | imported:<name>
+            family TEXT NOT NULL,            -- base-model family the pair is for (qwen3, qwen2.5-coder, ...)
+            repo TEXT,
+            commit_sha TEXT,
+            commit_date TIMESTAMP,
+            split TEXT NOT NULL,             -- train | eval (the newest commits are held out)
+            messages JSON NOT NULL,          -- system + user turns, as the agent sends them
+            output JSON NOT NULL,            -- the assistant's answer: the stage's schema
+            teacher JSON,                    -- teacher model, label or reasoning, tokens, cost, when labelled
+            metadata JSON,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,7 @@ def add_examples(home: str | Path | None, examples: list[Example]) -> int:
     now = utc_now()
     rows = [[e.id, e.stage, e.source, e.family, e.repo, e.commit_sha, e.commit_date, e.split, json.dumps(e.messages),
              json.dumps(e.output), None, json.dumps(e.metadata or {}), now] for e in examples]
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+    with ledger(home) as con, transaction(con):
         before = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
         con.executemany("INSERT OR IGNORE INTO training_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         after = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
@@ -81,7 +106,7 @@ def add_examples(home: str | Path | None, examples: list[Example]) -> int:
 
 def summary(home: str | Path | None) -> list[dict]:
     """Counts per stage, source, family, split and repo."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         cur = con.execute(
             "SELECT stage, source, family, split, coalesce(repo, '-') AS repo, count(*) AS examples"
             " FROM training_examples GROUP BY ALL ORDER BY stage, source, family, split, repo"
@@ -94,7 +119,7 @@ def load_examples(home: str | Path | None, *, stage: str, split: str | None = No
                   source: str | None = None) -> list[Example]:
     """The stored examples of one stage, oldest commit first."""
     stage_named(stage)  # an unknown stage is an error
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute(
             "SELECT stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
             " FROM training_examples WHERE stage = ? AND (? IS NULL OR split = ?) AND (? IS NULL OR family = ?)"
@@ -109,7 +134,7 @@ def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
     """The stored examples with these ids, in the given order."""
     if not ids:
         return []
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute(
             "SELECT id, stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
             f" FROM training_examples WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
@@ -118,15 +143,38 @@ def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
     return [found[i] for i in ids if i in found]
 
 
-def preference_pairs_by_id(home: str | Path | None, ids: list[str]) -> list[tuple[Example, Example]]:
-    """The stored preference pairs with these ids, as (chosen, rejected) examples."""
-    if not ids:
-        return []
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        rows = con.execute("SELECT stage, source, family, messages, chosen, rejected FROM preference_pairs"
-                           f" WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids).fetchall()
-    return [(Example(stage, source, family, json.loads(m), json.loads(c)), Example(stage, source, family, json.loads(m), json.loads(r)))
-            for stage, source, family, m, c, r in rows]
+def train_pools(home: str | Path | None) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """The train split's (id, source) per (stage, family), in that order, each pool by id."""
+    with ledger(home) as con:
+        rows = con.execute("SELECT stage, family, id, source FROM training_examples WHERE split = 'train'"
+                           " ORDER BY stage, family, id").fetchall()
+    pools: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for stage, family, example_id, source in rows:
+        pools.setdefault((stage, family), []).append((example_id, source))
+    return pools
+
+
+def commit_splits(home: str | Path | None, repo: Path) -> dict[str, tuple[bool, datetime | None]]:
+    """Per commit of `repo` with synthetic examples: whether any of them is held out, and the commit's date."""
+    with ledger(home) as con:
+        rows = con.execute("SELECT commit_sha, bool_or(split = 'eval'), max(commit_date) FROM training_examples"
+                           " WHERE repo = ? AND source = 'synthetic' GROUP BY commit_sha", [str(repo)]).fetchall()
+    return {sha: (held, date) for sha, held, date in rows}
+
+
+def unlabelled(home: str | Path | None, *, stage: str, repo: Path) -> list[tuple[str, str, str]]:
+    """`repo`'s synthetic examples of `stage` no teacher has labelled yet, oldest commit first: (id, messages, commit)."""
+    with ledger(home) as con:
+        return con.execute(
+            "SELECT id, messages, commit_sha FROM training_examples WHERE stage = ? AND source = 'synthetic'"
+            " AND teacher IS NULL AND repo = ? ORDER BY commit_date", [stage, str(repo)]).fetchall()
+
+
+def relabel(home: str | Path | None, example_id: str, *, output: str, teacher: dict) -> None:
+    """Replace a stored example's answer (`output`, JSON text) with a teacher's, recording what the teacher did."""
+    with ledger(home) as con:
+        con.execute("UPDATE training_examples SET output = ?, teacher = ? WHERE id = ?",
+                    [output, json.dumps(teacher), example_id])
 
 
 def export(home: str | Path | None, out: Path, *, stage: str, fmt: str, split: str | None = "train",

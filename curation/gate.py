@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import duckdb
+
 from agent import repo as git_repo
 from agent.builds import BuildEnvironment
-from agent.config import Config, ledger_path
+from agent.config import Config
 from agent.edits import Edit, EditError, apply_edits
 from agent.errors import CraError, InvalidInput, InvalidModelOutput
 from agent.llm.client import LLM
@@ -29,14 +31,36 @@ from agent.llm.resolve import describe_bases, resolve_stage
 from agent.llm.serve import load_adapter, reload, unload_adapter
 from agent.scratch import scratch_folder
 from agent.stages import STAGE_ROLES, stage_named
-from agent.store import opened, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import utc_now
+from agent.store.ledger import LEDGER, ledger
 from agent.validation import validate
 from curation.datasets import Example, family_for, load_examples
 
 MIN_GAIN = 0.01
 PLATEAU_ROUNDS = 2
 SCRATCH_PREFIX = "cra-gate-"  # + pid: the edited files of one held-out answer
+
+
+@LEDGER.migration
+def l007_gate(con: duckdb.DuckDBPyConnection) -> None:
+    """Every gate decision: a candidate's score against the active adapter's and the base's on held-out examples."""
+    con.execute(
+        """
+        CREATE TABLE gate_decisions (
+            stage TEXT NOT NULL,
+            candidate TEXT NOT NULL,
+            round INTEGER,
+            candidate_score DOUBLE NOT NULL,
+            active TEXT,
+            active_score DOUBLE,
+            base_score DOUBLE NOT NULL,
+            examples INTEGER NOT NULL,
+            promoted BOOLEAN NOT NULL,
+            reason TEXT NOT NULL,
+            decided_at TIMESTAMP NOT NULL
+        )
+        """
+    )
 
 
 def validates(example: Example, edits: list[dict], env: BuildEnvironment | None) -> bool | None:
@@ -142,7 +166,7 @@ class GateDecision:
 
 def plateaued(home: str | Path | None, stage: str) -> bool:
     """Whether the stage's last PLATEAU_ROUNDS gate decisions all promoted nothing."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute("SELECT promoted FROM gate_decisions WHERE stage = ? ORDER BY decided_at DESC LIMIT ?",
                            [stage, PLATEAU_ROUNDS]).fetchall()
     return len(rows) == PLATEAU_ROUNDS and not any(r[0] for r in rows)
@@ -169,7 +193,7 @@ def gate(config: Config, home: str | Path | None, name: str, *, limit: int | Non
     record_evaluation(home, name, {"score": scored.score, "active": active_eval.score if active_eval else None,
                                    "base": base_eval.score, "examples": len(examples), "failures": scored.failures,
                                    "validation_pass_rate": scored.validation_pass_rate})
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [stage, name, candidate.metadata.get("round"), scored.score, active.name if active_eval else None,
                      active_eval.score if active_eval else None, base_eval.score, len(examples), promoted, reason,

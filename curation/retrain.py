@@ -11,7 +11,7 @@ from agent.errors import CraError, InvalidInput, ModelUnavailable
 from agent.llm.registry import Adapter
 from agent.stages import RECIPES, stage_named
 from agent.steps import DIRECT, Steps
-from curation.datasets import examples_by_id, family_for, preference_pairs_by_id
+from curation.datasets import examples_by_id, family_for
 from curation.gate import gate, plateaued
 from curation.rounds import (
     NothingNew,
@@ -19,6 +19,7 @@ from curation.rounds import (
     build_round,
     code_preferences,
     collect_logged,
+    preference_pairs_by_id,
 )
 from curation.training import MIN_DPO_PAIRS, train_adapter
 

@@ -15,16 +15,70 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.config import Config, ledger_path
+import duckdb
+
+from agent.config import Config
 from agent.errors import InvalidInput
-from agent.store import opened, transaction, utc_now
-from agent.store.ledger import LEDGER
-from curation.datasets import Example, add_examples, family_for
+from agent.llm.calls import CallRecord, calls_of_runs
+from agent.llm.registry import active_adapters
+from agent.runs import judged_stages
+from agent.store import transaction, utc_now
+from agent.store.ledger import LEDGER, ledger
+from curation.datasets import (
+    Example,
+    add_examples,
+    family_for,
+    load_examples,
+    train_pools,
+)
 
 REPLAY_SHARE = 0.15
 REPLAY_BOUNDS = (0.10, 0.20)
 SELF_GENERATED_LAST = "plan"  # the plan stage trains on the agent's own runs only once the other reasoning stages have
 EARLY_STAGES = ("task_analysis", "scope", "precision")
+
+
+@LEDGER.migration
+def l006_rounds(con: duckdb.DuckDBPyConnection) -> None:
+    """Preference pairs, and training rounds: immutable snapshots of which examples each round trains on."""
+    con.execute(
+        """
+        CREATE TABLE preference_pairs (
+            id TEXT PRIMARY KEY,             -- hash of stage, prompt and both answers
+            stage TEXT NOT NULL,
+            source TEXT NOT NULL,            -- logged (validated vs failed run) | synthetic (post- vs pre-commit code)
+            family TEXT NOT NULL,
+            messages JSON NOT NULL,          -- the prompt
+            chosen JSON NOT NULL,
+            rejected JSON NOT NULL,
+            split TEXT NOT NULL,
+            provenance JSON,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE rounds (
+            round INTEGER PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            snapshot_hash TEXT NOT NULL,     -- hash of every (stage, family, kind, example) row of the round
+            summary JSON NOT NULL            -- per stage and family: new, replay, dpo, pool, replay share
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE round_examples (
+            round INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            family TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- new | replay (SFT examples) | dpo (preference pairs)
+            example_id TEXT NOT NULL,
+            PRIMARY KEY (round, stage, family, kind, example_id)
+        )
+        """
+    )
 
 
 class NothingNew(InvalidInput):
@@ -67,10 +121,33 @@ def _pair_id(stage: str, messages: list, chosen: dict, rejected: dict) -> str:
 def _add_pairs(home: str | Path | None, rows: list[tuple]) -> int:
     if not rows:
         return 0
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+    with ledger(home) as con, transaction(con):
         before = con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0]
         con.executemany("INSERT OR IGNORE INTO preference_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0] - before
+
+
+def _pairs(rows: list[tuple]) -> list[tuple[Example, Example]]:
+    return [(Example(stage, source, family, json.loads(m), json.loads(c)), Example(stage, source, family, json.loads(m), json.loads(r)))
+            for stage, source, family, m, c, r in rows]
+
+
+def preference_pairs_by_id(home: str | Path | None, ids: list[str]) -> list[tuple[Example, Example]]:
+    """The stored preference pairs with these ids, as (chosen, rejected) examples."""
+    if not ids:
+        return []
+    with ledger(home) as con:
+        rows = con.execute("SELECT stage, source, family, messages, chosen, rejected FROM preference_pairs"
+                           f" WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids).fetchall()
+    return _pairs(rows)
+
+
+def load_pairs(home: str | Path | None, *, stage: str, family: str) -> list[tuple[Example, Example]]:
+    """The stage's train-split preference pairs, as (chosen, rejected) examples."""
+    with ledger(home) as con:
+        rows = con.execute("SELECT stage, source, family, messages, chosen, rejected FROM preference_pairs"
+                           " WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id", [stage, family]).fetchall()
+    return _pairs(rows)
 
 
 @dataclass(frozen=True)
@@ -90,32 +167,25 @@ class LoggedStage:
 
 def logged_stages(home: str | Path | None) -> list[LoggedStage]:
     """Every model-answered stage of the finished runs with a verdict, oldest run first."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        stages = con.execute(
-            """
-            SELECT r.id, r.task, r.repo, r.base_commit, coalesce(r.verdict = 'success', r.success), s.stage,
-                   s.call_ids, s.detail
-            FROM runs r JOIN run_stages s ON s.run_id = r.id
-            WHERE s.source = 'model' AND s.error IS NULL AND r.status IN ('succeeded', 'failed')
-              AND coalesce(r.verdict = 'success', r.success) IS NOT NULL
-            ORDER BY r.started_at, s.ordinal
-            """).fetchall()
-        calls = {row[0]: row[1:] for row in con.execute(
-            "SELECT c.id, c.messages, c.parsed, c.schema_ok AND c.repairs = 0 FROM llm_calls c JOIN runs r"
-            " ON c.run_id = r.id WHERE r.status IN ('succeeded', 'failed')").fetchall()}
+    stages = judged_stages(home)
+    calls = calls_of_runs(home, sorted({s.run_id for s in stages}))
     found = []
-    for run_id, task, repo, commit, good, stage, call_ids, detail in stages:
-        known = [calls[c] for c in call_ids or [] if c in calls]
+    for s in stages:
+        known = [calls[c] for c in s.call_ids if c in calls]
         if not known:
             continue
-        detail = json.loads(detail) if detail else {}
         # The code stage asks once per attempt and stops at the first edits that apply; the others use their last call.
-        used_at = None if detail.get("failed") else (detail.get("attempts") or len(known)) - 1
+        used_at = None if s.detail.get("failed") else (s.detail.get("attempts") or len(known)) - 1
         used = known[used_at] if used_at is not None and used_at < len(known) else None
-        discarded = [json.loads(c[1]) for c in known[:used_at if used_at is not None else len(known)] if c[1] and c[2]]
-        found.append(LoggedStage(run_id, task, repo, commit, bool(good), stage, json.loads(known[0][0]),
-                                 json.loads(used[1]) if used and used[1] and used[2] else None, discarded))
+        discarded = [c.parsed for c in known[:used_at if used_at is not None else len(known)] if _clean(c)]
+        found.append(LoggedStage(s.run_id, s.task, s.repo, s.base_commit, s.success, s.stage, known[0].messages,
+                                 used.parsed if used and _clean(used) else None, discarded))
     return found
+
+
+def _clean(call: CallRecord) -> bool:
+    """Whether a call's answer fit its schema without repairs."""
+    return call.parsed is not None and call.schema_ok and call.repairs == 0
 
 
 def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
@@ -150,16 +220,12 @@ def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
 
 def code_preferences(home: str | Path | None) -> int:
     """DPO pairs from bootstrapped code pairs: the post-commit code (chosen) over leaving the pre-commit code (rejected)."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        rows = con.execute("SELECT messages, output, family, split, commit_sha FROM training_examples"
-                           " WHERE stage = 'code' AND source = 'synthetic'").fetchall()
     pairs = []
-    for messages, output, family, split, sha in rows:
-        chosen = json.loads(output)
-        rejected = {"edits": [{**e, "replace": e["search"]} for e in chosen["edits"]]}
-        msgs = json.loads(messages)
-        pairs.append([_pair_id("code", msgs, chosen, rejected), "code", "synthetic", family, messages, output,
-                      json.dumps(rejected), split, json.dumps({"commit": sha}), utc_now()])
+    for e in load_examples(home, stage="code", source="synthetic"):
+        rejected = {"edits": [{**edit, "replace": edit["search"]} for edit in e.output["edits"]]}
+        pairs.append([_pair_id("code", e.messages, e.output, rejected), "code", "synthetic", e.family,
+                      json.dumps(e.messages), json.dumps(e.output), json.dumps(rejected), e.split,
+                      json.dumps({"commit": e.commit_sha}), utc_now()])
     return _add_pairs(home, pairs)
 
 
@@ -181,18 +247,15 @@ def replay_size(new: int, earlier: int, share: float = REPLAY_SHARE) -> int:
 def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: bool | None = None) -> Round:
     """Snapshot the next round: per stage and family, the new train examples, a replay sample, and the DPO pairs."""
     rng = random.Random(seed)
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+    pools = train_pools(home)
+    if self_generated_plan is None:
+        self_generated_plan = set(EARLY_STAGES) <= {a.stage for a in active_adapters(home)}
+    with ledger(home) as con, transaction(con):
         number = (con.execute("SELECT max(round) FROM rounds").fetchone()[0] or 0) + 1
-        groups = con.execute("SELECT DISTINCT stage, family FROM training_examples WHERE split = 'train' ORDER BY 1, 2").fetchall()
-        if self_generated_plan is None:
-            done = {r[0] for r in con.execute("SELECT DISTINCT stage FROM adapters WHERE status = 'active'").fetchall()}
-            self_generated_plan = set(EARLY_STAGES) <= done
         mixes: dict[tuple[str, str], StageMix] = {}
-        for stage, family in groups:
-            sources = "" if stage != SELF_GENERATED_LAST or self_generated_plan else " AND source <> 'logged'"
-            pool = [r[0] for r in con.execute(
-                f"SELECT id FROM training_examples WHERE stage = ? AND family = ? AND split = 'train'{sources} ORDER BY id",
-                [stage, family]).fetchall()]
+        for (stage, family), examples in pools.items():
+            own_runs = stage != SELF_GENERATED_LAST or self_generated_plan
+            pool = [example_id for example_id, source in examples if own_runs or source != "logged"]
             seen = _trained_ids(con, stage, family)
             mix = StageMix(new=[i for i in pool if i not in seen], pool=len(pool))
             earlier = sorted(seen & set(pool))
@@ -219,7 +282,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
 
 def load_round(home: str | Path | None, number: int | None = None) -> Round:
     """A stored round (the latest when `number` is None)."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         row = con.execute("SELECT round, snapshot_hash, created_at FROM rounds WHERE round = coalesce(?, (SELECT max(round) FROM rounds))",
                           [number]).fetchone()
         if row is None:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, cra_home, ledger_path
+from agent.config import Config, cra_home
 from agent.errors import (
     DatasetTooSmall,
     InvalidInput,
@@ -41,9 +41,8 @@ from agent.llm.names import check_name
 from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 from agent.stages import RECIPES, stage_named
 from agent.stages.base import StageRecipe
-from agent.store import opened
-from agent.store.ledger import LEDGER
 from curation.datasets import Example, load_examples, model_family
+from curation.rounds import load_pairs
 
 TECHNIQUES = ("sft", "sft+dpo")
 MERGED_MARKER = "cra_merged"
@@ -312,16 +311,6 @@ def _next_round(home: str | Path | None, stage: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def _load_pairs(home: str | Path | None, *, stage: str, family: str) -> list[tuple[Example, Example]]:
-    """The stage's train-split preference pairs, as (chosen, rejected) examples."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
-        rows = con.execute("SELECT source, messages, chosen, rejected FROM preference_pairs"
-                           " WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id", [stage, family]).fetchall()
-    return [(Example(stage, source, family, json.loads(messages), json.loads(chosen)),
-             Example(stage, source, family, json.loads(messages), json.loads(rejected)))
-            for source, messages, chosen, rejected in rows]
-
-
 def train_stage(home: str | Path | None, config: Config, *, stage: str, round: int | None = None,
                 steps: int | None = None, on_progress: Callable[[Progress], None] | None = None) -> Adapter:
     """Train `stage`'s adapter on its role's base from the ledger's train split, named `<stage>-r<round>`.
@@ -332,7 +321,7 @@ def train_stage(home: str | Path | None, config: Config, *, stage: str, round: i
     family = model_family(base)
     sft = load_examples(home, stage=stage, split="train", family=family)
     recipe = RECIPES[stage] if steps is None else replace(RECIPES[stage], max_steps=steps)
-    pairs = _load_pairs(home, stage=stage, family=family) if recipe.technique == "sft+dpo" else []
+    pairs = load_pairs(home, stage=stage, family=family) if recipe.technique == "sft+dpo" else []
     if len(pairs) < MIN_DPO_PAIRS:
         recipe, pairs = replace(recipe, technique="sft"), []
     number = round if round is not None else _next_round(home, stage)

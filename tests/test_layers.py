@@ -1,9 +1,13 @@
 """Imports point one way: the runtime below curation, curation below bootstrapping, all of them below the flows;
-within the runtime, the model layer and the stages never import what drives them. Lazy imports count too."""
+within the runtime, the model layer and the stages never import what drives them. Lazy imports count too. Each table
+of the home ledger is declared and queried by one module, its owner; the others call the owner's functions."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,17 @@ NEVER = {
     "agent.stages": ("agent.pipeline", "agent.llm.client", "agent.llm.resolve", "agent.llm.serve"),
     "agent.config": ("agent.stages", "agent.llm.client", "agent.llm.resolve", "agent.llm.registry"),
 }
+LEDGER_OWNERS = {
+    "llm_calls": "agent.llm.calls",
+    "adapters": "agent.llm.registry",
+    "runs": "agent.runs", "run_stages": "agent.runs", "decisions": "agent.runs",
+    "training_examples": "curation.datasets",
+    "preference_pairs": "curation.rounds", "rounds": "curation.rounds", "round_examples": "curation.rounds",
+    "gate_decisions": "curation.gate",
+    "bootstrap_commits": "bootstrap.pairs",
+    "teacher_cache": "bootstrap.teacher",
+}
+SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+(\w+)")
 
 
 def module_name(path: Path) -> str:
@@ -67,3 +82,27 @@ def test_imports_point_down(path: Path) -> None:
         if under(me, layer):
             reached = sorted(m for m in imports(path) for f in forbidden if under(m, f))
             assert not reached, f"{me} reaches up to {', '.join(reached)}"
+
+
+def ledger_tables(path: Path) -> set[str]:
+    """The ledger tables the string literals of `path` name after a SQL keyword (f-strings' literal parts too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {table for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            for table in SQL_TABLE.findall(node.value) if table in LEDGER_OWNERS}
+
+
+def test_each_ledger_table_is_declared_by_its_owner() -> None:
+    for owner in set(LEDGER_OWNERS.values()):
+        importlib.import_module(owner)
+    from agent.store.ledger import LEDGER
+
+    declared = {table: step.__module__ for step in LEDGER.steps
+                for table in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", inspect.getsource(step))}
+    assert declared == LEDGER_OWNERS
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_a_ledger_tables_owner_queries_it(path: Path) -> None:
+    me = module_name(path)
+    foreign = sorted(f"{table} ({LEDGER_OWNERS[table]})" for table in ledger_tables(path) if LEDGER_OWNERS[table] != me)
+    assert not foreign, f"{me} queries {', '.join(foreign)}: call the owner's functions instead"

@@ -7,20 +7,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import Config, ledger_path
+from agent.config import Config
 from agent.errors import CraError
 from agent.eval.localize import select_tasks
+from agent.llm.calls import model_seconds
 from agent.pipeline import RunOptions, TaskRun, drive
-from agent.store import opened
-from agent.store.ledger import LEDGER
 
 Progress = Callable[[str], None]
-
-
-def _model_seconds(home: str | Path | None, run_id: str) -> float:
-    with opened(ledger_path(home), schema=LEDGER, read_only=True) as con:
-        (ms,) = con.execute("SELECT coalesce(sum(latency_ms), 0) FROM llm_calls WHERE run_id = ?", [run_id]).fetchone()
-    return ms / 1000
 
 
 def bench_overhead(
@@ -40,7 +33,7 @@ def bench_overhead(
         except CraError as exc:
             status = f"error: {exc}"
         wall = time.perf_counter() - started
-        model = _model_seconds(home, run.run_id)
+        model = model_seconds(home, run.run_id)
         build = run.timings.get("validation", 0.0)
         rows.append({"task": task, "status": status, "wall_s": round(wall, 3), "model_s": round(model, 3),
                      "validation_s": round(build, 3), "overhead_s": round(wall - model - build, 3),

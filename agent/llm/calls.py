@@ -10,14 +10,54 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import ledger_path
+import duckdb
+
 from agent.errors import InvalidInput
 from agent.llm.names import scrub_urls
-from agent.store import opened, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import utc_now
+from agent.store.ledger import LEDGER, ledger
 
 REDACTED = "[REDACTED]"
 _BEARER = re.compile(r"(?i)\b(bearer|authorization:?)\s+[^\s\"']+")
+
+
+@LEDGER.migration
+def l001_llm_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Every model call, success or failure, with what was asked, what answered and what came back."""
+    con.execute(
+        """
+        CREATE TABLE llm_calls (
+            id TEXT PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            run_id TEXT,
+            stage TEXT NOT NULL,
+            call_type TEXT NOT NULL,         -- structured | text
+            provider TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model_requested TEXT NOT NULL,   -- what resolution chose (an adapter or a model)
+            model_answered TEXT,             -- what the server says answered
+            adapter TEXT,                    -- the adapter asked for, if any
+            base_model TEXT NOT NULL,
+            resolution TEXT NOT NULL,        -- why that model: override | adapter | role-default | base
+            fallback_reason TEXT,            -- set when the adapter could not be used and the base answered
+            messages JSON NOT NULL,
+            params JSON NOT NULL,            -- request parameters (never keys or headers)
+            output_schema JSON,
+            raw_response TEXT,               -- the last answer's text
+            attempts JSON NOT NULL,          -- every request made: model, outcome, text or error
+            parsed JSON,
+            schema_ok BOOLEAN NOT NULL,
+            repairs INTEGER NOT NULL,
+            retries INTEGER NOT NULL,
+            latency_ms DOUBLE NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            error_type TEXT,
+            error TEXT
+        )
+        """
+    )
+    con.execute("CREATE INDEX llm_calls_run ON llm_calls (run_id)")
 
 
 @dataclass
@@ -75,7 +115,7 @@ def log_call(home: str | Path | None, record: CallRecord, *, secrets: list[str])
     """Write `record` to the ledger with secrets scrubbed; return its id."""
     row = redact(asdict(record), secrets)
     values = [json.dumps(row[name]) if name in _JSON_FIELDS else row[name] for name in _FIELDS]
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         con.execute(
             f"INSERT INTO llm_calls ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})", values,
         )
@@ -97,7 +137,7 @@ def list_calls(
     """The newest calls first, optionally only one stage's, one run's or the failed ones."""
     if limit <= 0:
         raise InvalidInput(f"--limit must be positive, not {limit}")
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         cur = con.execute(
             f"SELECT {', '.join(_FIELDS)} FROM llm_calls WHERE (? IS NULL OR stage = ?) AND (? IS NULL OR run_id = ?)"
             " AND (NOT ? OR error IS NOT NULL) ORDER BY created_at DESC LIMIT ?",
@@ -109,7 +149,7 @@ def list_calls(
 
 def get_call(home: str | Path | None, call_id: str) -> CallRecord:
     """The call whose id is or starts with `call_id`."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute(
             f"SELECT {', '.join(_FIELDS)} FROM llm_calls WHERE starts_with(id, ?) LIMIT 2", [call_id],
         ).fetchall()
@@ -118,3 +158,20 @@ def get_call(home: str | Path | None, call_id: str) -> CallRecord:
     if len(rows) > 1:
         raise InvalidInput(f"call id {call_id!r} is ambiguous; give more characters")
     return _record(list(_FIELDS), rows[0])
+
+
+def calls_of_runs(home: str | Path | None, run_ids: list[str]) -> dict[str, CallRecord]:
+    """The calls logged for these runs, by call id."""
+    if not run_ids:
+        return {}
+    with ledger(home) as con:
+        rows = con.execute(f"SELECT {', '.join(_FIELDS)} FROM llm_calls WHERE run_id IN ({', '.join('?' * len(run_ids))})",
+                           run_ids).fetchall()
+    return {record.id: record for record in (_record(list(_FIELDS), row) for row in rows)}
+
+
+def model_seconds(home: str | Path | None, run_id: str) -> float:
+    """The time a run's model calls took, summed, in seconds."""
+    with ledger(home, read_only=True) as con:
+        (ms,) = con.execute("SELECT coalesce(sum(latency_ms), 0) FROM llm_calls WHERE run_id = ?", [run_id]).fetchone()
+    return ms / 1000

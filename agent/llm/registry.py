@@ -9,18 +9,41 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.config import adapter_store, ledger_path
+import duckdb
+
+from agent.config import adapter_store
 from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
 from agent.llm.adapters import describe_base, read_adapter, same_name
 from agent.llm.names import check_name
-from agent.store import opened, transaction, utc_now
-from agent.store.ledger import LEDGER
+from agent.store import transaction, utc_now
+from agent.store.ledger import LEDGER, ledger
 
 STATUSES = ("candidate", "active", "retired")
 METADATA_FILE = "cra_adapter.json"  # what cra's training says of an adapter it trained
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md")  # all the store keeps
 MAX_ADAPTER_BYTES = 8 << 30
 _COLUMNS = "name, stage, base_model, base_fingerprint, path, rank, status, created_at, promoted_at, metadata"
+
+
+@LEDGER.migration
+def l002_adapters(con: duckdb.DuckDBPyConnection) -> None:
+    """The adapter registry: every adapter with its stage, base, status and metrics."""
+    con.execute(
+        """
+        CREATE TABLE adapters (
+            name TEXT PRIMARY KEY,
+            stage TEXT NOT NULL,
+            base_model TEXT NOT NULL,        -- the base it was trained on, as configured
+            base_fingerprint TEXT,           -- hash of the base's architecture config
+            path TEXT NOT NULL,              -- inside the cra home's adapter store
+            rank INTEGER NOT NULL,
+            status TEXT NOT NULL,            -- candidate | active | retired
+            created_at TIMESTAMP NOT NULL,
+            promoted_at TIMESTAMP,
+            metadata JSON
+        )
+        """
+    )
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,7 @@ def register(
     base = describe_base(base_model)
     store = adapter_store(home)
     target = store / name
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         if con.execute("SELECT 1 FROM adapters WHERE name = ?", [name]).fetchone() or target.exists():
             raise InvalidInput(f"an adapter named {name} is already registered; choose another name")
         store.mkdir(parents=True, exist_ok=True)
@@ -118,7 +141,7 @@ def _refuse_links(source: Path) -> None:
 
 def get(home: str | Path | None, name: str) -> Adapter:
     """The adapter called `name`."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         row = con.execute(f"SELECT {_COLUMNS} FROM adapters WHERE name = ?", [name]).fetchone()
     if row is None:
         raise UnknownAdapter(f"no adapter named {name} in the registry; `cra adapters list` shows them")
@@ -127,7 +150,7 @@ def get(home: str | Path | None, name: str) -> Adapter:
 
 def list_adapters(home: str | Path | None, *, stage: str | None = None, status: str | None = None) -> list[Adapter]:
     """Registered adapters, newest first, optionally of one stage or status."""
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         rows = con.execute(
             f"SELECT {_COLUMNS} FROM adapters WHERE (? IS NULL OR stage = ?) AND (? IS NULL OR status = ?)"
             " ORDER BY created_at DESC, name",
@@ -144,7 +167,7 @@ def active_adapters(home: str | Path | None) -> list[Adapter]:
 def record_evaluation(home: str | Path | None, name: str, evaluation: dict) -> Adapter:
     """Keep an adapter's held-out evaluation in its metadata."""
     adapter = get(home, name)
-    with opened(ledger_path(home), schema=LEDGER) as con:
+    with ledger(home) as con:
         con.execute("UPDATE adapters SET metadata = ? WHERE name = ?",
                     [json.dumps({**adapter.metadata, "evaluation": evaluation}), name])
     return get(home, name)
@@ -158,7 +181,7 @@ def promote(home: str | Path | None, name: str, *, require_evaluation: bool = Fa
         raise InvalidInput(f"adapter {name} has no evaluation; run `cra gate {name}` first (or promote with --force)")
     if adapter.status == "active":
         return adapter
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+    with ledger(home) as con, transaction(con):
         con.execute(
             "UPDATE adapters SET status = 'retired' WHERE stage = ? AND base_model = ? AND status = 'active'",
             [adapter.stage, adapter.base_model],
@@ -179,7 +202,7 @@ def require_files(home: str | Path | None, adapter: Adapter) -> Path:
 
 def rollback(home: str | Path | None, stage: str, base_model: str) -> Adapter:
     """Retire the active adapter of `stage` on `base_model` and bring back the one it replaced."""
-    with opened(ledger_path(home), schema=LEDGER) as con, transaction(con):
+    with ledger(home) as con, transaction(con):
         current = con.execute("SELECT name FROM adapters WHERE stage = ? AND base_model = ? AND status = 'active'",
                               [stage, base_model]).fetchone()
         previous = con.execute(

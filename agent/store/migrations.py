@@ -17,17 +17,26 @@ class Schema:
         self.steps: list[Migration] = []
 
     def migration(self, step: Migration) -> Migration:
-        """Register `step` as the next migration (a decorator)."""
+        """Register `step` as the next migration (a decorator); its name is what a file records once it ran."""
+        if any(s.__name__ == step.__name__ for s in self.steps):
+            raise ValueError(f"{self.name}: a migration named {step.__name__} is registered twice")
         self.steps.append(step)
         return step
+
+    def pending(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        """The names of the registered migrations `con`'s file has not recorded (works on a read-only open)."""
+        if not con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = '_migrations'").fetchone():
+            return [step.__name__ for step in self.steps]
+        done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+        return [step.__name__ for step in self.steps if step.__name__ not in done]
 
     def migrate(self, con: duckdb.DuckDBPyConnection) -> list[str]:
         """Apply every migration not yet recorded, in order, each in its own transaction; return their names."""
         con.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())")
-        done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+        pending = set(self.pending(con))
         applied = []
         for step in self.steps:
-            if step.__name__ in done:
+            if step.__name__ not in pending:
                 continue
             con.begin()
             try:
