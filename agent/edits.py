@@ -19,6 +19,7 @@ from agent.errors import (
     EditError,
     FileAlreadyExists,
     MissingFile,
+    NoChange,
     NoMatch,
     PathOutsideRepo,
 )
@@ -92,6 +93,12 @@ def _apply(root: Path, files: dict[str, _File], edit: Edit) -> Applied:
     """Apply one edit to `files` (loading its file first if needed) and say where it landed."""
     rel, target = resolve_in_repo(root, edit.path)
     search, replace = _lf(edit.search), _lf(edit.replace)
+    if not search and not replace.strip():
+        raise NoChange(f"The SEARCH block is empty, which creates {rel}, but the REPLACE block is empty too. Give "
+                       "the new file's content, or leave the block out.", path=rel)
+    if search == replace:
+        raise NoChange("The REPLACE block is the same as the SEARCH block, so it changes nothing. Put the changed "
+                       "lines in REPLACE, or leave the block out.", path=rel)
     if not search:
         if rel in files or target.exists():
             raise FileAlreadyExists(f"{rel} already exists, so an empty SEARCH block cannot create it. To change it, "

@@ -105,6 +105,10 @@ class FileAlreadyExists(EditError):
     """An edit with an empty SEARCH block would create a file that already exists."""
 
 
+class NoChange(EditError):
+    """An edit whose REPLACE is its SEARCH (an empty file created from nothing included): it changes nothing."""
+
+
 class NoMatch(EditError):
     """A SEARCH block matches nothing in its file, even ignoring whitespace."""
 

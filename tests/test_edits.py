@@ -15,6 +15,7 @@ from agent.errors import (
     EditError,
     FileAlreadyExists,
     MissingFile,
+    NoChange,
     NoMatch,
     PathOutsideRepo,
 )
@@ -125,6 +126,17 @@ def test_creating_an_existing_file_is_refused(root: Path) -> None:
     with pytest.raises(FileAlreadyExists, match="src/task.c already exists"):
         apply_edits(root, [Edit(path="src/task.c", search="", replace="int x;\n")])
     assert (root / "src/task.c").read_text() == TASK_C
+
+
+@pytest.mark.parametrize("edit", [
+    Edit(path="c", search="", replace=""),  # Gemma 3 270M's code answer: two of these made a "successful" run
+    Edit(path="src/new.c", search="", replace="\n  \n"),
+    Edit(path="src/task.c", search="void TaskDummy(u8 taskId)", replace="void TaskDummy(u8 taskId)"),
+], ids=["empty-file", "blank-file", "same-text"])
+def test_an_edit_that_changes_nothing_is_refused(root: Path, edit: Edit) -> None:
+    with pytest.raises(NoChange, match="changes nothing|REPLACE block is empty too"):
+        apply_edits(root, [Edit(path="src/task.c", search="\tu8 i;", replace="\tu16 i;"), edit])
+    assert (root / "src/task.c").read_text() == TASK_C and not (root / "c").exists()
 
 
 def test_missing_file_suggests_a_close_name(root: Path) -> None:
