@@ -212,6 +212,19 @@ def test_edits_that_never_apply_are_fed_back_then_the_run_fails(tmp_path: Path, 
     assert get_run(None, outcome.run_id).stages[-1]["detail"]["failed"] is True
 
 
+def test_a_failed_run_exits_1_with_or_without_json(tmp_path: Path, indexed: DecompRepo) -> None:
+    answers = answers_for("refactor", True, [{"path": WALLCLOCK, "search": "no such text", "replace": "x"}])
+    with standin_server(scripted(answers)) as server:
+        (tmp_path / "cra.toml").write_text(f'[models.reasoning]\nbase = "tiny"\nendpoint = "{server.url}"\n'
+                                           f'[models.coding]\nbase = "tiny"\nendpoint = "{server.url}"\n')
+        for as_json in (["--json"], []):
+            result = runner.invoke(app, ["run", f"Refactor {OLD}", "--repo", str(indexed.path), "--no-prefect",
+                                         "--config", str(tmp_path / "cra.toml"), *as_json])
+            assert result.exit_code == 1, result.output  # --json exited 0 on a failed run
+            if as_json:
+                assert json.loads(result.stdout)["status"] == "failed"
+
+
 def test_curation_learns_from_the_attempt_that_applied_and_prefers_it_to_the_ones_that_did_not(
         tmp_path: Path, indexed: DecompRepo) -> None:
     from curation.datasets import load_examples

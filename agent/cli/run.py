@@ -57,7 +57,7 @@ def run(
             outcome = drive(run_)
     if as_json:
         sys.stdout.write(json.dumps(outcome.as_dict(), indent=2) + "\n")
-        return
+        raise typer.Exit(1 if outcome.success is False else 0)
     for note in outcome.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     for name, result in outcome.results.items():
