@@ -43,7 +43,7 @@ browser:
 
 test: install vllm browser
 	CRA_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
-		$(VENV)/bin/python -m pytest -q
+		$(VENV)/bin/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV)

@@ -51,7 +51,9 @@ class ValidationResult(BaseModel):
     success: bool
     rom_changed: bool | None  # None: no ROM was built, or none is known to compare with
     keep_rom: bool
-    base_tree: str | None = None  # "cached", "built" (this validation built it first) or "fresh" (none kept)
+    # "cached", "built" (this validation built it first), "fresh" (none kept) or "broken" (the base commit's own
+    # tree does not build: no edit at it can be judged)
+    base_tree: str | None = None
     timings: dict[str, float] = {}  # parse, prepare (base_build within it), build, compare
 
     def check(self, name: str) -> Check:
@@ -103,7 +105,7 @@ def validate(edited: Path, changed: Sequence[str], *, base_commit: str, keep_rom
                           log_tail=f"the base commit {base_commit[:12]} itself does not build, before any edit:\n"
                                    f"{base.log_tail}")
             return ValidationResult(checks=[parse, build, _skipped("compare", None, "the build failed")],
-                                    success=False, rom_changed=None, keep_rom=keep_rom, base_tree=tree_kind,
+                                    success=False, rom_changed=None, keep_rom=keep_rom, base_tree="broken",
                                     timings=timings)
         build = run_check("build", command, prep.path, env)
         timings["build"] = build.seconds

@@ -197,6 +197,20 @@ def test_a_base_commit_that_does_not_build_is_named(decomp_repo: DecompRepo) -> 
     build = result.check("build")
     assert not build.passed and f"the base commit {decomp_repo.head[:12]} itself does not build" in build.log_tail
     assert "no toolchain" in build.log_tail and not any(_env(decomp_repo).trees.glob("*.json"))  # nothing cached
+    assert result.base_tree == "broken"
+
+
+def test_the_benchmark_counts_no_verdict_where_the_base_does_not_build(decomp_repo: DecompRepo) -> None:
+    # pokeruby 770d4531dc's parent does not rebuild Ruby's ROM with today's agbcc: cra says so, no verdict is wrong
+    from agent.eval.validation import BASE_BROKEN, run_validation_bench
+
+    settings = ValidationSettings(build=["sh", "-c", "echo old toolchain; exit 2"], timeout_s=5, carry=[])
+    report = run_validation_bench(decomp_repo.path, _env(decomp_repo, settings), 1)
+    built = [c for c in report.cases if c.case != "syntax"]
+    assert built and all(c.verdict == BASE_BROKEN and c.right is None for c in built)
+    summary = report.summary()
+    assert summary["validations"] == len(report.cases) - len(built) and summary["accuracy"] == 1.0
+    assert summary["unverifiable"] == [f"{c.commit[:10]} {c.case}" for c in built]
 
 
 def test_a_missing_carry_source_is_a_clear_error(decomp_repo: DecompRepo) -> None:

@@ -93,9 +93,12 @@ def eval_validation(
     if gate:
         out.print(f"the gate's path: {data['gate']['validated']}/{data['gate']['of']} held-out gold edits validate")
     for case in data["cases"]:
-        if not case["right"]:
+        if case["right"] is False:
             out.print(f"[red]wrong[/] {case['commit'][:10]} {case['case']}: expected {case['expected']}, "
                       f"got {case['verdict']} ({escape(case['detail'])})")
+    if summary["unverifiable"]:
+        out.print(f"[yellow]no verdict[/] where the base commit does not build here: "
+                  f"{escape(', '.join(summary['unverifiable']))}")
     out.print(f"report written to {escape(str(json_out))}")
 
 

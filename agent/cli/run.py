@@ -98,7 +98,8 @@ def _print_checks(validation: dict) -> None:
     if validation.get("base_tree"):
         tree = {"cached": "a copy of the kept tree built at the base commit",
                 "built": f"the base commit built first ({timings.get('base_build', 0):.1f} s), then a copy of it",
-                "fresh": "the base commit's files, built whole (keep_trees = 0)"}[validation["base_tree"]]
+                "fresh": "the base commit's files, built whole (keep_trees = 0)",
+                "broken": "nothing: the base commit's own tree does not build"}[validation["base_tree"]]
         out.print(f"[dim]built in {tree}; preparing it took {timings.get('prepare', 0):.1f} s[/]")
 
 

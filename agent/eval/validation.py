@@ -30,7 +30,7 @@ from agent.validation import ValidationResult, validate
 SCRATCH_PREFIX = "cra-eval-validation-"
 SOURCE_SUFFIXES = (".c", ".h")
 HEADER = "include/global.h"  # pret's header every C file includes: the worst case for an incremental build
-OK, ROM_CHANGED, PARSE_FAILED = "ok", "rom changed", "parse failed"
+OK, ROM_CHANGED, PARSE_FAILED, BASE_BROKEN = "ok", "rom changed", "parse failed", "base does not build"
 _LITERAL = re.compile(r"(?<![\w.])([1-9]\d{0,3})(?![\w.])")
 _STATEMENT = re.compile(r"^(\s+)(?!(?:for|if|while|return|case|default|else)\b)[A-Za-z_][^;{}]*;\s*$")
 _CONSTANT_CONDITION = re.compile(r"\s*(?:while|if)\s*\(\s*\d+\s*\)")  # `while (1)` is `while (2)`: no change
@@ -62,7 +62,7 @@ class Case:
     files: int  # how many files the validation changed
     expected: str
     verdict: str
-    right: bool
+    right: bool | None  # None: unverifiable here, the base commit's own tree does not build with this toolchain
     base_tree: str | None
     seconds: float
     timings: dict[str, float]
@@ -90,16 +90,18 @@ class Report:
                     **{f"median_{k}_s": med([c.timings[k] for c in cases if k in c.timings])
                        for k in ("parse", "base_build", "prepare", "build", "compare")}}
 
+        judged = [c for c in self.cases if c.right is not None]
         by_case: dict[str, dict] = {}
         for name in ("commit", "mutation", "syntax", "header"):
-            cases = [c for c in self.cases if c.case == name]
+            cases = [c for c in judged if c.case == name]
             if cases:
                 by_case[name] = {"right": sum(c.right for c in cases), "of": len(cases)}
         built = [c for c in self.cases if c.base_tree in ("built", "fresh")]
         reused = [c for c in self.cases if c.base_tree == "cached" and c.case == "mutation"]
         return {
-            "verdicts_right": sum(c.right for c in self.cases), "validations": len(self.cases),
-            "accuracy": round(sum(c.right for c in self.cases) / len(self.cases), 4) if self.cases else None,
+            "verdicts_right": sum(c.right for c in judged), "validations": len(judged),
+            "accuracy": round(sum(c.right for c in judged) / len(judged), 4) if judged else None,
+            "unverifiable": [f"{c.commit[:10]} {c.case}" for c in self.cases if c.right is None],
             "by_case": by_case, "first_at_a_commit": split(built), "one_file_after_the_first": split(
                 [c for c in reused if c.files == 1]),
             "reused_tree": split(reused), "syntax": split([c for c in self.cases if c.case == "syntax"]),
@@ -257,6 +259,8 @@ def _verdict(result: ValidationResult) -> str:
     """What a validation said, in the benchmark's terms."""
     if not result.check("parse").passed:
         return PARSE_FAILED
+    if result.base_tree == "broken":
+        return BASE_BROKEN
     if not result.check("build").passed:
         return "build failed"
     return OK if result.success else ROM_CHANGED
@@ -320,7 +324,8 @@ def _replay(env: BuildEnvironment, commit: Candidate, name: str, expected: str, 
         seconds = time.monotonic() - started
     verdict = _verdict(result)
     log = next((c.log_tail for c in result.checks if not c.passed and not c.skipped_reason), "")
-    return Case(commit.sha, commit.subject, name, len(files), expected, verdict, verdict == expected, result.base_tree,
+    right = None if verdict == BASE_BROKEN else verdict == expected  # cra named the base as the fault: no verdict
+    return Case(commit.sha, commit.subject, name, len(files), expected, verdict, right, result.base_tree,
                 round(seconds, 3), {k: round(v, 3) for k, v in result.timings.items()}, detail,
                 "\n".join(log.splitlines()[-12:]) if verdict != expected else "")
 
