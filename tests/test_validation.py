@@ -352,19 +352,27 @@ def test_the_benchmark_never_mutates_an_argument_a_macro_pastes_into_a_name(line
     assert mutated in text, where
 
 
-def test_a_commit_whose_own_tree_changes_the_rom_gets_no_verdict(decomp_repo: DecompRepo, host_build: None) -> None:
-    # pokeruby 498ff9ae1a: history kept the ROM with the agbcc of its day, not with today's; cra's "rom changed" is
-    # then true here, and a full build of the commit itself says so
-    from agent.eval.validation import ROM_CHANGED, run_validation_bench
+@pytest.mark.parametrize(("replace", "verdict", "unverifiable"), [
+    ("        gTasks[i].prev = i + 3;", "rom changed", ["commit"]),  # 498ff9ae1a with agbcc's -Werror dropped
+    ("        gTasks[i].prev = gNoSuchTask;", "build failed", ["commit", "mutation"]),  # with it: it does not compile
+])
+def test_a_commit_whose_own_tree_does_not_keep_the_rom_gets_no_verdict(decomp_repo: DecompRepo, host_build: None,
+                                                                       replace: str, verdict: str,
+                                                                       unverifiable: list[str]) -> None:
+    # pokeruby 498ff9ae1a kept the ROM with the agbcc of its day, not with today's: cra's verdict is then true here,
+    # and a whole build of the commit itself says so; its mutation, made on top of the change, needs the change too
+    from agent.eval.validation import run_validation_bench
 
-    sprite = decomp_repo.path / "src/sprite.c"
-    sprite.write_text(sprite.read_text().replace("    return MAX_SPRITES;", "    return SPRITE_NONE;"))
-    subprocess.run(["git", "commit", "-qam", "Document the sprite count"], cwd=decomp_repo.path, check=True)
+    task = decomp_repo.path / "src/task.c"
+    task.write_text(task.read_text().replace("        gTasks[i].prev = i;", replace, 1))
+    subprocess.run(["git", "commit", "-qam", "Document the task list's links"], cwd=decomp_repo.path, check=True)
     report = run_validation_bench(decomp_repo.path, _env(decomp_repo), 1)
     commit = next(c for c in report.cases if c.case == "commit")
-    assert commit.verdict == ROM_CHANGED and commit.right is None and "does not rebuild" in commit.detail
-    assert report.summary()["unverifiable"] == [f"{commit.commit[:10]} commit"]
-    assert all(c.right for c in report.cases if c.case != "commit")  # its mutation and syntax break are judged
+    assert commit.verdict == verdict and commit.right is None and "does not rebuild" in commit.detail
+    assert report.summary()["unverifiable"] == [f"{commit.commit[:10]} {case}" for case in unverifiable]
+    judged = [c for c in report.cases if c.case not in unverifiable]
+    assert {c.case for c in report.cases} >= {"commit", "mutation", "syntax"}
+    assert all(c.right for c in judged)  # the rest are judged, and right
 
 
 @pytest.mark.real_repo
