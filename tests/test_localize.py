@@ -286,3 +286,20 @@ def test_cli_rejects_both_last_and_commits(decomp_repo, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "exactly one" in result.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_killed_evaluations_scratch_folder_is_swept_by_the_next(tmp_path: Path) -> None:
+    # a `cra eval localize` stopped by a signal left its cra-eval-* folder in the temporary folder for good
+    import os
+    import subprocess
+    import tempfile
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"{L.SCRATCH_PREFIX}{gone.pid}-"))
+    r = GitRepo(tmp_path / "repo")
+    r.commit("Initial commit", {"src/clock.c": c_file("InitClock")})
+    r.commit("Speed up the clock ticks", {"src/clock.c": c_file("InitClockFast")})
+    L.run_localize(r.root, L.select_tasks(r.root, last=5), ["bm25"])
+    assert not left.exists()
+    assert not list(Path(tempfile.gettempdir()).glob(f"{L.SCRATCH_PREFIX}{os.getpid()}-*"))

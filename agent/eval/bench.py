@@ -6,7 +6,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import psutil
 from agent import repo as git_repo
 from agent.errors import CraError
 from agent.index.build import index_repo
+from agent.scratch import scratch_folder
 
 SAMPLE_EVERY_S = 0.05
 QUERIES = (
@@ -71,7 +71,7 @@ class PeakMemory:
 def scratch_worktree(repo: Path) -> Iterator[Path]:
     """A detached worktree of HEAD in a temporary folder, removed afterwards; the checkout is untouched."""
     top = git_repo.require_repo(repo)
-    with tempfile.TemporaryDirectory(prefix="cra-bench-") as tmp:
+    with scratch_folder("cra-bench-tree-") as tmp:
         tree = Path(tmp) / "tree"
         git_repo.git(top, "worktree", "add", "--detach", "--quiet", str(tree), "HEAD")
         try:
@@ -107,9 +107,7 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
     from agent.project import Project
 
     figures: dict = {}
-    with tempfile.TemporaryDirectory(prefix="cra-bench-home-") as home_plain, tempfile.TemporaryDirectory(
-        prefix="cra-bench-home-"
-    ) as home_embed:
+    with scratch_folder("cra-bench-home-") as home_plain, scratch_folder("cra-bench-home-") as home_embed:
         plain = _index_command(repo, home_plain, embed=False)
         figures["full_no_embed"] = {k: plain[k] for k in ("seconds", "peak_rss_mib", "timings", "symbols", "c_files",
                                                           "c_files_with_errors", "raw_c_files_with_errors", "graph")}
@@ -127,7 +125,7 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
                                 "p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1),
                                 "max": round(max(latencies), 1), "queries": len(queries), "repeats": repeats}
 
-    with scratch_worktree(repo) as tree, tempfile.TemporaryDirectory(prefix="cra-bench-home-") as home:
+    with scratch_worktree(repo) as tree, scratch_folder("cra-bench-home-") as home:
         index_repo(tree, home=home, embed=True)
         c_files = sorted(p for p in git_repo.work_tree_files(tree) if p.endswith(".c"))
         step = max(1, len(c_files) // edits)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +24,7 @@ from agent.config import project_paths
 from agent.errors import CraError, InvalidInput
 from agent.index import history
 from agent.index.history import BadCommit, CommitRecord, strip_pr_suffix
+from agent.scratch import scratch_folder
 
 CODE_SUFFIXES = (".c", ".h")
 MAX_GOLD_FILES = 5
@@ -49,6 +49,9 @@ _AUTOMATED = re.compile(
 )
 
 Progress = Callable[[str], None]
+
+
+SCRATCH_PREFIX = "cra-eval-localize-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +471,7 @@ def run_localize(
     spent: Counter[str] = Counter()
     skipped: list[dict] = []
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="cra-eval-") as tmp:
+    with scratch_folder(SCRATCH_PREFIX) as tmp:  # a killed run's is swept by the next
         state_dir = Path(home) if home is not None else Path(tmp)
         state_dir.mkdir(parents=True, exist_ok=True)
         worktree = (state_dir / "worktrees" / top.name) if home is not None else Path(tmp) / "worktree"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from agent.eval.bench import PeakMemory
 from agent.llm.registry import promote, register
 from agent.llm.serve import plan_serve, start
 from agent.llm.tiny import build_tiny_model, random_adapter
+from agent.scratch import scratch_folder
 from agent.stages import STAGE_ROLES, stages_of
 
 PROMPT = [{"role": "user", "content": "Rename sub_80A1234 to CB2_InitWallClock in src/wallclock.c"}]
@@ -69,7 +69,7 @@ def bench_serving(
     on_progress: Progress = lambda _: None,
 ) -> dict:
     """Build the tiny model and four adapters, serve them, and time the three modes in one server run."""
-    with tempfile.TemporaryDirectory(prefix="cra-bench-serving-") as scratch:
+    with scratch_folder("cra-bench-serving-") as scratch:
         work = Path(scratch)
         on_progress("building the tiny model and four adapters")
         base = build_tiny_model(work / "tiny")
