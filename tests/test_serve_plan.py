@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,30 @@ def test_a_base_trained_on_a_template_cra_supplies_is_served_with_it(tmp_path: P
     config.models.reasoning.base = str(qwen)
     cmd = plan_serve(config, "reasoning", STAGE_ROLES).command
     assert cmd[cmd.index("--chat-template") + 1] == chat_format(qwen).template
+
+
+def test_starting_a_server_sweeps_the_scratch_of_servers_that_were_killed(tmp_path: Path, tiny_models) -> None:
+    # a vLLM server killed rather than stopped (its cra gone, its home deleted) left its TMPDIR in /tmp for good
+    import subprocess
+    import tempfile
+    import time
+
+    from agent.llm.serve import SCRATCH_PREFIX, ServeFailed, start
+    from agent.scratch import OWNER_FILE
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}reasoning-"))
+    (killed / OWNER_FILE).write_text(str(gone.pid))
+    unowned = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}coding-"))  # made by a cra before this change
+    old = time.time() - 3600
+    os.utime(unowned, (old, old))
+    running = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}coding-"))
+    (running / OWNER_FILE).write_text(str(os.getpid()))
+    try:
+        plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning", STAGE_ROLES)
+        with pytest.raises(ServeFailed, match="exited"):  # /bin/sh is no vLLM: it exits at once
+            start(plan, timeout_s=30)
+        assert not killed.exists() and not unowned.exists() and running.is_dir()
+    finally:
+        shutil.rmtree(running, ignore_errors=True)

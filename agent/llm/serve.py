@@ -30,8 +30,10 @@ from agent.llm.resolve import (
     resolve_stage,
 )
 from agent.llm.roles import Role, Routing
+from agent.scratch import OWNER_FILE, sweep
 
 PYTHON_ENV = "CRA_VLLM_PYTHON"
+SCRATCH_PREFIX = "cra-vllm-"  # each server's TMPDIR: vLLM's sockets and rendezvous files
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
@@ -234,12 +236,14 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
     state = state_file(home, plan.role)
     state.parent.mkdir(parents=True, exist_ok=True)
     log = state.with_suffix(".log")
-    scratch = Path(tempfile.mkdtemp(prefix=f"cra-vllm-{plan.role}-"))  # short: unix socket paths live in it
+    sweep(Path(tempfile.gettempdir()), SCRATCH_PREFIX)  # those of servers that were killed, not stopped
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{plan.role}-"))  # short: unix socket paths live in it
     with log.open("wb") as out:
         process = subprocess.Popen(
             plan.command, env={**os.environ, **plan.env, "TMPDIR": str(scratch)}, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
+    (scratch / OWNER_FILE).write_text(str(process.pid))  # the server outlives this process (--detach)
     started = time.monotonic()
     server = RunningServer(process, plan.endpoint, log, 0.0, scratch)
     while True:
