@@ -260,5 +260,6 @@ def derive_pairs(worktree: Path, home: str | Path, *, sha: str, parent: str, des
             lesson = earlier[stage.name] = stage.teach(ctx, gold, earlier)
             facts.update(lesson.facts)
             if lesson.output is not None:
-                pairs.append(StagePair(stage.name, lesson.messages, lesson.output, lesson.meta))
+                rules = {"rules": lesson.rules.model_dump(mode="json")} if lesson.rules is not None else {}
+                pairs.append(StagePair(stage.name, lesson.messages, lesson.output, {**lesson.meta, **rules}))
     return pairs, facts

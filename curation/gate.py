@@ -8,6 +8,7 @@ gain two rounds running has plateaued.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -125,22 +126,36 @@ class Evaluation:
     validation_pass_rate: float | None = None
 
 
+def answer_all(config: Config, home: str | Path | None, stage: str, model: str, examples: list[Example], *,
+               workers: int = 1) -> list[dict | None]:
+    """`model`'s answer (an adapter or the base) to each example's prompt, `workers` at a time; None where it gave
+    none that fits the stage's schema."""
+    bases, measured = describe_bases(config), stage_named(stage)
+    resolution = replace(resolve_stage(stage, measured.role, config, [], bases), model=model,
+                         source="override", reason="gate evaluation")
+    llm = LLM(config, [resolution], home=home, run_id=f"gate:{stage}:{model}")
+
+    def answer(example: Example) -> dict | None:
+        try:
+            return llm.ask(stage, example.messages, measured.Output).value.model_dump(mode="json")
+        except InvalidModelOutput:
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(answer, examples))
+
+
 def evaluate(config: Config, home: str | Path | None, stage: str, model: str, examples: list[Example], *,
              validate_code: bool = True) -> Evaluation:
     """Ask `model` (an adapter or the base) every held-out prompt of `stage` and score the answers.
 
     Code answers are also applied at their commit's parent and validated (parse and build), when the repo is here.
     """
-    bases, measured = describe_bases(config), stage_named(stage)
-    resolution = replace(resolve_stage(stage, measured.role, config, [], bases), model=model,
-                         source="override", reason="gate evaluation")
-    llm = LLM(config, [resolution], home=home, run_id=f"gate:{stage}:{model}")
+    measured = stage_named(stage)
     environments: dict[str, BuildEnvironment | None] = {}
     total, failures, validated = 0.0, 0, []
-    for example in examples:
-        try:
-            answer = llm.ask(stage, example.messages, measured.Output).value.model_dump(mode="json")
-        except InvalidModelOutput:
+    for example, answer in zip(examples, answer_all(config, home, stage, model, examples), strict=True):
+        if answer is None:
             failures += 1
             continue
         passed = (validates(example, answer["edits"], build_environment(config, home, example, environments))

@@ -204,6 +204,33 @@ def _common_args(recipe: StageRecipe, out: Path, gpu: bool) -> dict:
     }
 
 
+def _answer_only_loss(model, inputs: dict, num_items_in_batch=None):
+    """The SFT loss with only the answer's positions projected through the output layer, in one matmul.
+
+    TRL's fused head tiles that projection and computes entropy and accuracy too: on CPU, with Gemma's 262k-token
+    vocabulary, a step of four task-analysis answers took 40 s against 13 s this way (one core, same batch)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"][:, 1:]
+    answer = labels != -100
+    hidden = base.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
+    logits = base.get_output_embeddings()(hidden[:, :-1][answer]).float()
+    if cap := getattr(base.config.get_text_config(), "final_logit_softcapping", None):
+        logits = torch.tanh(logits / cap) * cap
+    loss = torch.nn.functional.cross_entropy(logits, labels[answer], reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else answer.sum().clamp(min=1))
+
+
+def _answer_only(trainer_class):
+    """`trainer_class` (TRL's SFTTrainer) with `_answer_only_loss` as its loss: the CPU's trainer."""
+    class AnswerOnlySFT(trainer_class):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return _answer_only_loss(model, inputs, num_items_in_batch)
+
+    return AnswerOnlySFT
+
+
 def _seconds_since(started: float) -> float:
     return round(time.monotonic() - started, 3)
 
@@ -241,8 +268,8 @@ def _train(path: Path, base: str, recipe: StageRecipe, sft: list[Example], dpo: 
     phases = {"sft": _Phase(len(sft))}
     sft_args = SFTConfig(**_common_args(recipe, scratch / "sft", gpu), learning_rate=recipe.learning_rate,
                          assistant_only_loss=True, eos_token=chat.end_token,
-                         train_sampling_strategy="sequential" if recipe.curriculum else "random")
-    trainer = SFTTrainer(model=model, args=sft_args, processing_class=tokenizer,
+                         train_sampling_strategy="sequential" if recipe.curriculum else "group_by_length")
+    trainer = (SFTTrainer if gpu else _answer_only(SFTTrainer))(model=model, args=sft_args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": e.chat()} for e in ordered]),
                          callbacks=[_progress_callback("sft", on_progress)])
     _run_phase(trainer, phases["sft"])

@@ -14,7 +14,7 @@ from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.llm.registry import get, promote, register, rollback
 from agent.stages import RECIPES, stage_named
-from agent.stages.measures import f1, macro_f1, order_agreement
+from agent.stages.measures import f1, label_f1, mean_measure, order_agreement
 from curation.datasets import Example, add_examples
 from curation.rounds import (
     REPLAY_BOUNDS,
@@ -77,7 +77,7 @@ def test_code_preferences_prefer_the_commit_over_the_old_code() -> None:
 
 def test_measures() -> None:
     assert f1({"a", "b"}, {"a"}) == pytest.approx(2 / 3)
-    assert macro_f1({"x": "relevant", "y": "irrelevant"}, {"x": "relevant"}, ("relevant", "irrelevant"), "irrelevant") == 1.0
+    assert mean_measure(label_f1({"x": "relevant", "y": "irrelevant"}, {"x": "relevant"}, ("relevant", "irrelevant"), "irrelevant")) == 1.0
     assert order_agreement(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(2 / 3)
     gold = {"kind": "rename", "keep_rom": True, "symbols": ["A"], "files": ["src/a.c"], "key_terms": [], "subsystems": []}
     assert stage_named("task_analysis").score(gold, gold) == 1.0

@@ -206,3 +206,33 @@ def test_train_stage_trains_the_roles_base_on_the_ledgers_examples(tiny_models, 
     # no preference pairs in the ledger yet: SFT only, and the metadata says what the design asks for
     assert (meta["recipe"]["technique"], meta["designed_technique"], list(meta["phases"])) == ("sft", "sft+dpo", ["sft"])
     assert meta["phases"]["sft"]["steps"] == 2
+
+
+def test_the_cpu_loss_is_trls_sft_loss_on_the_same_batch(tiny_models, tmp_path: Path) -> None:
+    """The CPU trainer projects only the answer's positions through the output layer; the loss and its gradient are
+    TRL's own (its fused head's), on a real batch of TRL's collator with assistant-only labels."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from agent.llm.chat import chat_format
+    from curation.training import _answer_only_loss, _torch_model
+
+    recipe = replace(RECIPES["scope"], **FAST)
+    model, tokenizer = _torch_model(tiny_models.base, recipe)
+    chat = chat_format(tiny_models.base, str(tiny_models.base))
+    tokenizer.chat_template = chat.template
+    args = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], per_device_train_batch_size=4,
+                     assistant_only_loss=True, eos_token=chat.end_token)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"messages": e.chat()} for e in _examples(4)]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts masked, answers kept
+    lora = [p for p in model.parameters() if p.requires_grad]
+    theirs = trainer.compute_loss(model, dict(batch))
+    their_grads = torch.autograd.grad(theirs, lora)
+    ours = _answer_only_loss(model, dict(batch))
+    our_grads = torch.autograd.grad(ours, lora)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-4)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)

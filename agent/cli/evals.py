@@ -168,3 +168,52 @@ def eval_overhead(
                       f"{row['validation_s']:.2f}", f"{row['overhead_s']:.2f}")
     out.print(table)
     out.print(f"median overhead {figures['overhead_median_s']} s, max {figures['overhead_max_s']} s; written to {escape(str(json_out))}")
+
+
+@eval_app.command("efficacy")
+@one_line_errors
+def eval_efficacy(
+    stage: Annotated[str, typer.Option("--stage", help="The stage whose adapter is trained and scored.")],
+    repo: RepoOpt = Path("."),
+    base: Annotated[str | None, typer.Option("--base", help="The frozen base (a local folder or a name with local "
+                                                             "files; default: the stage's role's base).")] = None,
+    train: Annotated[int, typer.Option("--train", help="Train on the newest N training pairs.")] = 200,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: the recipe's epochs).")] = None,
+    held_out: Annotated[int | None, typer.Option("--held-out", help="Score on the oldest N held-out pairs (default: all).")] = None,
+    last: Annotated[int, typer.Option("--last", help="Bootstrap the newest N kept commits (stored pairs are reused); "
+                                                     "the newest tenth is held out.")] = 400,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("efficacy.json"),
+    config: ConfigOpt = None, home: HomeOpt = None,
+) -> None:
+    """Train a stage's adapter on the history from the frozen base; score the rules, the base and the adapter on the
+    newest commits, never trained on, field by field with 95% bootstrap intervals."""
+    from agent.eval.efficacy import run_efficacy
+
+    with err.status("efficacy") as status:
+        report = run_efficacy(repo, config=_config(repo, config), home=home, stage=stage, base=base, train=train,
+                              held_out=held_out, last=last, steps=steps,
+                              on_progress=lambda msg: status.update(escape(msg)))
+    _write_json(json_out, report)
+    answerers = report["answerers"]
+    fields = list(next(iter(answerers.values()))["fields"])
+    table = _table(("field", *answerers), title=f"{stage} on {report['held_out']['pairs']} held-out commits "
+                                                f"({report['train']['pairs']} trained on)")
+    for field in fields:
+        table.add_row(field, *(_interval(a["fields"].get(field)) for a in answerers.values()))
+    table.add_row("no valid answer", *(str(a["failures"]) for a in answerers.values()))
+    out.print(table)
+    for name, value in report["gains"].items():
+        out.print(f"{name.replace('_', ' ')}: {_interval(value)}")
+    if report["rules"]:
+        out.print(f"[yellow]rules not scored[/]: {escape(report['rules'])}")
+    training = report["train"]
+    out.print(f"training {escape(training['adapter'])}: {training['steps']} steps in {training['seconds']} s"
+              + (f", peak RSS {training['peak_rss_mib']} MiB" if "peak_rss_mib" in training else " (reused)"))
+    out.print(f"report written to {escape(str(json_out))}")
+
+
+def _interval(value: dict | None) -> str:
+    """A mean and its confidence interval, e.g. 0.412 [0.350, 0.470]."""
+    if not value or value["mean"] is None:
+        return "-"
+    return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"

@@ -24,7 +24,8 @@ PROMPT = [{"role": "user", "content": "Rename sub_80A1234 to CB2_InitWallClock i
 Progress = Callable[[str], None]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -78,7 +79,7 @@ def bench_serving(
             random_adapter(base, work / f"a{i}", seed=i + 1)
             register(work / "home", work / f"a{i}", name=f"{stage}-bench", stage=stage, base_model=str(base))
             promote(work / "home", f"{stage}-bench")
-        endpoint = f"http://127.0.0.1:{_free_port()}/v1"
+        endpoint = f"http://127.0.0.1:{free_port()}/v1"
         config = Config(
             models=ModelsConfig(reasoning=RoleModels(base=str(base), endpoint=endpoint)),
             serve=ServeConfig(python=python, max_model_len=512,

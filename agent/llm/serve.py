@@ -225,8 +225,10 @@ def _log_tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float = 600.0) -> RunningServer:
-    """Start the planned vLLM server, wait until it is healthy, and record it; a clear error if it is not."""
+def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float = 600.0,
+          log: Path | None = None) -> RunningServer:
+    """Start the planned vLLM server, wait until it is healthy, and record it as the role's; a clear error if it is
+    not. With `log`, the server is the caller's own (a benchmark's): it logs there and is not recorded."""
     try:
         httpx.get(_health_url(plan.endpoint), timeout=1.0)
     except httpx.HTTPError:
@@ -234,8 +236,9 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
     else:
         raise ServeFailed(f"something already answers at {plan.endpoint}; stop it (`cra serve stop --role {plan.role}`) or change [models.{plan.role}] endpoint")
     state = state_file(home, plan.role)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    log = state.with_suffix(".log")
+    recorded = log is None
+    log = state.with_suffix(".log") if log is None else log
+    log.parent.mkdir(parents=True, exist_ok=True)
     sweep(Path(tempfile.gettempdir()), SCRATCH_PREFIX)  # those of servers that were killed, not stopped
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{plan.role}-"))  # short: unix socket paths live in it
     with log.open("wb") as out:
@@ -260,6 +263,8 @@ def start(plan: ServePlan, home: str | Path | None = None, *, timeout_s: float =
             raise ServeFailed(f"vLLM was not healthy after {timeout_s:.0f} s; the end of {log}:\n{_log_tail(log)}")
         time.sleep(0.5)
     server.started_s = time.monotonic() - started
+    if not recorded:
+        return server
     state.write_text(json.dumps({
         "pid": process.pid, "endpoint": scrub_urls(plan.endpoint), "log": str(log), "scratch": str(scratch),
         "base": plan.base.name,

@@ -15,6 +15,7 @@ from agent.llm.budget import PromptBudget, char_budget, fit
 from agent.llm.roles import Role
 from agent.project import Project
 from agent.stages.gold import CommitGold, Lesson
+from agent.stages.measures import mean_measure
 
 if TYPE_CHECKING:  # a stage talks to the model through its context; the model layer never imports a stage
     from agent.llm.client import LLM
@@ -126,7 +127,7 @@ class Stage(ABC, Generic[I, O]):
     trained, its labeller (how a past commit becomes its training pair), how a held-out answer is scored, and how its
     output reads in the Prefect UI.
 
-    Subclasses set the class facts and implement `build_input`, `prompt`, `decisions`, `teach` and `score`; a stage
+    Subclasses set the class facts and implement `build_input`, `prompt`, `decisions`, `teach` and `measures`; a stage
     that acts on the model's answer and may send it back (`retries`) overrides `accept` and `rejected`.
     """
 
@@ -158,8 +159,14 @@ class Stage(ABC, Generic[I, O]):
         `ctx` at the commit's parent."""
 
     @abstractmethod
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
+        """How well a held-out answer matches the gold one, field by field, each in [0, 1] (None: the field does not
+        apply to this example; `validated`: the edits passed validation)."""
+
     def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
-        """How well a held-out answer matches the gold one, in [0, 1] (`validated`: the edits passed validation)."""
+        """The mean of the measures that apply (1.0 when none does): the gate's one number per answer."""
+        return mean_measure(self.measures(gold, predicted, prompt, validated))
 
     def rules(self, ctx: StageContext, inp: I) -> O:
         """A deterministic, index-based answer without a model (stages with `has_rules`)."""

@@ -138,13 +138,14 @@ class CodeStage(Stage[CodeInput, CodeEdits]):
         """One row per edit block."""
         return _rows(out, "applied")
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
         """Search blocks found in the prompt's code, the exact gold edits, and, when checked, passing validation."""
         edits = predicted["edits"]
         applies = sum(1 for e in edits if e["search"] and e["search"] in prompt) / len(edits) if edits else 0.0
         exact = float(sorted(json.dumps(e, sort_keys=True) for e in edits)
                       == sorted(json.dumps(e, sort_keys=True) for e in gold["edits"]))
-        return (applies + exact) / 2 if validated is None else (applies + exact + float(validated)) / 3
+        return {"applies": applies, "exact": exact, "validates": None if validated is None else float(validated)}
 
 
 def _rows(out: CodeEdits, verdict: str) -> list[Decision]:

@@ -44,12 +44,14 @@ class Lesson:
     """One stage's part of a past commit's synthetic run: its training pair, what later stages are handed, and facts.
 
     `output` is the gold answer (None: the commit gives the stage no pair, and `facts` say why); `handed` is the answer
-    the later stages' inputs are built from, `output` unless the stage says otherwise.
+    the later stages' inputs are built from, `output` unless the stage says otherwise; `rules` is what the stage's
+    deterministic rules answer to the same input (stages with rules), stored with the pair to score retrieval alone.
     """
 
     output: BaseModel | None
     messages: list[dict[str, str]] = field(default_factory=list)
     handed: BaseModel | None = None
+    rules: BaseModel | None = None
     meta: dict = field(default_factory=dict)  # stored with the pair
     facts: dict = field(default_factory=dict)  # for the commit's record
 

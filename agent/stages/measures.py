@@ -1,4 +1,4 @@
-"""The measures stages score held-out answers with: F1 of sets, macro F1 of labels, agreement of order."""
+"""The measures stages score held-out answers with: F1 of sets, F1 per label, agreement of order."""
 
 from __future__ import annotations
 
@@ -11,15 +11,21 @@ def f1(gold: set, predicted: set) -> float:
     return 0.0 if not hits else 2 * hits / (len(gold) + len(predicted))
 
 
-def macro_f1(gold: dict, predicted: dict, labels: tuple[str, ...], default: str) -> float:
-    """Macro F1 over `labels` of per-item labels; items the prediction leaves out get `default`."""
-    scores = []
+def label_f1(gold: dict, predicted: dict, labels: tuple[str, ...], default: str) -> dict[str, float | None]:
+    """F1 of each of `labels` over per-item labels (None where neither side uses it); items the prediction leaves
+    out get `default`."""
+    scores: dict[str, float | None] = {}
     for label in labels:
         want = {k for k, v in gold.items() if v == label}
         got = {k for k in gold if predicted.get(k, default) == label}
-        if want or got:
-            scores.append(f1(want, got))
-    return sum(scores) / len(scores) if scores else 1.0
+        scores[label] = f1(want, got) if want or got else None
+    return scores
+
+
+def mean_measure(measures: dict[str, float | None]) -> float:
+    """The mean of the measures that apply; 1.0 when none does (nothing to get wrong)."""
+    values = [v for v in measures.values() if v is not None]
+    return sum(values) / len(values) if values else 1.0
 
 
 def order_agreement(gold: list[str], predicted: list[str]) -> float:

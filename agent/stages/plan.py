@@ -107,11 +107,12 @@ class PlanStage(Stage[PlanInput, Plan]):
                 steps.append(step)
         return Plan.model_construct(summary=out.summary, steps=steps), notes
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
         """F1 of the files the steps touch, and how well their order agrees with the gold order."""
         gold_files = list(dict.fromkeys(s["file"] for s in gold["steps"]))
         got_files = list(dict.fromkeys(s["file"] for s in predicted["steps"]))
-        return (f1(set(gold_files), set(got_files)) + order_agreement(gold_files, got_files)) / 2
+        return {"files_f1": f1(set(gold_files), set(got_files)), "order": order_agreement(gold_files, got_files)}
 
     def summary(self, out: Plan) -> str:
         """The plan's summary and its numbered steps."""

@@ -20,7 +20,7 @@ from agent.stages.base import (
     keep_listed,
 )
 from agent.stages.gold import CommitGold, Lesson
-from agent.stages.measures import macro_f1
+from agent.stages.measures import label_f1
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -74,10 +74,12 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
     recipe = StageRecipe(rank=16, curriculum=True)
     has_rules = True
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
-        """Macro F1 of the symbols' tiers (a symbol the answer leaves out counts as excluded)."""
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
+        """F1 of each tier over the symbols (a symbol the answer leaves out counts as excluded); the score is their
+        macro F1."""
         key = lambda v: (v["path"], v["name"])  # noqa: E731
-        return macro_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
+        return label_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
                         ("primary", "supporting", "excluded"), "excluded")
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PrecisionInput:
@@ -117,7 +119,7 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
             else:
                 tier, reason = "excluded", "not touched"
             verdicts.append(SymbolVerdict(name=cand.name, path=cand.path, tier=tier, reason=reason))
-        return Lesson(PrecisionOutput(symbols=verdicts), self.prompt(ctx, inp).messages)
+        return Lesson(PrecisionOutput(symbols=verdicts), self.prompt(ctx, inp).messages, rules=self.rules(ctx, inp))
 
     def rules(self, ctx: StageContext, inp: PrecisionInput) -> PrecisionOutput:
         """Named symbols and the best matches in relevant files are primary; other matches support."""

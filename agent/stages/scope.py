@@ -20,7 +20,7 @@ from agent.stages.base import (
     keep_listed,
 )
 from agent.stages.gold import CommitGold, Lesson
-from agent.stages.measures import macro_f1
+from agent.stages.measures import label_f1
 from agent.stages.task_analysis import TaskAnalysis
 
 Label = Literal["relevant", "supporting", "irrelevant"]
@@ -86,9 +86,11 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
     recipe = StageRecipe(rank=16)
     has_rules = True
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
-        """Macro F1 of the files' labels (a file the answer leaves out counts as irrelevant)."""
-        return macro_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
+        """F1 of each label over the files (a file the answer leaves out counts as irrelevant); the score is their
+        macro F1."""
+        return label_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
                         ("relevant", "supporting", "irrelevant"), "irrelevant")
 
     def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
@@ -109,7 +111,7 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
                                      for p in gold.code_files])
         found = {c.path for c in inp.candidates}
         return Lesson(ScopeOutput(files=verdicts), self.prompt(ctx, inp).messages, handed=changed,
-                      meta={"gold_in_candidates": sum(p in found for p in gold.files), "gold": len(gold.files)})
+                      rules=self.rules(ctx, inp), meta={"gold_in_candidates": sum(p in found for p in gold.files), "gold": len(gold.files)})
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> ScopeInput:
         """Search hits, the files defining named symbols and their callers, and header/source partners."""

@@ -142,12 +142,14 @@ class TaskAnalysisStage(Stage[TaskInput, TaskAnalysis]):
             files=gold.files[:5], subsystems=list(dict.fromkeys(Path(p).stem for p in gold.files))[:5],
             keep_rom=gold.kind in ROM_PRESERVING,
         )
-        return Lesson(analysis, self.prompt(ctx, inp).messages, handed=rules)
+        return Lesson(analysis, self.prompt(ctx, inp).messages, handed=rules, rules=rules)
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
         """The kind and the ROM rule right, and F1 of the named symbols and of the named files."""
-        return (float(gold["kind"] == predicted["kind"]) + float(gold["keep_rom"] == predicted["keep_rom"])
-                + f1(set(gold["symbols"]), set(predicted["symbols"])) + f1(set(gold["files"]), set(predicted["files"]))) / 4
+        return {"kind": float(gold["kind"] == predicted["kind"]), "keep_rom": float(gold["keep_rom"] == predicted["keep_rom"]),
+                "symbols_f1": f1(set(gold["symbols"]), set(predicted["symbols"])),
+                "files_f1": f1(set(gold["files"]), set(predicted["files"]))}
 
     def decisions(self, inp: TaskInput, out: TaskAnalysis) -> list[Decision]:
         """One row per field: the kind, each named symbol and file."""
