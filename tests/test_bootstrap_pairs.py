@@ -98,8 +98,9 @@ class RecapStage(Stage[TaskInput, Recap]):
         return Lesson(Recap(stages=list(earlier)), self.prompt(ctx, self.build_input(ctx, {})).messages,
                       facts={"recap_primary": len(gold.primary)})
 
-    def score(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None) -> float:
-        return float(gold == predicted)
+    def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
+                 ) -> dict[str, float | None]:
+        return {"same": float(gold == predicted)}
 
 
 def test_each_stage_of_the_pipeline_teaches_its_own_pair(decomp_repo: DecompRepo, tmp_path: Path,

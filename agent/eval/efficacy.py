@@ -61,20 +61,22 @@ class Scored:
     """One answerer's held-out answers, measured: a row of measures per example (None: no answer fit the schema)."""
 
     answerer: str
+    fields: list[str]  # the stage's measures
     rows: list[dict[str, float | None] | None]
 
     def summary(self) -> dict:
         """The score and each field: mean and confidence interval over the examples it applies to; failures count 0."""
-        fields = list(dict.fromkeys(k for row in self.rows if row for k in row))
-        zero = dict.fromkeys(fields, 0.0) | {SCORE: 0.0}
+        zero = dict.fromkeys([SCORE, *self.fields], 0.0)
         rows = [row if row is not None else zero for row in self.rows]
         return {"answerer": self.answerer, "failures": sum(row is None for row in self.rows),
-                "fields": {f: confidence([row[f] for row in rows if row.get(f) is not None]) for f in [SCORE, *fields]}}
+                "fields": {f: confidence([row[f] for row in rows if row.get(f) is not None])
+                           for f in [SCORE, *self.fields]}}
 
 
 def measure(stage: str, examples: list[Example], answers: list[dict | None], answerer: str) -> Scored:
     """Each answer measured against its example's gold answer with the stage's own measures, and its score."""
     measured = stage_named(stage)
+    fields = list(measured.measures(examples[0].output, examples[0].output)) if examples else []
     rows: list[dict[str, float | None] | None] = []
     for example, answer in zip(examples, answers, strict=True):
         if answer is None:
@@ -82,7 +84,7 @@ def measure(stage: str, examples: list[Example], answers: list[dict | None], ans
             continue
         fields = measured.measures(example.output, answer, example.messages[-1]["content"])
         rows.append({**fields, SCORE: mean_measure(fields)})
-    return Scored(answerer, rows)
+    return Scored(answerer, fields, rows)
 
 
 def gain(better: Scored, than: Scored) -> dict:
