@@ -257,9 +257,10 @@ def _train(path: Path, base: str, recipe: StageRecipe, sft: list[Example], dpo: 
     set_seed(recipe.seed)  # before the LoRA is made: its initial weights must not depend on what ran before
     model, tokenizer = _unsloth_model(path, recipe) if gpu else _torch_model(path, recipe)
     # Imported after the model: on a GPU, Unsloth must patch TRL first.
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+    disable_progress_bars()  # progress goes to the callback, not to the terminal of the command that trains
     chat = chat_format(path, base)  # the template and end of turn the server uses too
     tokenizer.chat_template = chat.template
     tokenizer.eos_token = chat.end_token  # DPOConfig has no eos_token field: TRL falls back to the tokenizer's

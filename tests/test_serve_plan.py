@@ -16,7 +16,7 @@ from agent.config import load_config
 from agent.errors import ConfigError
 from agent.llm.registry import promote, register
 from agent.llm.serve import plan_serve
-from agent.stages import STAGE_ROLES
+from agent.stages import RECIPES, STAGE_ROLES
 
 runner = CliRunner()
 
@@ -51,7 +51,7 @@ def test_command_has_one_lora_module_per_stage_adapter_and_derived_limits(tmp_pa
     assert cmd[cmd.index("--served-model-name") + 1] == "tiny"
     assert cmd[cmd.index("--port") + 1] == "18123"
     assert cmd[cmd.index("--max-loras") + 1] == "2"
-    assert cmd[cmd.index("--max-lora-rank") + 1] == "16"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # the limit: room for any candidate the gate may load
     start = cmd.index("--lora-modules") + 1
     modules = [json.loads(arg) for arg in cmd[start:start + 2]]
     assert {m["name"] for m in modules} == {"scope-r1", "plan-r1"}
@@ -74,6 +74,9 @@ def test_bad_adapters_are_set_aside_with_reasons_and_the_rest_served(tmp_path: P
 def test_no_adapters_still_serves_the_base(tmp_path: Path, tiny_models) -> None:
     plan = plan_serve(load_config(project(tmp_path, tiny_models)), "reasoning", STAGE_ROLES)
     assert plan.adapters == [] and "--lora-modules" not in plan.command and "--enable-lora" in plan.command
+    # A server started before any adapter can still hot-load the first candidates the gate loads: the recipes train
+    # rank 16 and 32 (it was sized for rank 8 and refused them).
+    assert int(plan.command[plan.command.index("--max-lora-rank") + 1]) >= max(r.rank for r in RECIPES.values())
 
 
 def test_dry_run_prints_the_command_and_the_refusals(tmp_path: Path, tiny_models) -> None:

@@ -130,13 +130,14 @@ def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | 
     if server.provider != "vllm":
         raise ConfigError(f"[models.{role}] provider = {server.provider}: cra serves only vllm and ollama; start that server yourself")
     host, port = plan.host_port
-    rank = max((a.rank for a in adapters), default=8)
+    # Sized for any adapter cra would serve, not only today's: the gate hot-loads a candidate of the recipe's rank.
+    rank = max([r for r in VLLM_RANKS if r <= config.serve.max_lora_rank_limit] + [a.rank for a in adapters])
     plan.command = [
         vllm_python(config), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(base.path or base.name), "--served-model-name", base.served_name,
         "--host", host, "--port", str(port),
         "--enable-lora", "--max-loras", str(max(1, len(adapters))),
-        "--max-lora-rank", str(min(r for r in VLLM_RANKS if r >= rank)),
+        "--max-lora-rank", str(rank),
         "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS, separators=(",", ":")),
     ]
     if adapters:
