@@ -14,7 +14,7 @@ from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.llm.registry import get, promote, register, rollback
 from agent.stages import RECIPES, stage_named
-from agent.stages.measures import f1, label_f1, mean_measure, order_agreement
+from agent.stages.measures import f1, order_agreement
 from curation.datasets import Example, add_examples
 from curation.rounds import (
     REPLAY_BOUNDS,
@@ -77,7 +77,19 @@ def test_code_preferences_prefer_the_commit_over_the_old_code() -> None:
 
 def test_measures() -> None:
     assert f1({"a", "b"}, {"a"}) == pytest.approx(2 / 3)
-    assert mean_measure(label_f1({"x": "relevant", "y": "irrelevant"}, {"x": "relevant"}, ("relevant", "irrelevant"), "irrelevant")) == 1.0
+    scope = stage_named("scope")
+    files = lambda **labels: {"files": [{"path": p, "label": v, "reason": "r"} for p, v in labels.items()]}  # noqa: E731
+    gold = files(a="relevant", **dict.fromkeys("bcdefghij", "irrelevant"))  # as in a real scope pair: most irrelevant
+    assert scope.score(gold, gold) == 1.0
+    # An empty answer finds nothing: it scored 0.474 when each label's F1 counted, above an answer that had the changed
+    # file among its three relevant ones and two more supporting (0.405); the gate would have preferred it.
+    found = files(a="relevant", b="relevant", c="relevant", d="supporting", e="supporting")
+    assert scope.score(gold, files()) == 0.0 < scope.score(gold, found)
+    assert scope.measures(gold, found) == {"relevant": 0.5, "kept": pytest.approx(1 / 3)}
+    precision = stage_named("precision")
+    symbols = [{"path": "src/a.c", "name": n, "tier": t, "reason": "r"} for n, t in (("A", "primary"), ("B", "excluded"))]
+    assert precision.score({"symbols": symbols}, {"symbols": []}) == 0.0 and precision.score(
+        {"symbols": symbols}, {"symbols": symbols}) == 1.0
     assert order_agreement(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(2 / 3)
     gold = {"kind": "rename", "keep_rom": True, "symbols": ["A"], "files": ["src/a.c"], "key_terms": [], "subsystems": []}
     assert stage_named("task_analysis").score(gold, gold) == 1.0

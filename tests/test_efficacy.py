@@ -45,8 +45,7 @@ def test_fields_are_measured_per_example_and_a_missing_answer_counts_zero(decomp
     assert gain(right, silent)["mean"] == pytest.approx(0.25)  # (1 - 0) and (0.5 - 1), paired
     scope = measure("scope", [_example({"files": [{"path": "a.c", "label": "relevant", "reason": "x"}]}, "scope")],
                     [{"files": []}], "rules")
-    assert scope.rows[0] == {"relevant": 0.0, "supporting": None, "irrelevant": 0.0, "score": 0.0}
-    assert scope.summary()["fields"]["supporting"]["n"] == 0  # the label applies nowhere
+    assert scope.rows[0] == {"relevant": 0.0, "kept": 0.0, "score": 0.0}
     nothing = Scored("base", ["kind", "keep_rom"], [None, None]).summary()  # no answer fit: every field is there, 0
     assert nothing["failures"] == 2 and {f: v["mean"] for f, v in nothing["fields"].items()} == {
         "score": 0.0, "kind": 0.0, "keep_rom": 0.0}

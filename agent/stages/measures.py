@@ -1,4 +1,4 @@
-"""The measures stages score held-out answers with: F1 of sets, F1 per label, agreement of order."""
+"""The measures stages score held-out answers with: F1 of sets and of labelled items, agreement of order."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ def f1(gold: set, predicted: set) -> float:
     return 0.0 if not hits else 2 * hits / (len(gold) + len(predicted))
 
 
-def label_f1(gold: dict, predicted: dict, labels: tuple[str, ...], default: str) -> dict[str, float | None]:
-    """F1 of each of `labels` over per-item labels (None where neither side uses it); items the prediction leaves
-    out get `default`."""
-    scores: dict[str, float | None] = {}
-    for label in labels:
-        want = {k for k, v in gold.items() if v == label}
-        got = {k for k in gold if predicted.get(k, default) == label}
-        scores[label] = f1(want, got) if want or got else None
-    return scores
+def kept_f1(gold: dict, predicted: dict, first: str, kept: tuple[str, ...]) -> dict[str, float | None]:
+    """Over per-item labels: F1 of the items labelled `first`, and of those labelled any of `kept` (what the later
+    stages are handed). The label of what is left out scores nothing by itself: it is most items, and its F1 would
+    rank an empty answer above one that finds the change."""
+    def having(labels: dict, wanted: tuple[str, ...]) -> set:
+        return {item for item, label in labels.items() if label in wanted}
+    return {first: f1(having(gold, (first,)), having(predicted, (first,))),
+            "kept": f1(having(gold, kept), having(predicted, kept))}
 
 
 def mean_measure(measures: dict[str, float | None]) -> float:

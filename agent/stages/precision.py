@@ -20,7 +20,7 @@ from agent.stages.base import (
     keep_listed,
 )
 from agent.stages.gold import CommitGold, Lesson
-from agent.stages.measures import label_f1
+from agent.stages.measures import kept_f1
 from agent.stages.scope import ScopeOutput, scoped
 from agent.stages.task_analysis import TaskAnalysis
 
@@ -76,11 +76,10 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
 
     def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
                  ) -> dict[str, float | None]:
-        """F1 of each tier over the symbols (a symbol the answer leaves out counts as excluded); the score is their
-        macro F1."""
+        """F1 of the primary symbols, and of the symbols kept (primary or supporting)."""
         key = lambda v: (v["path"], v["name"])  # noqa: E731
-        return label_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
-                        ("primary", "supporting", "excluded"), "excluded")
+        return kept_f1({key(v): v["tier"] for v in gold["symbols"]}, {key(v): v["tier"] for v in predicted["symbols"]},
+                       "primary", ("primary", "supporting"))
 
     def build_input(self, ctx: StageContext, done: dict[str, BaseModel]) -> PrecisionInput:
         """The symbols of relevant and supporting files, scored by symbol search and names in the task."""

@@ -20,7 +20,7 @@ from agent.stages.base import (
     keep_listed,
 )
 from agent.stages.gold import CommitGold, Lesson
-from agent.stages.measures import label_f1
+from agent.stages.measures import kept_f1
 from agent.stages.task_analysis import TaskAnalysis
 
 Label = Literal["relevant", "supporting", "irrelevant"]
@@ -88,10 +88,9 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
 
     def measures(self, gold: dict, predicted: dict, prompt: str = "", validated: bool | None = None
                  ) -> dict[str, float | None]:
-        """F1 of each label over the files (a file the answer leaves out counts as irrelevant); the score is their
-        macro F1."""
-        return label_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
-                        ("relevant", "supporting", "irrelevant"), "irrelevant")
+        """F1 of the relevant files, and of the files kept (relevant or supporting)."""
+        return kept_f1({v["path"]: v["label"] for v in gold["files"]}, {v["path"]: v["label"] for v in predicted["files"]},
+                       "relevant", ("relevant", "supporting"))
 
     def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
         """Each candidate labelled from the commit: the files it changed relevant, files defining symbols the change
