@@ -136,4 +136,7 @@ def test_bad_input_is_refused_before_any_work(decomp_repo: DecompRepo, tmp_path:
     no_base = cra("eval", "efficacy", "--stage", STAGE, "--repo", str(decomp_repo.path), "--base",
                   str(tmp_path / "missing-model"), home=home)
     assert no_base.returncode != 0 and "has no local files" in no_base.stderr
+    for option, value in (("--train", "0"), ("--held-out", "0"), ("--last", "-3")):
+        refused = cra("eval", "efficacy", "--stage", STAGE, "--repo", str(decomp_repo.path), option, value, home=home)
+        assert refused.returncode != 0 and option in refused.stderr, refused.stderr
     assert not (home / "cra.duckdb").exists()  # nothing bootstrapped, nothing trained

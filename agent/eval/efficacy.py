@@ -27,7 +27,7 @@ from agent.errors import InvalidInput
 from agent.eval.bench import PeakMemory
 from agent.eval.serving import free_port
 from agent.llm.adapters import describe_base
-from agent.llm.registry import Adapter, get, list_adapters, require_files
+from agent.llm.registry import Adapter, get, list_adapters
 from agent.llm.serve import plan_serve, start
 from agent.repo import require_repo
 from agent.stages import RECIPES, STAGE_ROLES, stage_named
@@ -35,7 +35,7 @@ from agent.stages.measures import mean_measure
 from bootstrap.pairs import bootstrap_repo
 from curation.datasets import Example, load_examples, model_family
 from curation.gate import answer_all
-from curation.training import Progress, train_adapter
+from curation.training import MIN_SFT_EXAMPLES, Progress, train_adapter
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -162,6 +162,9 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
     """Bootstrap `repo`'s newest `last` kept commits, train `stage`'s adapter on the newest `train` training pairs
     from the frozen base, and score the rules, the base and the adapter on the held-out pairs."""
     measured = stage_named(stage)
+    if train < MIN_SFT_EXAMPLES or (held_out is not None and held_out < 1) or last < 1:
+        raise InvalidInput(f"--train must be at least {MIN_SFT_EXAMPLES} (it is {train}), --held-out and --last at "
+                           f"least 1 (they are {held_out} and {last})")
     top = require_repo(repo)
     base = base or config.models.role(measured.role).base
     described = describe_base(base)
@@ -186,7 +189,6 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
     serving = _serving_config(config, stage, base, adapter.name)
     plan = plan_serve(serving, measured.role, STAGE_ROLES, home)
     on_progress(f"serving {described.served_name} with {adapter.name}")
-    require_files(home, adapter)
     server = start(plan, home, log=cra_home(home) / "eval" / f"efficacy-{stage}-vllm.log")
     try:
         scored = []
