@@ -11,7 +11,7 @@ def f1(gold: set, predicted: set) -> float:
     return 0.0 if not hits else 2 * hits / (len(gold) + len(predicted))
 
 
-def kept_f1(gold: dict, predicted: dict, first: str, kept: tuple[str, ...]) -> dict[str, float | None]:
+def kept_f1(gold: dict, predicted: dict, first: str, kept: tuple[str, ...]) -> dict[str, float]:
     """Over per-item labels: F1 of the items labelled `first`, and of those labelled any of `kept` (what the later
     stages are handed). The label of what is left out scores nothing by itself: it is most items, and its F1 would
     rank an empty answer above one that finds the change."""
