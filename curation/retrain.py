@@ -14,6 +14,7 @@ from agent.steps import DIRECT, Steps
 from curation.datasets import examples_by_id, family_for
 from curation.gate import gate, plateaued
 from curation.rounds import (
+    MIN_SFT_EXAMPLES,
     NothingNew,
     Round,
     build_round,
@@ -55,6 +56,10 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
     if mix is None:
         others = {f: len(m.new) for (s, f), m in built.mixes.items() if s == stage}
         role = stage_named(stage).role
+        waiting = built.waiting.get(f"{stage}/{family}")
+        if waiting is not None:
+            raise InvalidInput(f"round {built.number} leaves {stage} out: {waiting} new {family} examples, "
+                               f"{MIN_SFT_EXAMPLES} needed; they wait for a later round (log more runs)")
         where = (f"; it has {stage} examples for {', '.join(f'{f} ({n} new)' for f, n in sorted(others.items()))}: "
                  f"serve a base of that family as [models.{role}] base, or add {family} examples" if others else
                  "; bootstrap more history or log more runs")

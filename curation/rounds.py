@@ -2,7 +2,8 @@
 
 A round is an immutable snapshot. Its training mix per stage and base-model family is the examples new since the
 last round plus a replay sample from earlier rounds (15% of the mix, never outside 10-20% when earlier rounds
-exist), and the preference pairs for DPO. Evaluation examples (the time-split hold-out) never enter a round.
+exist), and the preference pairs for DPO. Evaluation examples (the time-split hold-out) never enter a round. A stage
+whose mix is too small to train waits: its new examples stay new until a later round has enough of them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from curation.datasets import (
     train_pools,
 )
 
+MIN_SFT_EXAMPLES = 8  # the smallest SFT mix a round hands to training
 REPLAY_SHARE = 0.15
 REPLAY_BOUNDS = (0.10, 0.20)
 SELF_GENERATED_LAST = "plan"  # the plan stage trains on the agent's own runs only once the other reasoning stages have
@@ -84,8 +86,10 @@ def l006_rounds(con: duckdb.DuckDBPyConnection) -> None:
 class NothingNew(InvalidInput):
     """No stage has an example or preference pair that no round has used yet."""
 
-    def __init__(self) -> None:
-        super().__init__("nothing new to train on since the last round: bootstrap more history or log more runs")
+    def __init__(self, waiting: dict[str, int] | None = None) -> None:
+        held = "; ".join(f"{key}: {n} new, {MIN_SFT_EXAMPLES} needed" for key, n in sorted((waiting or {}).items()))
+        super().__init__("nothing new to train on since the last round" + (f" ({held})" if held else "")
+                         + ": bootstrap more history or log more runs")
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Round:
     snapshot_hash: str
     mixes: dict[tuple[str, str], StageMix]
     created_at: datetime
+    waiting: dict[str, int] = field(default_factory=dict)  # "stage/family": new examples too few to train yet
 
 
 def _pair_id(stage: str, messages: list, chosen: dict, rejected: dict) -> str:
@@ -253,6 +258,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
     with ledger(home) as con, transaction(con):
         number = (con.execute("SELECT max(round) FROM rounds").fetchone()[0] or 0) + 1
         mixes: dict[tuple[str, str], StageMix] = {}
+        waiting: dict[str, int] = {}
         for (stage, family), examples in pools.items():
             own_runs = stage != SELF_GENERATED_LAST or self_generated_plan
             pool = [example_id for example_id, source in examples if own_runs or source != "logged"]
@@ -265,10 +271,12 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
             mix.dpo = [r[0] for r in con.execute(
                 "SELECT id FROM preference_pairs WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id",
                 [stage, family]).fetchall() if r[0] not in used]
-            if mix.new or mix.dpo:
+            if len(mix.new) + len(mix.replay) >= MIN_SFT_EXAMPLES:
                 mixes[(stage, family)] = mix
+            elif mix.new or mix.dpo:
+                waiting[f"{stage}/{family}"] = len(mix.new)
         if not mixes:
-            raise NothingNew()
+            raise NothingNew(waiting)
         rows = [(number, stage, family, kind, i) for (stage, family), mix in mixes.items()
                 for kind, ids in (("new", mix.new), ("replay", mix.replay), ("dpo", mix.dpo)) for i in ids]
         snapshot = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
@@ -277,7 +285,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
         created = utc_now()
         con.execute("INSERT INTO rounds VALUES (?, ?, ?, ?)", [number, created, snapshot, json.dumps(summary)])
         con.executemany("INSERT INTO round_examples VALUES (?, ?, ?, ?, ?)", rows)
-    return Round(number, snapshot, mixes, created)
+    return Round(number, snapshot, mixes, created, waiting)
 
 
 def load_round(home: str | Path | None, number: int | None = None) -> Round:

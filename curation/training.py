@@ -42,12 +42,11 @@ from agent.llm.registry import METADATA_FILE, Adapter, list_adapters, register
 from agent.stages import RECIPES, stage_named
 from agent.stages.base import StageRecipe
 from curation.datasets import Example, load_examples, model_family
-from curation.rounds import load_pairs
+from curation.rounds import MIN_SFT_EXAMPLES, load_pairs
 
 TECHNIQUES = ("sft", "sft+dpo")
 MERGED_MARKER = "cra_merged"
 MERGE_SIGNS = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE)
-MIN_SFT_EXAMPLES = 8
 MIN_DPO_PAIRS = 4
 _SCRATCH = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+$")  # .<adapter name>.<pid>.<random>
 

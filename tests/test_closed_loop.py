@@ -1,6 +1,7 @@
 """The closed loop on CPU: the tiny base fails task analysis on fixture tasks; bootstrapping and a round of training
 give an adapter the gate promotes and the server hot-loads; `cra run` then does that stage better; a second round,
-built from the new logged runs with replay, keeps the gain. Every step is asserted from DuckDB and the registry."""
+built from the new logged runs and newer history with replay, keeps the gain. Every step is asserted from DuckDB and
+the registry."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from agent.pipeline import RunOptions, TaskRun, drive
 from agent.runs import mark_run
 from agent.stages import stage_named
 from bootstrap.pairs import bootstrap_repo
-from curation.datasets import load_examples
+from curation.datasets import examples_by_id, load_examples
 from curation.gate import evaluate, gate
 from curation.retrain import curate, train_from_round
 from curation.rounds import REPLAY_BOUNDS, build_round
@@ -48,22 +49,28 @@ def served_adapters(endpoint: str) -> set[str]:
 
 
 def with_maintenance_work(template: DecompRepo, where: Path) -> Path:
-    """A copy of the fixture decomp with a run of pret-style commits, one function each, the kinds taking turns:
-    "Document the X function" (comment-only), "Rename X to XInternal" (every use) and "Fix X ..." (a line of code).
+    """A copy of the fixture decomp with a run of pret-style maintenance commits (`maintain`)."""
+    repo = where / "pokefixture"
+    shutil.copytree(template.path, repo, symlinks=True)
+    maintain(repo, nth=0)
+    return repo
+
+
+def maintain(repo: Path, nth: int) -> None:
+    """Commit work on the `nth` function of each source file, the kinds taking turns: "Document the X function"
+    (comment-only), "Rename X to XInternal" (every use) and "Fix X ..." (a line of code).
 
     The newest commits are held out, so the gate sees every kind: a model that answers one kind for all cannot pass.
     """
-    repo = where / "pokefixture"
-    shutil.copytree(template.path, repo, symlinks=True)
     sources = sorted([*(repo / "src").glob("*.c"), *(repo / "include").glob("*.h")])
     done = 0
     for source in sorted((repo / "src").glob("*.c")):
         lines = source.read_text().split("\n")
-        for i, line in enumerate(lines):
-            match = re.match(r"^(?:static )?(?:void|u8|u16|u32|bool8|s32) (\w+)\(.*\)$", line)
-            if not (match and lines[i + 1:i + 2] == ["{"] and done < 18):
-                continue
-            name = match[1]
+        functions = [i for i, line in enumerate(lines)
+                     if re.match(r"^(?:static )?(?:void|u8|u16|u32|bool8|s32) \w+\(.*\)$", line)
+                     and lines[i + 1:i + 2] == ["{"]]
+        for i in functions[nth:nth + 1]:
+            name = re.match(r"^(?:static )?\w+ (\w+)\(", lines[i])[1]
             if done % 3 == 0:
                 lines.insert(i, f"// {name}: what it does, for readers of the decompilation.")
                 source.write_text("\n".join(lines))
@@ -79,8 +86,6 @@ def with_maintenance_work(template: DecompRepo, where: Path) -> Path:
                 message = f"Fix {name} not resetting the frame counter"
             subprocess.run(["git", "commit", "-qam", message], cwd=repo, check=True)
             done += 1
-            break
-    return repo
 
 
 def stage_passes(expected: dict, answered: dict) -> bool:
@@ -137,13 +142,16 @@ def test_bootstrap_train_gate_serve_run_and_a_second_round_keep_the_gain(loop_se
     assert answered_by(home, after) == {adapter.name}
     assert sum(passed for _, passed in after.values()) > base_passes
     assert sum(value for value, _ in after.values()) / len(after) > base.score
-    # round 2: the runs people marked good come back as logged examples, mixed with replay from round 1
+    # round 2: the runs people marked good come back as logged examples, with the project's newer history and replay
     for run_id, (value, passed) in after.items():
         mark_run(home, run_id, "success" if passed else "failure")
+    maintain(repo, nth=1)
+    bootstrap_repo(repo, config=config, home=home, eval_share=0.2)
     second, collected = curate(home, config, seed=1)
     assert second is not None and collected["logged_examples"] > 0
     mix = second.mixes[(STAGE, "tiny")]
-    assert mix.new and REPLAY_BOUNDS[0] <= mix.replay_share <= REPLAY_BOUNDS[1]
+    sources = {e.source for e in examples_by_id(home, mix.new)}
+    assert sources == {"logged", "synthetic"} and REPLAY_BOUNDS[0] <= mix.replay_share <= REPLAY_BOUNDS[1]
     again = gate(config, home, train_from_round(home, config, second, STAGE).name)
     assert again.active is not None and again.active.model == adapter.name
     kept = again.candidate if again.promoted else again.active  # the gate keeps whichever is better active

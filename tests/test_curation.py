@@ -51,6 +51,22 @@ def test_rounds_accumulate_and_replay_within_bounds() -> None:
     assert summary["scope/qwen3"]["replay_share"] == round(mix.replay_share, 3)
 
 
+def test_a_stage_with_too_few_new_examples_waits_for_a_later_round_and_keeps_them_new() -> None:
+    add_examples(None, examples(40))
+    first = build_round(None)
+    add_examples(None, examples(5, 40) + examples(10, 200, stage="precision"))
+    second = build_round(None)
+    assert ("scope", "qwen3") not in second.mixes and second.waiting == {"scope/qwen3": 5}
+    assert len(second.mixes[("precision", "qwen3")].new) == 10
+    add_examples(None, examples(4, 45))
+    third = build_round(None)
+    mix = third.mixes[("scope", "qwen3")]
+    assert len(mix.new) == 9 and set(mix.replay) <= set(first.mixes[("scope", "qwen3")].new)  # the five waited
+    add_examples(None, examples(2, 60))
+    with pytest.raises(InvalidInput, match="scope/qwen3: 2 new, 8 needed"):
+        build_round(None)
+
+
 @pytest.mark.parametrize("new", [5, 10, 40, 100, 1000])
 def test_replay_size_keeps_the_share_between_10_and_20_percent(new: int) -> None:
     replay = replay_size(new, 10_000)

@@ -86,7 +86,7 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
            seed: Annotated[int, typer.Option(help="Seed of the replay sample.")] = 0) -> None:
     """Build the next training round from logged runs and bootstrapped pairs, and print what it holds."""
     from curation.retrain import curate as next_round
-    from curation.rounds import NothingNew
+    from curation.rounds import MIN_SFT_EXAMPLES, NothingNew
 
     built, collected = next_round(home, _config(repo, config), seed)
     out.print(f"collected {collected['logged_examples']} new examples and {collected['logged_pairs']} preference pairs "
@@ -98,6 +98,8 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
     for (stage, family), mix in built.mixes.items():
         table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)), str(mix.pool))
     out.print(table)
+    for key, n in sorted(built.waiting.items()):
+        out.print(f"{key}: {n} new examples wait for a later round (a round trains on at least {MIN_SFT_EXAMPLES})")
 
 
 @datasets_app.command("list")
