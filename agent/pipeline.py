@@ -155,11 +155,11 @@ class TaskRun:
         started = time.perf_counter()
         try:
             _, state = open_index(self.repo, self.home)
-            embed = state.embedder is not None
+            embed, history_notes = state.embedder is not None, state.history_notes
         except CraError:
-            embed = True
+            embed, history_notes = True, True
             self.say("no index yet: building it (once per checkout)")
-        report = index_repo(self.repo, home=self.home, embed=embed, on_progress=self.say)
+        report = index_repo(self.repo, home=self.home, embed=embed, history_notes=history_notes, on_progress=self.say)
         if report.changed or report.full:
             self.notes.append(f"index {'built' if report.full else 'updated'} first ({report.parsed} files parsed)")
         self.timings["index"] = time.perf_counter() - started

@@ -61,6 +61,10 @@ class Project:
         """Symbols defined in `files`, most central first."""
         return self.index.symbols_in_files(files, kinds)
 
+    def history_notes(self, symbols: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The one-line history notes of `symbols` (name, path) that have one."""
+        return {key: note.text() for key, note in self.index.notes_of(symbols).items()}
+
     def defined(self, names: Iterable[str]) -> dict[str, list[str]]:
         """For each name the index defines (not only declares), the files defining it."""
         return self.index.defined(names)

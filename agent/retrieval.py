@@ -78,6 +78,7 @@ class SymbolHit:
     line: int
     score: float
     why: dict[str, float] = field(default_factory=dict)
+    history: str = ""  # its history note: the commits that made, renamed and changed it
 
 
 @dataclass
@@ -278,7 +279,11 @@ class Searcher:
             if spath in allowed and wanted:
                 symbols.append(SymbolHit(sid, name, kind, spath, line, sum(why.values()), why))
         symbols.sort(key=lambda h: (-h.score, h.id))
-        return SearchResults(query, files, symbols[:k], (time.perf_counter() - start) * 1000)
+        symbols = symbols[:k]
+        found = self.tables.symbol_notes([h.id for h in symbols])
+        for hit in symbols:
+            hit.history = found.get(hit.id, "")
+        return SearchResults(query, files, symbols, (time.perf_counter() - start) * 1000)
 
     def _allowed_files(self, path: str | None, module: str | None, langs: list[str] | None) -> set[str]:
         return {

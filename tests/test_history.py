@@ -105,17 +105,17 @@ def test_update_follows_head_both_ways_and_never_keeps_unreachable_commits(repo:
     con = _open(tmp_path)
     try:
         first = history.update_history(con, repo.root, head)
-        assert first.added == 3 and history.history_head(con) == head
-        assert history.update_history(con, repo.root, head).added == 0  # already there: nothing to do
+        assert len(first.added) == 3 and history.history_head(con) == head
+        assert history.update_history(con, repo.root, head).added == []  # already there: nothing to do
         moved = history.update_history(con, repo.root, side)
-        assert (moved.added, moved.removed) == (1, 1)
+        assert (moved.added, moved.removed) == ([side], [head])
         shas = {r[0] for r in con.execute("SELECT sha FROM commits").fetchall()}
         assert shas == set(repo.git("rev-list", side).split())
         assert head not in shas
         terms = {r[0] for r in con.execute("SELECT DISTINCT sha FROM commit_terms").fetchall()}
         assert terms <= shas
         back = history.update_history(con, repo.root, old)
-        assert back.removed == 1
+        assert back.removed == [side]
         assert {r[0] for r in con.execute("SELECT sha FROM commits").fetchall()} == set(repo.git("rev-list", old).split())
     finally:
         con.close()

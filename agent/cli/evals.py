@@ -32,6 +32,7 @@ def eval_localize(
     commits: Annotated[Path | None, typer.Option("--commits", help="A file with one commit SHA a line.")] = None,
     ranker: Annotated[list[str] | None, typer.Option("--ranker", help="hybrid (default), bm25, minilm, bm25+minilm; repeatable.")] = None,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("localize.json"),
+    without_notes: Annotated[bool, typer.Option("--without-notes", help="Index without history notes in the symbols' search texts.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Score rankers on past commits: find the files and functions each one changed, from its subject alone."""
@@ -41,10 +42,10 @@ def eval_localize(
     tasks = select_tasks(repo, last=last, commits_file=commits, stats=selection)
     with err.status(f"{len(tasks)} tasks") as status:
         report = run_localize(repo, tasks, ranker or ["hybrid"], home=home, selection=selection,
-                              on_progress=lambda msg: status.update(escape(msg)))
+                              history_notes=not without_notes, on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
     table = _table(("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"),
-                   title=f"localization on {len(tasks)} tasks")
+                   title=f"localization on {len(tasks)} tasks, {'without' if without_notes else 'with'} history notes")
     for name, summary in report["summary"].items():
         if isinstance(summary, dict) and "file_acc@5" in summary:
             table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (

@@ -30,6 +30,7 @@ def index(
     path: Annotated[Path, typer.Argument(help="The decomp checkout to index.")] = Path("."),
     no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip embeddings: a fast, text-and-graph-only index.")] = False,
     embedder: Annotated[str | None, typer.Option(help="Embedder: 'minilm' (default, offline) or a sentence-transformers name/path.")] = None,
+    no_notes: Annotated[bool, typer.Option("--no-notes", help="Leave the history notes out of the symbols' search texts.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Rebuild from scratch instead of updating incrementally.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another indexer of the same project.")] = 60.0,
     home: HomeOpt = None,
@@ -39,7 +40,8 @@ def index(
     from agent.index.build import index_repo
 
     with err.status("indexing…") as status:
-        report = index_repo(path, home=home, embed=not no_embed, embedder=embedder, full=full, wait_s=wait,
+        report = index_repo(path, home=home, embed=not no_embed, embedder=embedder, history_notes=not no_notes,
+                            full=full, wait_s=wait,
                             on_progress=lambda msg: status.update(msg))
     if as_json:
         out.print_json(json.dumps(_report_dict(report)))
@@ -90,7 +92,8 @@ def search(
     out.print(files)
     syms = _table(("#", "symbol", "kind", "where", "score", "why"), title="symbols")
     for i, hit in enumerate(results.symbols, 1):
-        syms.add_row(str(i), escape(hit.name), hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
+        name = escape(hit.name) + (f"\n[dim]{escape(hit.history)}[/]" if hit.history else "")
+        syms.add_row(str(i), name, hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
     out.print(syms)
     out.print(f"[dim]{results.elapsed_ms:.1f} ms[/]")
 
@@ -98,6 +101,9 @@ def search(
 def _why(why: dict[str, float]) -> str:
     """A hit's signals, strongest first, without the zeros."""
     return ", ".join(f"{name} {value:.2f}" for name, value in sorted(why.items(), key=lambda kv: -kv[1]) if value > 0)
+
+
+SHOWN_HISTORY = 12  # history entries `cra symbol` prints
 
 
 @one_line_errors
@@ -116,10 +122,20 @@ def symbol(
         return
     for info in infos:
         sym = info.symbol
+        if info.asked_as:
+            out.print(f"{escape(info.asked_as)} has been renamed: it is now {escape(sym.name)}")
         out.print(f"[bold]{escape(sym.name)}[/] ({sym.kind}{', static' if sym.is_static else ''}) "
                   f"{escape(sym.path)}:{sym.start_line}-{sym.end_line}")
         if sym.signature:
             out.print(f"  [cyan]{escape(sym.signature)}[/]")
+        if info.history:
+            out.print("  history (from the commits, newest first):")
+            entries = info.history.entries[::-1]
+            for entry in entries[:SHOWN_HISTORY]:
+                was = f" (was {escape(entry.old_name)})" if entry.old_name else ""
+                out.print(f"    {entry.sha[:10]} {entry.event}{was}: {escape(entry.subject)}")
+            if len(entries) > SHOWN_HISTORY:
+                out.print(f"    … and {len(entries) - SHOWN_HISTORY} older (--json has them all)")
         for decl in info.declarations:
             out.print(f"  declared at {escape(decl)}")
         for label, rows in (("callers", info.callers), ("callees", info.callees)):

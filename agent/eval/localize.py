@@ -436,13 +436,14 @@ def _gold_functions(home: Path, worktree: Path, task: Task) -> list[str]:
     return touched_functions(task.hunks, spans)
 
 
-def _move_index(worktree: Path, home: Path, embed: bool, spent: Counter[str]) -> None:
-    """Bring the index (and with it the history tables) to the worktree's HEAD, the task's parent."""
+def _move_index(worktree: Path, home: Path, embed: bool, history_notes: bool, spent: Counter[str]) -> None:
+    """Bring the index (and with it the history tables and notes) to the worktree's HEAD, the task's parent."""
     from agent.index.build import index_repo
     from agent.index.embed import DEFAULT_EMBEDDER
 
     t = time.perf_counter()
-    index_repo(worktree, home=home, embed=embed, embedder=DEFAULT_EMBEDDER if embed else None)
+    index_repo(worktree, home=home, embed=embed, embedder=DEFAULT_EMBEDDER if embed else None,
+               history_notes=history_notes)
     spent["index"] += time.perf_counter() - t
 
 
@@ -454,11 +455,13 @@ def run_localize(
     on_progress: Progress | None = None,
     *,
     selection: dict | None = None,
+    history_notes: bool = True,
 ) -> dict:
     """Score every ranker on every task at its parent's state; return the JSON-ready report.
 
     `home` keeps the eval's state (index, chunk vectors) between runs; by default a temporary folder is used
-    and removed. `selection` (the stats of select_tasks) is copied into the report.
+    and removed. `selection` (the stats of select_tasks) is copied into the report. `history_notes` puts each
+    symbol's history note (only commits reachable from the task's parent) in the index's search texts.
     """
     say = on_progress or (lambda _msg: None)
     unknown = [r for r in rankers if r not in RANKERS]
@@ -488,7 +491,7 @@ def run_localize(
                 if detail is None:
                     reason, detail = "indexing the parent failed", None
                     try:
-                        _move_index(worktree, eval_home, "hybrid" in rankers, spent)
+                        _move_index(worktree, eval_home, "hybrid" in rankers, history_notes, spent)
                         if chunks is not None:
                             t = time.perf_counter()
                             chunks.sync(worktree, _code_blobs(worktree, task.parent), say)
@@ -502,7 +505,8 @@ def run_localize(
                 gold_functions = _gold_functions(eval_home, worktree, task)
                 ranked = _score_task(task, worktree, eval_home, rankers, chunks, spent)
                 rows.append(_task_row(task, gold_functions, ranked))
-    return _report(top, rankers, rows, skipped, selection, spent, time.perf_counter() - started)
+    report = _report(top, rankers, rows, skipped, selection, spent, time.perf_counter() - started)
+    return {**report, "history_notes": history_notes}
 
 
 def _by_parent_date(repo: Path, tasks: Sequence[Task]) -> list[Task]:

@@ -22,7 +22,7 @@ from agent import repo as git_repo
 from agent import store
 from agent.config import ProjectPaths, project_paths
 from agent.errors import MissingObjects, NotIndexed
-from agent.index import catalog, graph, history
+from agent.index import catalog, graph, history, notes
 from agent.index.embed import embedder_name as recorded_embedder_name
 from agent.index.lock import index_lock
 from agent.index.parse import language_of, parse_file
@@ -46,6 +46,7 @@ class IndexState:
     files_version: int | None
     embedder: str | None
     parser_version: int
+    history_notes: bool  # whether symbols' search texts carry their history notes
 
 
 @dataclass
@@ -79,8 +80,8 @@ class IndexReport:
 def read_state(con: duckdb.DuckDBPyConnection) -> IndexState | None:
     """The recorded index state, or None when the project was never indexed."""
     row = con.execute(
-        "SELECT commit_sha, dirty_paths, generation, symbols_version, files_version, embedder, parser_version"
-        " FROM index_state WHERE id = 1"
+        "SELECT commit_sha, dirty_paths, generation, symbols_version, files_version, embedder, parser_version,"
+        " history_notes FROM index_state WHERE id = 1"
     ).fetchone()
     return IndexState(row[0], list(row[1] or []), *row[2:]) if row else None
 
@@ -88,10 +89,11 @@ def read_state(con: duckdb.DuckDBPyConnection) -> IndexState | None:
 def _write_state(con: duckdb.DuckDBPyConnection, repo: Path, state: IndexState, stats: dict) -> None:
     con.execute("DELETE FROM index_state")
     con.execute(
-        "INSERT INTO index_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO index_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             str(repo), state.commit, state.dirty_paths, state.generation, state.symbols_version,
             state.files_version, state.embedder, state.parser_version, store.utc_now(), json.dumps(stats),
+            state.history_notes,
         ],
     )
 
@@ -164,6 +166,7 @@ def index_repo(
     home: Path | str | None = None,
     embed: bool = True,
     embedder: str | None = None,
+    history_notes: bool = True,
     full: bool = False,
     wait_s: float = 60.0,
     workers: int | None = None,
@@ -171,6 +174,9 @@ def index_repo(
     keep_versions: timedelta | None = None,
 ) -> IndexReport:
     """Index `repo` (HEAD plus uncommitted edits); incremental when an index exists, full otherwise.
+
+    With `history_notes`, each symbol's search text carries what the commits that made and changed it said (see
+    agent/index/notes.py); an index built the other way is rebuilt in full.
 
     Search-table versions older than `keep_versions` (default tables.KEEP_VERSIONS) are deleted once they pile up:
     zero suits an index no other process reads.
@@ -194,7 +200,8 @@ def index_repo(
             state = read_state(con)
             old_shas = catalog.indexed_shas(con) if state else {}
         embedder_name = recorded_embedder_name(embedder) if embed else None
-        full = full or state is None or state.parser_version != PARSER_VERSION or (state.embedder != embedder_name)
+        full = (full or state is None or state.parser_version != PARSER_VERSION or state.embedder != embedder_name
+                or state.history_notes != history_notes)
         report = IndexReport(repo=top, commit=head, full=full)
         dirty = git_repo.dirty_files(top)
         candidates = _candidates(top, state, full, set(old_shas), head, dirty)
@@ -237,7 +244,16 @@ def index_repo(
         if not full:
             search.open(state.generation, state.symbols_version, state.files_version)
             known = search.known_vectors(pf.path for pf in parsed)
-        docs = search.prepare(parsed, known)  # compact texts and vectors, before the store is locked
+        with store.opened(paths.store) as con, store.transaction(con):
+            update = history.update_history(con, top, head)
+            undiffable = notes.update_changes(con, top, update)
+            found = notes.notes_for(con, ((sym.name, pf.path) for pf in parsed for sym in pf.symbols)) if history_notes else {}
+        report.commits_added = len(update.added)
+        report.commits_unreadable = [f"{bad.sha[:10]}: {bad.reason}" for bad in update.unreadable] + [
+            f"{sha[:10]}: its diff is unreadable, so no history notes come from it" for sha in undiffable]
+        t = lap("history", t)
+        # compact texts and vectors, before the store is locked
+        docs = search.prepare(parsed, known, {key: note.text() for key, note in found.items()})
         report.embedded = docs.embedded
         t = lap("embed", t)
 
@@ -249,10 +265,6 @@ def index_repo(
             t = lap("store", t)
             report.graph = graph.refresh(con, None if full else touched).as_dict()
             t = lap("graph", t)
-            update = history.update_history(con, top, head)
-            report.commits_added = update.added
-            report.commits_unreadable = [f"{bad.sha[:10]}: {bad.reason}" for bad in update.unreadable]
-            t = lap("history", t)
             generation = (state.generation + 1) if (full and state) else (state.generation if state else 1)
             if full:
                 versions = search.build(generation, con, docs)
@@ -260,7 +272,7 @@ def index_repo(
                 versions = search.replace_paths(con, touched, docs)
             t = lap("tables", t)
             new_state = IndexState(
-                head, report.dirty, generation, versions[0], versions[1], embedder_name, PARSER_VERSION
+                head, report.dirty, generation, versions[0], versions[1], embedder_name, PARSER_VERSION, history_notes
             )
             c_rows = con.execute(
                 "SELECT count(*), count(*) FILTER (error_nodes > 0), count(*) FILTER (raw_error_nodes > 0)"

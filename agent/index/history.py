@@ -214,8 +214,8 @@ class HistoryUpdate:
     """What one `update_history` call changed."""
 
     head: str
-    added: int = 0
-    removed: int = 0
+    added: list[str] = field(default_factory=list)    # the shas of readable commits added
+    removed: list[str] = field(default_factory=list)  # the shas dropped (no longer reachable)
     unreadable: list[BadCommit] = field(default_factory=list)
 
 
@@ -284,7 +284,8 @@ def update_history(con: duckdb.DuckDBPyConnection, repo: Path, head: str) -> His
     )
     con.execute("DELETE FROM history_state")
     con.execute("INSERT INTO history_state VALUES (1, ?, ?, ?)", [head, len(want), utc_now()])
-    report.added, report.removed = len(commits), len(gone)
+    report.removed = gone
+    report.added = [rec.sha for rec in records if isinstance(rec, CommitRecord)]
     return report
 
 

@@ -15,7 +15,7 @@ from scipy.sparse import csr_array
 
 from agent import store
 from agent.errors import UnknownSymbol
-from agent.index import history
+from agent.index import history, notes
 from agent.index.build import open_index
 from agent.index.graph import (
     GRAPH_NODE_KINDS,
@@ -62,13 +62,16 @@ class SymbolInfo:
     declarations: list[str]
     callers: list[dict]
     callees: list[dict]
+    history: notes.Note | None = None  # what the commits that made and changed it said
+    asked_as: str | None = None        # the old name it was looked up by, when it has been renamed since
 
     def as_dict(self) -> dict:
-        """A JSON-ready view: the definition's place and shape, its declarations, callers and callees."""
+        """A JSON-ready view: the definition's place and shape, its declarations, callers, callees and history."""
         s = self.symbol
         return {"id": s.id, "name": s.name, "kind": s.kind, "path": s.path, "start_line": s.start_line,
                 "end_line": s.end_line, "signature": s.signature, "is_static": s.is_static,
-                "declarations": self.declarations, "callers": self.callers, "callees": self.callees}
+                "declarations": self.declarations, "callers": self.callers, "callees": self.callees,
+                "history": self.history.as_dict() if self.history else None, "asked_as": self.asked_as}
 
 
 class EdgeRow(NamedTuple):
@@ -158,13 +161,34 @@ class IndexReader:
         none), with its declarations and graph neighbours; UnknownSymbol, with the closest names, when none."""
         found = (self._symbols("s.name = ? AND s.kind <> 'prototype'", [name], "s.path, s.start_line")
                  or self._symbols("s.name = ?", [name], "s.path, s.start_line"))
+        renamed = None if found else self.renamed_to(name)
+        if renamed:
+            found = self._symbols("s.name = ? AND s.kind <> 'prototype'", [renamed], "s.path, s.start_line")
         if not found:
             close = [r[0] for r in self.con.execute(
                 "SELECT DISTINCT name FROM symbols WHERE name ILIKE ? ORDER BY length(name) LIMIT 5", [f"%{name}%"]
             ).fetchall()]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UnknownSymbol(f"no symbol named {name!r} in the index of {self.repo or self.path}{hint}")
-        return [SymbolInfo(s, self.declarations(s.id), self.callers(s.id), self.callees(s.id)) for s in found]
+        found_notes = self.notes_of((s.name, s.path) for s in found)
+        return [SymbolInfo(s, self.declarations(s.id), self.callers(s.id), self.callees(s.id),
+                           found_notes.get((s.name, s.path)), name if renamed else None) for s in found]
+
+    def notes_of(self, symbols: Iterable[tuple[str, str]]) -> dict[tuple[str, str], notes.Note]:
+        """The history notes of `symbols` (name, path) that have one."""
+        return notes.notes_for(self.con, symbols)
+
+    def renamed_to(self, old_name: str) -> str | None:
+        """The name a symbol once called `old_name` has now, following later renames; None when it has none."""
+        name, seen = old_name, {old_name}
+        while row := self.con.execute(
+                "SELECT s.name FROM symbol_changes s JOIN commits c USING (sha) WHERE s.old_name = ? AND "
+                "s.event = 'renamed' ORDER BY c.seq DESC LIMIT 1", [name]).fetchone():
+            if row[0] in seen:
+                break
+            name = row[0]
+            seen.add(name)
+        return name if name != old_name else None
 
     def declarations(self, symbol_id: str) -> list[str]:
         """Where the definition `symbol_id` is declared (prototypes, `extern`s), as path:line."""

@@ -28,6 +28,7 @@ Tier = Literal["primary", "supporting", "excluded"]
 MAX_SYMBOLS = 40
 PRIMARY_SHARE = 0.5
 MAX_PRIMARY = 4
+NOTE_CHARS = 200  # of a candidate's history note in the prompt
 
 
 class SymbolCandidate(BaseModel):
@@ -38,6 +39,7 @@ class SymbolCandidate(BaseModel):
     path: str
     line: int
     score: float
+    history: str = ""  # what the commits that made and changed it said
 
 
 class PrecisionInput(BaseModel):
@@ -100,8 +102,12 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
                 value += 0.25
             cands.append(SymbolCandidate(name=sym.name, kind=sym.kind, path=sym.path, line=sym.start_line, score=round(value, 3)))
         cands.sort(key=lambda c: (-c.score, c.path, c.line))
+        cands = cands[:MAX_SYMBOLS]
+        found = ctx.project.history_notes((c.name, c.path) for c in cands)
+        for cand in cands:
+            cand.history = found.get((cand.name, cand.path), "")[:NOTE_CHARS]
         return PrecisionInput(task=ctx.task, analysis=analysis, relevant_files=scoped(scope, "relevant"),
-                              candidates=cands[:MAX_SYMBOLS])
+                              candidates=cands)
 
     def teach(self, ctx: StageContext, gold: CommitGold, earlier: dict[str, Lesson]) -> Lesson:
         """The candidates of the files the commit changed in tiers: the symbols it modified primary, those the modified
@@ -140,7 +146,8 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
 
     def prompt(self, ctx: StageContext, inp: PrecisionInput) -> Prompt:
         """The task and each candidate symbol with its file and score, best first, as many as fit."""
-        lines = [f"- {c.name} ({c.kind}, {c.path}:{c.line}, score {c.score:.2f})" for c in inp.candidates]
+        lines = [f"- {c.name} ({c.kind}, {c.path}:{c.line}, score {c.score:.2f})"
+                 + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "symbol selector",
                         f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
                         f"Relevant files: {', '.join(inp.relevant_files)}\n\nCandidate symbols:\n",

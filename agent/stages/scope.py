@@ -27,6 +27,7 @@ Label = Literal["relevant", "supporting", "irrelevant"]
 CANDIDATES = 20
 RELEVANT_SHARE = 0.6   # of the best score, among the top three
 SUPPORTING_SHARE = 0.3
+NOTE_CHARS = 200  # of a candidate's history note in the prompt
 
 
 class Candidate(BaseModel):
@@ -37,6 +38,7 @@ class Candidate(BaseModel):
     why: str
     symbols: list[str]
     origin: str  # search | named | graph | header
+    history: str = ""  # the history note of its best-matching symbol
 
 
 class ScopeInput(BaseModel):
@@ -143,8 +145,13 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
         defs: dict[str, list[str]] = {}
         for sym in ctx.project.symbols_in_files([p for p, _ in ranked], kinds=("function", "global")):
             defs.setdefault(sym.path, []).append(sym.name)
+        notes: dict[str, str] = {}
+        for hit in hits.symbols:  # best first: each file keeps the note of its best symbol that has one
+            if hit.history and hit.path not in notes:
+                notes[hit.path] = f"{hit.name}: {hit.history}"[:NOTE_CHARS]
         return ScopeInput(task=ctx.task, analysis=analysis, candidates=[
-            Candidate(path=p, score=round(s / top, 3), why=w, symbols=defs.get(p, [])[:6], origin=o)
+            Candidate(path=p, score=round(s / top, 3), why=w, symbols=defs.get(p, [])[:6], origin=o,
+                      history=notes.get(p, ""))
             for p, (s, w, o) in ranked
         ])
 
@@ -172,7 +179,8 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
 
     def prompt(self, ctx: StageContext, inp: ScopeInput) -> Prompt:
         """The task, its analysis and each candidate with its score and definitions, best first, as many as fit."""
-        lines = [f"- {c.path} (score {c.score:.2f}; {c.why}; defines {', '.join(c.symbols) or '-'})" for c in inp.candidates]
+        lines = [f"- {c.path} (score {c.score:.2f}; {c.why}; defines {', '.join(c.symbols) or '-'})"
+                 + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "scope selector",
                         f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n",
                         lines, "\n\nLabel every candidate relevant (must change), supporting (needed to understand the "

@@ -164,3 +164,24 @@ def m002_history(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE INDEX commit_files_path ON commit_files(path)")
     con.execute("CREATE TABLE commit_terms (sha TEXT NOT NULL, term TEXT NOT NULL, tf INTEGER NOT NULL)")
     con.execute("CREATE INDEX commit_terms_term ON commit_terms(term)")
+
+
+@migration
+def m003_symbol_changes(con: duckdb.DuckDBPyConnection) -> None:
+    """History notes: which commits created, renamed or changed each symbol; the history is read again to fill them."""
+    con.execute(
+        """
+        CREATE TABLE symbol_changes (
+            sha TEXT NOT NULL,
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            event TEXT NOT NULL,             -- created | renamed | changed
+            old_name TEXT                    -- renamed: the name it had before
+        )
+        """
+    )
+    con.execute("CREATE INDEX symbol_changes_name ON symbol_changes(name)")
+    con.execute("CREATE INDEX symbol_changes_old_name ON symbol_changes(old_name)")
+    con.execute("ALTER TABLE index_state ADD COLUMN history_notes BOOLEAN DEFAULT false")
+    for table in ("commit_terms", "commit_files", "commits", "history_state"):
+        con.execute(f"DELETE FROM {table}")
