@@ -16,8 +16,8 @@ from agent import repo as git_repo
 from agent import runs, workspace
 from agent.builds import BuildEnvironment
 from agent.config import Config
-from agent.errors import CraError, InvalidInput, InvalidModelOutput
-from agent.index.build import index_repo, open_index
+from agent.errors import InvalidInput, InvalidModelOutput
+from agent.index.build import update_index
 from agent.llm.budget import PromptBudget, budget_for
 from agent.llm.client import LLM
 from agent.llm.resolve import resolve_all
@@ -153,13 +153,7 @@ class TaskRun:
     def _refresh_index(self) -> None:
         """Index the checkout first if it never was, or bring a stale index forward incrementally."""
         started = time.perf_counter()
-        try:
-            _, state = open_index(self.repo, self.home)
-            embed, history_notes = state.embedder is not None, state.history_notes
-        except CraError:
-            embed, history_notes = True, True
-            self.say("no index yet: building it (once per checkout)")
-        report = index_repo(self.repo, home=self.home, embed=embed, history_notes=history_notes, on_progress=self.say)
+        report = update_index(self.repo, self.home, self.say)
         if report.changed or report.full:
             self.notes.append(f"index {'built' if report.full else 'updated'} first ({report.parsed} files parsed)")
         self.timings["index"] = time.perf_counter() - started

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import enrichment
 from agent.builds import BuildEnvironment
 from agent.config import ProjectPaths, ValidationSettings
 from agent.index.build import IndexState, open_index
@@ -64,6 +65,12 @@ class Project:
     def history_notes(self, symbols: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The one-line history notes of `symbols` (name, path) that have one."""
         return {key: note.text() for key, note in self.index.notes_of(symbols).items()}
+
+    def summaries(self, symbols: Iterable[Symbol]) -> dict[tuple[str, str], str]:
+        """The model-written one-line summaries (`cra enrich`) of `symbols`' current bodies, by (name, path)."""
+        found = enrichment.of_symbols(self.home, self.paths.root.name, self.paths.repo,
+                                      ((s.path, s.name, s.start_line, s.end_line) for s in symbols if s.kind == "function"))
+        return {(name, path): e.text() for (path, name), e in found.items()}
 
     def defined(self, names: Iterable[str]) -> dict[str, list[str]]:
         """For each name the index defines (not only declares), the files defining it."""

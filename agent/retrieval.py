@@ -79,6 +79,7 @@ class SymbolHit:
     score: float
     why: dict[str, float] = field(default_factory=dict)
     history: str = ""  # its history note: the commits that made, renamed and changed it
+    summary: str = ""  # a model's one-line summary (model-written), where `cra enrich` wrote one
 
 
 @dataclass
@@ -280,9 +281,10 @@ class Searcher:
                 symbols.append(SymbolHit(sid, name, kind, spath, line, sum(why.values()), why))
         symbols.sort(key=lambda h: (-h.score, h.id))
         symbols = symbols[:k]
-        found = self.tables.symbol_notes([h.id for h in symbols])
+        found = self.tables.symbol_annotations([h.id for h in symbols])
         for hit in symbols:
-            hit.history = found.get(hit.id, "")
+            hit.history = found.get(hit.id, {}).get("history", "")
+            hit.summary = found.get(hit.id, {}).get("summary", "")
         return SearchResults(query, files, symbols, (time.perf_counter() - start) * 1000)
 
     def _allowed_files(self, path: str | None, module: str | None, langs: list[str] | None) -> set[str]:

@@ -35,7 +35,7 @@ def l005_teacher_cache(con: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE TABLE teacher_cache (
             key TEXT PRIMARY KEY,            -- hash of teacher model, purpose and messages
-            purpose TEXT NOT NULL,           -- plan | description | judge
+            purpose TEXT NOT NULL,           -- plan | description | judge | enrich
             model TEXT NOT NULL,
             answer JSON NOT NULL,            -- validated against the purpose's schema
             prompt_tokens INTEGER,
@@ -78,6 +78,9 @@ class Labelled:
     cost_usd: float
 
 
+PURPOSES = ("plan", "description", "judge", "enrich")
+
+
 class Teacher:
     """Asks the configured teacher, through cra's model layer (so every call is also in the call log)."""
 
@@ -91,7 +94,7 @@ class Teacher:
             update={"timeout_s": settings.timeout_s, "max_tokens": settings.max_tokens})})
         resolutions = [Resolution(f"teacher:{purpose}", "reasoning", settings.model, "override", f"[teacher] {settings.name}",
                                   ServedBase(settings.model, None, None, None), server)
-                       for purpose in ("plan", "description", "judge")]
+                       for purpose in PURPOSES]
         self.llm = LLM(local, resolutions, home=home)
 
     def _key(self, purpose: str, messages: list[dict]) -> str:

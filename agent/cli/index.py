@@ -92,7 +92,8 @@ def search(
     out.print(files)
     syms = _table(("#", "symbol", "kind", "where", "score", "why"), title="symbols")
     for i, hit in enumerate(results.symbols, 1):
-        name = escape(hit.name) + (f"\n[dim]{escape(hit.history)}[/]" if hit.history else "")
+        name = (escape(hit.name) + (f"\n[dim]model-written: {escape(hit.summary)}[/]" if hit.summary else "")
+                + (f"\n[dim]{escape(hit.history)}[/]" if hit.history else ""))
         syms.add_row(str(i), name, hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
     out.print(syms)
     out.print(f"[dim]{results.elapsed_ms:.1f} ms[/]")
@@ -114,6 +115,7 @@ def symbol(
     as_json: JsonOpt = False,
 ) -> None:
     """Definition, prototype, callers and callees of a symbol."""
+    from agent import enrichment
     from agent.index import reader
 
     infos = reader.lookup_symbol(repo, name, home=home)
@@ -128,6 +130,14 @@ def symbol(
                   f"{escape(sym.path)}:{sym.start_line}-{sym.end_line}")
         if sym.signature:
             out.print(f"  [cyan]{escape(sym.signature)}[/]")
+        if info.enrichment:
+            e = info.enrichment
+            out.print(f"  [dim]{enrichment.MODEL_MARK} ({escape(e.model)}, confidence {e.fields.confidence:.2f}"
+                      f"{', reviewed ' + e.review if e.review else ', not reviewed'}):[/]")
+            out.print(f"    {escape(e.fields.summary)}")
+            out.print(f"    {escape(e.fields.description)}")
+            if e.fields.change_recipe:
+                out.print("    to change it: " + escape(" / ".join(e.fields.change_recipe)))
         if info.history:
             out.print("  history (from the commits, newest first):")
             entries = info.history.entries[::-1]

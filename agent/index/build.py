@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from agent import enrichment
 from agent import repo as git_repo
 from agent import store
 from agent.config import ProjectPaths, project_paths
@@ -167,6 +168,7 @@ def index_repo(
     embed: bool = True,
     embedder: str | None = None,
     history_notes: bool = True,
+    refresh: Iterable[str] = (),
     full: bool = False,
     wait_s: float = 60.0,
     workers: int | None = None,
@@ -176,7 +178,9 @@ def index_repo(
     """Index `repo` (HEAD plus uncommitted edits); incremental when an index exists, full otherwise.
 
     With `history_notes`, each symbol's search text carries what the commits that made and changed it said (see
-    agent/index/notes.py); an index built the other way is rebuilt in full.
+    agent/index/notes.py); an index built the other way is rebuilt in full. A function's text also carries the
+    summary `cra enrich` wrote for its body. The files in `refresh` are indexed again even when unchanged (their
+    enrichments are new).
 
     Search-table versions older than `keep_versions` (default tables.KEEP_VERSIONS) are deleted once they pile up:
     zero suits an index no other process reads.
@@ -204,7 +208,8 @@ def index_repo(
                 or state.history_notes != history_notes)
         report = IndexReport(repo=top, commit=head, full=full)
         dirty = git_repo.dirty_files(top)
-        candidates = _candidates(top, state, full, set(old_shas), head, dirty)
+        refresh = set(refresh)
+        candidates = _candidates(top, state, full, set(old_shas), head, dirty) | (refresh & set(old_shas))
         report.files_seen = len(candidates)
         t = lap("list", t0)
 
@@ -218,7 +223,7 @@ def index_repo(
                     removed.add(rel)
             elif isinstance(data, Skipped):
                 read_skips.append(data)
-            elif full or old_shas.get(rel) != git_repo.blob_sha(data):
+            elif full or rel in refresh or old_shas.get(rel) != git_repo.blob_sha(data):
                 jobs.append((rel, data))
         t = lap("read", t)
 
@@ -252,8 +257,12 @@ def index_repo(
         report.commits_unreadable = [f"{bad.sha[:10]}: {bad.reason}" for bad in update.unreadable] + [
             f"{sha[:10]}: its diff is unreadable, so no history notes come from it" for sha in undiffable]
         t = lap("history", t)
-        # compact texts and vectors, before the store is locked
-        docs = search.prepare(parsed, known, {key: note.text() for key, note in found.items()})
+        annotations: dict[tuple[str, str], list[str]] = {}
+        for key, note in found.items():
+            annotations.setdefault(key, []).append(tables.ANNOTATIONS["history"] + note.text())
+        for key, enriched in enrichment.current(home, paths.root.name, enrichment.function_bodies(parsed)).items():
+            annotations.setdefault((key[1], key[0]), []).append(tables.ANNOTATIONS["summary"] + enriched.text())
+        docs = search.prepare(parsed, known, annotations)  # compact texts and vectors, before the store is locked
         report.embedded = docs.embedded
         t = lap("embed", t)
 
@@ -286,6 +295,19 @@ def index_repo(
         lap("total", t0)
         report.timings = timings
         return report
+
+
+def update_index(repo: Path, home: Path | str | None = None, on_progress: Progress | None = None) -> IndexReport:
+    """Bring the index of `repo` up to its checkout the way it was built (embeddings, history notes); build it with
+    both when there is none."""
+    say = on_progress or (lambda _msg: None)
+    try:
+        _, state = open_index(repo, home)
+        embed, history_notes = state.embedder is not None, state.history_notes
+    except NotIndexed:
+        embed, history_notes = True, True
+        say("no index yet: building it (once per checkout)")
+    return index_repo(repo, home=home, embed=embed, history_notes=history_notes, on_progress=say)
 
 
 @contextmanager

@@ -13,7 +13,8 @@ import duckdb
 import numpy as np
 from scipy.sparse import csr_array
 
-from agent import store
+from agent import enrichment, store
+from agent.enrichment import Enriched
 from agent.errors import UnknownSymbol
 from agent.index import history, notes
 from agent.index.build import open_index
@@ -64,6 +65,7 @@ class SymbolInfo:
     callees: list[dict]
     history: notes.Note | None = None  # what the commits that made and changed it said
     asked_as: str | None = None        # the old name it was looked up by, when it has been renamed since
+    enrichment: Enriched | None = None  # a model's account of its current body (`cra enrich`)
 
     def as_dict(self) -> dict:
         """A JSON-ready view: the definition's place and shape, its declarations, callers, callees and history."""
@@ -71,7 +73,8 @@ class SymbolInfo:
         return {"id": s.id, "name": s.name, "kind": s.kind, "path": s.path, "start_line": s.start_line,
                 "end_line": s.end_line, "signature": s.signature, "is_static": s.is_static,
                 "declarations": self.declarations, "callers": self.callers, "callees": self.callees,
-                "history": self.history.as_dict() if self.history else None, "asked_as": self.asked_as}
+                "history": self.history.as_dict() if self.history else None, "asked_as": self.asked_as,
+                "enrichment": self.enrichment.as_dict() if self.enrichment else None}
 
 
 class EdgeRow(NamedTuple):
@@ -136,7 +139,11 @@ class IndexReader:
                                 params).fetchall()
         return [Symbol(*row) for row in rows]
 
-    def _by_ids(self, ids: list[str]) -> list[Symbol]:
+    def functions(self) -> list[Symbol]:
+        """Every function definition, most central (PageRank) first."""
+        return self._symbols("s.kind = 'function'", [], "coalesce(m.pagerank, 0) DESC, s.path, s.start_line")
+
+    def symbols_by_id(self, ids: list[str]) -> list[Symbol]:
         """The symbols of `ids`, in that order."""
         found = {s.id: s for s in self._symbols("s.id IN (SELECT unnest(?))", [ids], "s.id")}
         return [found[i] for i in ids]
@@ -199,7 +206,7 @@ class IndexReader:
 
     def definition_of(self, name: str, from_path: str | None = None) -> list[Symbol]:
         """Where `name` is defined as seen from `from_path` (its TU first), best first; several when ambiguous."""
-        return self._by_ids(definitions(self.con, name, from_path))
+        return self.symbols_by_id(definitions(self.con, name, from_path))
 
     def symbol_ranks(self) -> list[tuple[str, str, str, str, int, float]]:
         """(id, name, kind, path, start_line, pagerank) of every symbol: the searcher's table of them."""
@@ -248,7 +255,7 @@ class IndexReader:
         """The entry points owning the most functions (nearest-entry territories), biggest first, each with how
         many functions it owns."""
         owned = entry_territories(self.con, n)
-        return list(zip(self._by_ids([i for i, _ in owned]), [count for _, count in owned], strict=True))
+        return list(zip(self.symbols_by_id([i for i, _ in owned]), [count for _, count in owned], strict=True))
 
     def adjacent(self, nodes: list[str]) -> dict[str, list[str]]:
         """Adjacency.adjacent, read from the store: for a one-off neighbors() walk."""
@@ -328,7 +335,14 @@ def neighbors(graph: Adjacency | IndexReader, symbol_ids: Iterable[str], hops: i
 
 
 def lookup_symbol(repo: Path, name: str, *, home: Path | str | None = None) -> list[SymbolInfo]:
-    """Every definition named `name` in the index of `repo` (a `Project`'s lookup, for callers with only a path)."""
+    """Every definition named `name` in the index of `repo`, with a model's account where `cra enrich` wrote one (a
+    `Project`'s lookup, for callers with only a path)."""
     paths, _state = open_index(repo, home)
     with IndexReader(paths.store, paths.repo) as index:
-        return index.lookup(name)
+        infos = index.lookup(name)
+    found = enrichment.of_symbols(home, paths.root.name, paths.repo,
+                                  ((i.symbol.path, i.symbol.name, i.symbol.start_line, i.symbol.end_line)
+                                   for i in infos if i.symbol.kind == "function"))
+    for info in infos:
+        info.enrichment = found.get((info.symbol.path, info.symbol.name))
+    return infos

@@ -49,7 +49,8 @@ from agent.index.symbols import (
 from agent.index.tokens import code_tokens, token_text
 
 SYMBOLS = "symbols"
-NOTE_PREFIX = "history: "  # the line of a symbol's text that holds its history note
+# The lines a symbol's text may end with, by what they hold.
+ANNOTATIONS = {"history": "history: ", "summary": "summary (model-written): "}
 FILES = "files"
 VECTORS = "symbol_vectors"
 TABLE_NAME = re.compile(r"^(symbols|files|symbol_vectors)_g(\d+)$")
@@ -150,15 +151,15 @@ def table_name(kind: str, generation: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Row texts
 # ---------------------------------------------------------------------------------------------
-def symbol_text(sym: Symbol, note: str = "") -> str:
-    """The compact text of a symbol: kind, name, file, signature, detail, and its history note."""
+def symbol_text(sym: Symbol, annotations: Sequence[str] = ()) -> str:
+    """The compact text of a symbol: kind, name, file, signature, detail, then its annotations (history note, a
+    model's summary), each a line starting with one of ANNOTATIONS."""
     lines = [f"{sym.kind} {sym.name}  {sym.path}"]
     if sym.signature and sym.signature != sym.name:
         lines.append(sym.signature)
     if sym.detail:
         lines.append(sym.detail[:MAX_TEXT_DETAIL])
-    if note:
-        lines.append(NOTE_PREFIX + note)
+    lines.extend(annotations)
     return "\n".join(lines)
 
 
@@ -282,16 +283,16 @@ class SearchTables:
         return known
 
     def prepare(self, parsed: Iterable[ParsedFile], known: dict[str, np.ndarray] | None = None,
-                notes: dict[tuple[str, str], str] | None = None) -> Prepared:
+                annotations: dict[tuple[str, str], list[str]] | None = None) -> Prepared:
         """Compact texts, tokens and vectors (by the embed rule) of the symbols and files of `parsed`, each symbol's
-        text with its history note from `notes` (by name and path).
+        text ending with its `annotations` lines (by name and path).
 
         Texts in `known` (see known_vectors) keep their vector; only the others go through the embedder.
         """
         parsed = list(parsed)
-        notes = notes or {}
+        annotations = annotations or {}
         pairs = [(pf, sym) for pf in parsed for sym in pf.symbols]
-        texts = [symbol_text(sym, notes.get((sym.name, pf.path), "")) for pf, sym in pairs]
+        texts = [symbol_text(sym, annotations.get((sym.name, pf.path), ())) for pf, sym in pairs]
         wanted = [i for i, (_, sym) in enumerate(pairs) if embeds(sym.kind, sym.signature, sym.detail)]
         to_embed = [embed_input(pairs[i][1].name, texts[i]) for i in wanted]
         modules = {pf.path: module_of(pf.path) for pf in parsed}
@@ -539,13 +540,18 @@ class SearchTables:
         """File snapshots nearest to `vector`: (path, cosine similarity), best first."""
         return self._nearest(FILES, vector, limit, Filters(path, module, langs))
 
-    def symbol_notes(self, ids: Sequence[str]) -> dict[str, str]:
-        """The history notes in the search texts of the symbols `ids` (those built with notes and having one)."""
+    def symbol_annotations(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The annotations in the search texts of the symbols `ids`: id -> {"history": ..., "summary": ...}."""
         if not ids:
             return {}
         rows = self._table(SYMBOLS).search().where(f"id IN ({_quote_list(ids)})").select(["id", "text"])
-        return {r["id"]: line.removeprefix(NOTE_PREFIX) for r in rows.limit(None).to_arrow().to_pylist()
-                for line in r["text"].split("\n") if line.startswith(NOTE_PREFIX)}
+        found: dict[str, dict[str, str]] = {}
+        for row in rows.limit(None).to_arrow().to_pylist():
+            for line in row["text"].split("\n"):
+                for kind, prefix in ANNOTATIONS.items():
+                    if line.startswith(prefix):
+                        found.setdefault(row["id"], {})[kind] = line.removeprefix(prefix)
+        return found
 
     def _table(self, kind: str) -> lancedb.table.Table:
         """The open read handle of a table."""

@@ -40,6 +40,7 @@ class SymbolCandidate(BaseModel):
     line: int
     score: float
     history: str = ""  # what the commits that made and changed it said
+    summary: str = ""  # a model's one-line summary of it (`cra enrich`), marked model-written in the prompt
 
 
 class PrecisionInput(BaseModel):
@@ -94,7 +95,8 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
         named = set(analysis.symbols)
         terms = {t.lower() for t in analysis.key_terms}
         cands = []
-        for sym in ctx.project.symbols_in_files(files):
+        symbols = ctx.project.symbols_in_files(files)
+        for sym in symbols:
             value = score.get((sym.name, sym.path), 0.0) / top
             if sym.name in named:
                 value = max(value, 1.0) + 1.0
@@ -103,9 +105,12 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
             cands.append(SymbolCandidate(name=sym.name, kind=sym.kind, path=sym.path, line=sym.start_line, score=round(value, 3)))
         cands.sort(key=lambda c: (-c.score, c.path, c.line))
         cands = cands[:MAX_SYMBOLS]
-        found = ctx.project.history_notes((c.name, c.path) for c in cands)
+        shown = {(c.name, c.path) for c in cands}
+        found = ctx.project.history_notes(shown)
+        summaries = ctx.project.summaries(s for s in symbols if (s.name, s.path) in shown)
         for cand in cands:
             cand.history = found.get((cand.name, cand.path), "")[:NOTE_CHARS]
+            cand.summary = summaries.get((cand.name, cand.path), "")
         return PrecisionInput(task=ctx.task, analysis=analysis, relevant_files=scoped(scope, "relevant"),
                               candidates=cands)
 
@@ -147,6 +152,7 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
     def prompt(self, ctx: StageContext, inp: PrecisionInput) -> Prompt:
         """The task and each candidate symbol with its file and score, best first, as many as fit."""
         lines = [f"- {c.name} ({c.kind}, {c.path}:{c.line}, score {c.score:.2f})"
+                 + (f"; summary (model-written): {c.summary}" if c.summary else "")
                  + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "symbol selector",
                         f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"

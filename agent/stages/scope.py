@@ -39,6 +39,7 @@ class Candidate(BaseModel):
     symbols: list[str]
     origin: str  # search | named | graph | header
     history: str = ""  # the history note of its best-matching symbol
+    summary: str = ""  # the model-written summary (`cra enrich`) of its best-matching function
 
 
 class ScopeInput(BaseModel):
@@ -146,12 +147,15 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
         for sym in ctx.project.symbols_in_files([p for p, _ in ranked], kinds=("function", "global")):
             defs.setdefault(sym.path, []).append(sym.name)
         notes: dict[str, str] = {}
-        for hit in hits.symbols:  # best first: each file keeps the note of its best symbol that has one
+        summaries: dict[str, str] = {}
+        for hit in hits.symbols:  # best first: each file keeps the note and summary of its best symbol with one
             if hit.history and hit.path not in notes:
                 notes[hit.path] = f"{hit.name}: {hit.history}"[:NOTE_CHARS]
+            if hit.summary and hit.path not in summaries:
+                summaries[hit.path] = f"{hit.name}: {hit.summary}"
         return ScopeInput(task=ctx.task, analysis=analysis, candidates=[
             Candidate(path=p, score=round(s / top, 3), why=w, symbols=defs.get(p, [])[:6], origin=o,
-                      history=notes.get(p, ""))
+                      history=notes.get(p, ""), summary=summaries.get(p, ""))
             for p, (s, w, o) in ranked
         ])
 
@@ -180,6 +184,7 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
     def prompt(self, ctx: StageContext, inp: ScopeInput) -> Prompt:
         """The task, its analysis and each candidate with its score and definitions, best first, as many as fit."""
         lines = [f"- {c.path} (score {c.score:.2f}; {c.why}; defines {', '.join(c.symbols) or '-'})"
+                 + (f"; summary (model-written): {c.summary}" if c.summary else "")
                  + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "scope selector",
                         f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n",

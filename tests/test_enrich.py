@@ -1,0 +1,165 @@
+"""Enrichment with the tiny model served for real as the teacher: every field validated, kept by body hash (a one-file
+change re-asks about that file's changed functions only), in search texts and `cra symbol` marked as a model's,
+reviewed in samples, turned into training examples, and run as the Prefect flow cra-enrich."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from agent import enrichment
+from agent.cli import app
+from agent.config import ledger_path, load_config
+from agent.enrichment import Enrichment
+from agent.errors import ConfigError, InvalidInput
+from agent.index.build import index_repo
+from agent.index.reader import lookup_symbol
+from agent.retrieval import search
+from bootstrap.enrich import enrich_repo, enrichment_examples
+from curation.datasets import load_examples
+from tests.fixtures.decomp import DecompRepo
+from tests.fixtures.served import Served, needs_vllm
+
+runner = CliRunner()
+WALLCLOCK = "src/wallclock.c"
+
+
+def teacher_config(served: Served, where: Path):
+    """The served project's config with the tiny model as the teacher, priced so cost is measurable."""
+    (where / "cra.toml").write_text((served.project / "cra.toml").read_text() + f"""
+[teacher]
+endpoint = "{served.endpoint}"
+model = "tiny"
+concurrency = 3
+max_tokens = 700
+price_in_per_mtok = 0.11
+price_out_per_mtok = 0.60
+""")
+    return load_config(where)
+
+
+def stored(home: Path) -> list[tuple]:
+    con = duckdb.connect(str(ledger_path(home)), read_only=True)
+    try:
+        return con.execute("SELECT path, name, model, complexity, prompt_tokens, cost_usd, fields FROM enrichments"
+                           " ORDER BY path, name").fetchall()
+    finally:
+        con.close()
+
+
+def test_the_schema_bounds_every_field_and_complexity_counts_branches() -> None:
+    schema = Enrichment.model_json_schema()
+    assert schema["properties"]["summary"]["maxLength"] == 160
+    assert schema["properties"]["change_recipe"]["maxItems"] == 6
+    assert schema["properties"]["confidence"]["maximum"] == 1.0
+    assert enrichment.complexity("void F(void)\n{\n    if (a && b)\n        G();\n    for (;;) {}\n}") == 4
+
+
+@needs_vllm
+def test_enrich_with_the_tiny_teacher_keeps_answers_by_body_and_re_asks_only_changed_functions(
+        served: Served, decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    config, home, repo = teacher_config(served, tmp_path), tmp_path / "home", decomp_repo.path
+    first = enrich_repo(repo, config, home=home, files=WALLCLOCK)
+    assert first.considered >= 8 and first.enriched + len(first.failed) == first.considered and first.enriched > 0
+    assert first.prompt_tokens > 0 and first.cost_usd > 0 and first.unchanged == 0
+    rows = stored(home)
+    assert len(rows) == first.enriched and {r[0] for r in rows} == {WALLCLOCK} and {r[2] for r in rows} == {"tiny"}
+    assert all(r[3] >= 1 and r[4] > 0 for r in rows)
+    for row in rows:
+        Enrichment.model_validate_json(row[6])  # every stored answer meets the schema
+    # the summaries are in the search texts (both BM25 and vectors read them), shown marked as a model's
+    name = rows[0][1]
+    summary = Enrichment.model_validate_json(rows[0][6]).summary
+    hits = search(repo, name, home=home, k=20)
+    hit = next(h for h in hits.symbols if h.name == name)
+    assert hit.summary.startswith(summary)
+    info = lookup_symbol(repo, name, home=home)[0]
+    assert info.enrichment is not None and info.enrichment.as_dict()["written_by"] == "model-written (tiny)"
+    shown = runner.invoke(app, ["symbol", name, "--repo", str(repo), "--home", str(home)])
+    assert shown.exit_code == 0 and "model-written (tiny" in shown.output
+    # nothing changed: nothing is asked again but what failed
+    again = enrich_repo(repo, config, home=home, files=WALLCLOCK)
+    assert again.unchanged == first.enriched and again.enriched + len(again.failed) == len(first.failed)
+    # one function's body changes in one commit: only it is asked about
+    path = repo / WALLCLOCK
+    path.write_text(path.read_text().replace("void CB2_ViewWallClock(void)\n{\n",
+                                             "void CB2_ViewWallClock(void)\n{\n    gMain.vblankCounter1 = 0;\n", 1))
+    subprocess.run(["git", "commit", "-qam", "Reset the frame counter when the clock opens"], cwd=repo, check=True)
+    after = enrich_repo(repo, config, home=home, files=WALLCLOCK)
+    assert after.considered == first.considered
+    assert after.considered - after.unchanged == 1 + len(again.failed)  # the changed function, and what failed before
+
+
+@needs_vllm
+def test_review_samples_marks_and_a_bad_verdict_leaves_search_and_training(served: Served, decomp_repo: DecompRepo,
+                                                                          tmp_path: Path) -> None:
+    config, home, repo = teacher_config(served, tmp_path), tmp_path / "home", decomp_repo.path
+    report = enrich_repo(repo, config, home=home, files=WALLCLOCK, limit=4)
+    assert report.enriched >= 2 and report.left == report.considered - 4
+    listed = runner.invoke(app, ["enrich", "review", "--repo", str(repo), "--home", str(home), "--sample", "2", "--json"])
+    assert listed.exit_code == 0, listed.output
+    sample = json.loads(listed.output)
+    assert len(sample) == 2 and all(s["written_by"] == "model-written (tiny)" for s in sample)
+    text = runner.invoke(app, ["enrich", "review", "--repo", str(repo), "--home", str(home), "--sample", "1"])
+    assert "model-written" in text.output and "cra enrich review --mark" in text.output
+    bad = sample[0]
+    marked = runner.invoke(app, ["enrich", "review", "--home", str(home), "--mark", bad["id"][:8], "--bad",
+                                 "--note", "wrong about the hands"])
+    assert marked.exit_code == 0 and "marked bad" in marked.output
+    added = enrichment_examples(repo, config, home)
+    examples = load_examples(home, stage="plan", source="enrichment")
+    assert added == len(examples) == 2 * (report.enriched - 1)
+    assert {e.metadata["kind"] for e in examples} == {"explanation", "change_recipe"}
+    assert bad["id"] not in {e.metadata["enrichment"] for e in examples}
+    index_repo(repo, home=home, refresh=[WALLCLOCK])
+    hit = next(h for h in search(repo, bad["name"], home=home, k=20).symbols if h.name == bad["name"])
+    assert hit.summary == ""
+
+
+def test_bad_requests_are_refused_with_what_to_do(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"set \[teacher\] endpoint"):
+        enrich_repo(decomp_repo.path, load_config(tmp_path), home=tmp_path / "home")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "cra.toml").write_text(f'[models]\nmax_retries = 0\n[teacher]\nendpoint = "http://127.0.0.1:{port}/v1"\n'
+                                       'model = "big-teacher"\n')
+    config = load_config(tmp_path)
+    with pytest.raises(InvalidInput, match="--limit must be at least 1"):
+        enrich_repo(decomp_repo.path, config, home=tmp_path / "home", limit=0)
+    with pytest.raises(InvalidInput, match="no indexed function is in a file matching"):
+        enrich_repo(decomp_repo.path, config, home=tmp_path / "home", files="src/nothing_*.c")
+    down = enrich_repo(decomp_repo.path, config, home=tmp_path / "home", files=WALLCLOCK, limit=2)
+    assert down.enriched == 0 and len(down.failed) == 2  # a server that is down: each function says why, none stored
+    assert stored(tmp_path / "home") == []
+    result = runner.invoke(app, ["enrich", "review", "--home", str(tmp_path / "home"), "--mark", "ffff", "--good"])
+    assert result.exit_code != 0 and "no enrichment 'ffff'" in result.output
+
+
+@needs_vllm
+def test_the_flow_runs_each_step_as_a_task(prefect_api, served: Served, decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.enrich import run_enrich_flow
+
+    config = teacher_config(served, tmp_path)
+    report = run_enrich_flow(decomp_repo.path, config, home=str(tmp_path / "home"), limit=2, files=WALLCLOCK)
+    assert report.enriched + len(report.failed) == 2
+
+    async def task_names() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            flow_run = next(r for r in runs if r.parameters.get("files") == WALLCLOCK)
+            tasks = await client.read_task_runs()
+            return sorted(t.name for t in tasks if t.flow_run_id == flow_run.id)
+
+    import asyncio
+
+    names = asyncio.run(task_names())
+    assert names == ["enrich-0", "enrich-1", "index", "reindex"][: 3 + (report.enriched > 0)]
