@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from agent.config import Config
+from agent.config import Config, load_config
 from bootstrap.enrich import EnrichReport, enrich_repo
 from flows.steps import PrefectSteps
 
@@ -18,6 +18,13 @@ def enrich_flow(repo: str, config: Config, home: str | None = None, limit: int |
                 files: str | None = None) -> EnrichReport:
     """`enrich_repo` with each step a task."""
     return enrich_repo(Path(repo), config, home=home, limit=limit, files=files, steps=PrefectSteps())
+
+
+def enrich_refresh(repo: str, home: str | None = None, config_file: str | None = None, limit: int | None = None,
+                   files: str | None = None) -> dict:
+    """Enrich what changed, from JSON parameters (a deployment's); the report as plain data."""
+    config = load_config(Path(repo), path=Path(config_file) if config_file else None)
+    return run_enrich_flow(Path(repo), config, home=home, limit=limit, files=files).as_dict()
 
 
 def run_enrich_flow(repo: Path, config: Config, *, home: str | None, limit: int | None,

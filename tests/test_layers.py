@@ -31,6 +31,7 @@ LEDGER_OWNERS = {
     "gate_decisions": "curation.gate",
     "bootstrap_commits": "bootstrap.pairs",
     "teacher_cache": "bootstrap.teacher",
+    "enrichments": "agent.enrichment",
 }
 SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+(\w+)")
 
