@@ -179,6 +179,7 @@ class TeacherConfig(_Strict):
     price_out_per_mtok: float = Field(0.0, ge=0)
     judge_threshold: int = Field(4, ge=1, le=5, description="a regenerated description is kept at this judge score")
     diff_chars: int = Field(6000, ge=200, description="how much of a commit's diff the teacher is shown")
+    body_chars: int = Field(4000, ge=200, description="how much of a function's text the teacher is shown to enrich it")
 
     @field_validator("endpoint")
     @classmethod

@@ -24,7 +24,6 @@ from agent.steps import DIRECT, Steps
 from bootstrap.teacher import Teacher
 from curation.datasets import Example, add_examples, family_for
 
-BODY_CHARS = 4000   # of a function's text in the prompt
 LISTED = 8          # callers, callees and neighbours named in the prompt
 EXAMPLES_STAGE = "plan"  # explanations and change recipes train the stage that reasons about changes
 SYSTEM = ("You document functions of a matching C decompilation of a Game Boy Advance game (a pret project). Be "
@@ -68,14 +67,14 @@ class Job:
     messages: list[dict[str, str]]
 
 
-def prompt(project: Project, sym: Symbol, body: str, note: str) -> list[dict[str, str]]:
+def prompt(project: Project, sym: Symbol, body: str, note: str, body_chars: int) -> list[dict[str, str]]:
     """The question about one function: file, prototype, callers, callees, graph neighbours, history, source."""
     callers = list(dict.fromkeys(c["name"] for c in project.index.callers(sym.id) if c["name"]))[:LISTED]
     callees = list(dict.fromkeys(c["name"] for c in project.index.callees(sym.id) if c["name"]))[:LISTED]
     near = [i for i, hops in sorted(neighbors(project.index, [sym.id]).items(), key=lambda kv: kv[1]) if hops > 0]
     named = {s.id: s.name for s in project.index.symbols_by_id(near[: LISTED * 3])}
     around = [n for n in dict.fromkeys(named.values()) if n not in callers and n not in callees][:LISTED]
-    shown = body if len(body) <= BODY_CHARS else body[:BODY_CHARS] + "\n/* … cut */"
+    shown = body if len(body) <= body_chars else body[:body_chars] + "\n/* … cut */"
     lines = [f"File: {sym.path}", f"Function: {sym.signature or sym.name}",
              f"Callers: {', '.join(callers) or '-'}", f"Callees: {', '.join(callees) or '-'}",
              f"Graph neighbours: {', '.join(around) or '-'}", f"History: {note or '-'}",
@@ -96,7 +95,8 @@ def function_bodies(project: Project, files: str | None = None) -> dict[Symbol, 
     return {sym: enrichment.function_body(texts[sym.path], sym.start_line, sym.end_line) for sym in functions}
 
 
-def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: str | Path | None) -> tuple[list[Job], int, int]:
+def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: str | Path | None,
+              body_chars: int) -> tuple[list[Job], int, int]:
     """The functions to ask about, most central first: (jobs, functions considered, unchanged since enriched)."""
     bodies = function_bodies(project, files)
     digests = {(s.path, s.name): enrichment.body_hash(body) for s, body in bodies.items()}
@@ -108,7 +108,7 @@ def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: s
     for sym in chosen:
         note = found[(sym.name, sym.path)].text() if (sym.name, sym.path) in found else ""
         jobs.append(Job(sym, digests[(sym.path, sym.name)], enrichment.complexity(bodies[sym]),
-                        prompt(project, sym, bodies[sym], note)))
+                        prompt(project, sym, bodies[sym], note, body_chars)))
     return jobs, len(bodies), len(bodies) - len(todo)
 
 
@@ -142,7 +142,8 @@ def enrich_repo(repo: Path, config: Config, *, home: str | Path | None = None, l
     steps.one("index", update_index, repo, home, say)
     with Project.open(repo, home) as project:
         report = EnrichReport(project.paths.root.name)
-        jobs, report.considered, report.unchanged = plan_jobs(project, limit=limit, files=files, home=home)
+        jobs, report.considered, report.unchanged = plan_jobs(project, limit=limit, files=files, home=home,
+                                                              body_chars=config.teacher.body_chars)
         report.left = report.considered - report.unchanged - len(jobs)
     say(f"enriching {len(jobs)} functions ({report.unchanged} unchanged since enriched)")
     answers = steps.each("enrich", _ask, [(teacher, report.project, job) for job in jobs],
@@ -183,7 +184,7 @@ def enrichment_examples(repo: Path, config: Config, home: str | Path | None = No
     digests = {key: enrichment.body_hash(body) for key, body in bodies.items()}
     examples = []
     for (path, function), e in enrichment.current(home, name, digests).items():
-        code = f"```c\n{bodies[(path, function)][:BODY_CHARS]}\n```"
+        code = f"```c\n{bodies[(path, function)][:config.teacher.body_chars]}\n```"
         meta = {"enrichment": e.id, "model": e.model, "written_by": enrichment.MODEL_MARK}
         for kind, ask, output in (
                 ("explanation", f"Explain what {function} in {path} does and why.",
