@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 from pydantic import BaseModel, Field
 
+from agent.config import ledger_path
 from agent.errors import InvalidInput
 from agent.index.symbols import ParsedFile
 from agent.store import utc_now
@@ -114,19 +115,30 @@ def body_hash(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def function_body(text: str, start_line: int, end_line: int) -> str:
-    """The lines of a definition in its file's text (1-based, inclusive)."""
-    return "\n".join(text.split("\n")[start_line - 1:end_line])
+def function_body(lines: list[str], start_line: int, end_line: int) -> str:
+    """The text of a definition from its file's lines (1-based, inclusive)."""
+    return "\n".join(lines[start_line - 1:end_line])
 
 
-def function_bodies(parsed: Iterable[ParsedFile]) -> dict[tuple[str, str], str]:
-    """(path, name) -> body hash of every function defined in `parsed`."""
+def of_parsed(home: str | Path | None, project: str, parsed: Iterable[ParsedFile]) -> dict[tuple[str, str], Enriched]:
+    """The current enrichment of each function defined in `parsed` (path, name), where it has one."""
+    if not has_any(home, project):
+        return {}
     bodies = {}
     for pf in parsed:
+        lines = pf.text.split("\n")
         for sym in pf.symbols:
             if sym.kind == "function":
-                bodies[(pf.path, sym.name)] = body_hash(function_body(pf.text, sym.start_line, sym.end_line))
-    return bodies
+                bodies[(pf.path, sym.name)] = body_hash(function_body(lines, sym.start_line, sym.end_line))
+    return current(home, project, bodies)
+
+
+def has_any(home: str | Path | None, project: str) -> bool:
+    """Whether the project has any enrichment (a ledger that does not exist yet has none)."""
+    if not ledger_path(home).exists():
+        return False
+    with ledger(home, read_only=True) as con:
+        return con.execute("SELECT count(*) FROM enrichments WHERE project = ?", [project]).fetchone()[0] > 0
 
 
 def complexity(body: str) -> int:
@@ -183,13 +195,13 @@ def of_symbols(home: str | Path | None, project: str, repo: Path,
                symbols: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], Enriched]:
     """The current enrichment of each function (path, name, start line, end line) of the checkout at `repo`, where its
     body is the one that was enriched."""
-    texts: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
     bodies = {}
     for path, name, start, end in symbols:
-        if path not in texts:
+        if path not in lines:
             file = repo / path
-            texts[path] = file.read_text(errors="replace") if file.is_file() else ""
-        bodies[(path, name)] = body_hash(function_body(texts[path], start, end))
+            lines[path] = file.read_text(errors="replace").split("\n") if file.is_file() else []
+        bodies[(path, name)] = body_hash(function_body(lines[path], start, end))
     return current(home, project, bodies)
 
 

@@ -88,11 +88,11 @@ def function_bodies(project: Project, files: str | None = None) -> dict[Symbol, 
     if files is not None and not functions:
         raise InvalidInput(f"no indexed function is in a file matching {files!r}; --files takes a glob such as "
                            "'src/wallclock.c' or 'src/battle_*.c'")
-    texts: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
     for sym in functions:
-        if sym.path not in texts:
-            texts[sym.path] = (project.paths.repo / sym.path).read_text(errors="replace")
-    return {sym: enrichment.function_body(texts[sym.path], sym.start_line, sym.end_line) for sym in functions}
+        if sym.path not in lines:
+            lines[sym.path] = (project.paths.repo / sym.path).read_text(errors="replace").split("\n")
+    return {sym: enrichment.function_body(lines[sym.path], sym.start_line, sym.end_line) for sym in functions}
 
 
 def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: str | Path | None,

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import duckdb
 
-from agent.config import ledger_path, load_config
+from agent.config import ledger_path
 from bootstrap.pairs import bootstrap_repo, label_plans, pending_plans
 from bootstrap.teacher import Teacher
 from tests.fixtures.decomp import DecompRepo
-from tests.fixtures.served import Served, needs_vllm
+from tests.fixtures.served import Served, needs_vllm, with_teacher
 
 pytestmark = needs_vllm
 
 
 def test_tiny_teacher_labels_plans_with_cache_tokens_and_cost(served: Served, decomp_template: DecompRepo, tmp_path) -> None:
-    (tmp_path / "cra.toml").write_text((served.project / "cra.toml").read_text() + f"""
-[teacher]
-endpoint = "{served.endpoint}"
-model = "tiny"
-concurrency = 3
-max_tokens = 1200
-diff_chars = 600
-price_in_per_mtok = 0.11
-price_out_per_mtok = 0.60
-""")
-    config = load_config(tmp_path)
+    config = with_teacher(served, tmp_path, "concurrency = 3\nmax_tokens = 1200\ndiff_chars = 600\n"
+                                            "price_in_per_mtok = 0.11\nprice_out_per_mtok = 0.60\n")
     home = tmp_path / "home"
     bootstrap_repo(decomp_template.path, config=config, home=home, last=4)
     pending = len(pending_plans(home, decomp_template.path))
@@ -52,15 +43,7 @@ def test_tiny_teacher_rewrites_a_weak_description_only_when_its_judge_agrees(ser
     from agent import repo as git_repo
     from bootstrap.teacher import Judgement
 
-    (tmp_path / "cra.toml").write_text((served.project / "cra.toml").read_text() + f"""
-[teacher]
-endpoint = "{served.endpoint}"
-model = "tiny"
-max_tokens = 400
-diff_chars = 400
-judge_threshold = 3
-""")
-    config, home = load_config(tmp_path), tmp_path / "home"
+    config, home = with_teacher(served, tmp_path, "max_tokens = 400\ndiff_chars = 400\njudge_threshold = 3\n"), tmp_path / "home"
     sha = decomp_template.sha("Fix CaveTransition pals")
     diff = git_repo.git(decomp_template.path, "diff", f"{sha}^", sha).decode()
     teacher = Teacher(config, home)

@@ -5,7 +5,6 @@ reviewed in samples, turned into training examples, and run as the Prefect flow 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -15,33 +14,26 @@ from typer.testing import CliRunner
 
 from agent import enrichment
 from agent.cli import app
-from agent.config import ledger_path, load_config
+from agent.config import Config, ledger_path, load_config
 from agent.enrichment import Enrichment
 from agent.errors import ConfigError, InvalidInput
+from agent.eval.serving import free_port
 from agent.index.build import index_repo
 from agent.index.reader import lookup_symbol
 from agent.retrieval import search
 from bootstrap.enrich import enrich_repo, enrichment_examples
 from curation.datasets import load_examples
 from tests.fixtures.decomp import DecompRepo
-from tests.fixtures.served import Served, needs_vllm
+from tests.fixtures.served import Served, needs_vllm, with_teacher
 
 runner = CliRunner()
 WALLCLOCK = "src/wallclock.c"
 
 
-def teacher_config(served: Served, where: Path):
+def teacher_config(served: Served, where: Path) -> Config:
     """The served project's config with the tiny model as the teacher, priced so cost is measurable."""
-    (where / "cra.toml").write_text((served.project / "cra.toml").read_text() + f"""
-[teacher]
-endpoint = "{served.endpoint}"
-model = "tiny"
-concurrency = 3
-max_tokens = 700
-price_in_per_mtok = 0.11
-price_out_per_mtok = 0.60
-""")
-    return load_config(where)
+    return with_teacher(served, where, "concurrency = 3\nmax_tokens = 700\nprice_in_per_mtok = 0.11\n"
+                                       "price_out_per_mtok = 0.60\n")
 
 
 def stored(home: Path) -> list[tuple]:
@@ -125,11 +117,8 @@ def test_review_samples_marks_and_a_bad_verdict_leaves_search_and_training(serve
 def test_bad_requests_are_refused_with_what_to_do(decomp_repo: DecompRepo, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"set \[teacher\] endpoint"):
         enrich_repo(decomp_repo.path, load_config(tmp_path), home=tmp_path / "home")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (tmp_path / "cra.toml").write_text(f'[models]\nmax_retries = 0\n[teacher]\nendpoint = "http://127.0.0.1:{port}/v1"\n'
-                                       'model = "big-teacher"\n')
+    (tmp_path / "cra.toml").write_text(f'[models]\nmax_retries = 0\n[teacher]\n'
+                                       f'endpoint = "http://127.0.0.1:{free_port()}/v1"\nmodel = "big-teacher"\n')
     config = load_config(tmp_path)
     with pytest.raises(InvalidInput, match="--limit must be at least 1"):
         enrich_repo(decomp_repo.path, config, home=tmp_path / "home", limit=0)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import duckdb
 
-from agent import enrichment
+from agent import enrichment, store
 from agent import repo as git_repo
-from agent import store
 from agent.config import ProjectPaths, project_paths
 from agent.errors import MissingObjects, NotIndexed
 from agent.index import catalog, graph, history, notes
@@ -260,7 +259,7 @@ def index_repo(
         annotations: dict[tuple[str, str], list[str]] = {}
         for key, note in found.items():
             annotations.setdefault(key, []).append(tables.ANNOTATIONS["history"] + note.text())
-        for key, enriched in enrichment.current(home, paths.root.name, enrichment.function_bodies(parsed)).items():
+        for key, enriched in enrichment.of_parsed(home, paths.root.name, parsed).items():
             annotations.setdefault((key[1], key[0]), []).append(tables.ANNOTATIONS["summary"] + enriched.text())
         docs = search.prepare(parsed, known, annotations)  # compact texts and vectors, before the store is locked
         report.embedded = docs.embedded
