@@ -56,7 +56,7 @@ def l008_enrichments(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         """
         CREATE TABLE enrichments (
-            id TEXT PRIMARY KEY,             -- hash of project, path, name, body hash and model
+            id TEXT PRIMARY KEY,             -- hash of project, path, name, body hash, model and answer
             project TEXT NOT NULL,           -- the project's folder name under the home
             path TEXT NOT NULL,
             name TEXT NOT NULL,
@@ -146,9 +146,10 @@ def complexity(body: str) -> int:
     return 1 + len(_BRANCHES.findall(body))
 
 
-def enrichment_id(project: str, path: str, name: str, digest: str, model: str) -> str:
-    """The id of the enrichment of one function body by one model."""
-    return hashlib.sha256(json.dumps([project, path, name, digest, model]).encode()).hexdigest()[:16]
+def enrichment_id(project: str, path: str, name: str, digest: str, model: str, fields: Enrichment) -> str:
+    """The id of one answer about one function body by one model."""
+    body = json.dumps([project, path, name, digest, model, fields.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def store(home: str | Path | None, rows: Iterable[Enriched]) -> int:
@@ -203,6 +204,15 @@ def of_symbols(home: str | Path | None, project: str, repo: Path,
             lines[path] = file.read_text(errors="replace").split("\n") if file.is_file() else []
         bodies[(path, name)] = body_hash(function_body(lines[path], start, end))
     return current(home, project, bodies)
+
+
+def rejected(home: str | Path | None, project: str) -> set[tuple[str, str, str]]:
+    """(path, name, body hash) of the enrichments a person marked bad: asked about again, bypassing any cache."""
+    if not has_any(home, project):
+        return set()
+    with ledger(home, read_only=True) as con:
+        return set(con.execute("SELECT path, name, body_hash FROM enrichments WHERE project = ? AND review = 'bad'",
+                               [project]).fetchall())
 
 
 def sample_for_review(home: str | Path | None, project: str, n: int, seed: int = 0) -> list[Enriched]:

@@ -65,6 +65,7 @@ class Job:
     digest: str
     complexity: int
     messages: list[dict[str, str]]
+    fresh: bool = False  # a person rejected the answer this body got: ask again past the teacher's cache
 
 
 def prompt(project: Project, sym: Symbol, body: str, note: str, body_chars: int) -> list[dict[str, str]]:
@@ -104,11 +105,13 @@ def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: s
     todo = [s for s in bodies if (s.path, s.name) not in done]
     chosen = todo if limit is None else todo[:limit]
     found = project.index.notes_of((s.name, s.path) for s in chosen)
+    bad = enrichment.rejected(home, project.paths.root.name)
     jobs = []
     for sym in chosen:
         note = found[(sym.name, sym.path)].text() if (sym.name, sym.path) in found else ""
-        jobs.append(Job(sym, digests[(sym.path, sym.name)], enrichment.complexity(bodies[sym]),
-                        prompt(project, sym, bodies[sym], note, body_chars)))
+        digest = digests[(sym.path, sym.name)]
+        jobs.append(Job(sym, digest, enrichment.complexity(bodies[sym]), prompt(project, sym, bodies[sym], note, body_chars),
+                        (sym.path, sym.name, digest) in bad))
     return jobs, len(bodies), len(bodies) - len(todo)
 
 
@@ -116,12 +119,13 @@ def _ask(teacher: Teacher, project: str, job: Job) -> Enriched | str:
     """One function's enrichment, or why the model gave none."""
     started = time.perf_counter()
     try:
-        labelled = teacher.ask("enrich", job.messages, Enrichment)
+        labelled = teacher.ask("enrich", job.messages, Enrichment, fresh=job.fresh)
     except CraError as exc:
         return str(exc).splitlines()[0]
     sym = job.symbol
-    return Enriched(enrichment.enrichment_id(project, sym.path, sym.name, job.digest, teacher.settings.model), project,
-                    sym.path, sym.name, job.digest, teacher.settings.model, labelled.value, job.complexity,
+    model = teacher.settings.model
+    return Enriched(enrichment.enrichment_id(project, sym.path, sym.name, job.digest, model, labelled.value), project,
+                    sym.path, sym.name, job.digest, model, labelled.value, job.complexity,
                     labelled.prompt_tokens, labelled.completion_tokens, labelled.cost_usd,
                     round(time.perf_counter() - started, 3))
 

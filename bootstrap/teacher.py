@@ -100,11 +100,12 @@ class Teacher:
     def _key(self, purpose: str, messages: list[dict]) -> str:
         return hashlib.sha256(json.dumps([self.settings.model, purpose, messages], sort_keys=True).encode()).hexdigest()
 
-    def ask(self, purpose: str, messages: list[dict[str, str]], output: type[T]) -> Labelled:
-        """A validated answer for `purpose`, from the cache when this exact question was asked before."""
+    def ask(self, purpose: str, messages: list[dict[str, str]], output: type[T], *, fresh: bool = False) -> Labelled:
+        """A validated answer for `purpose`, from the cache when this exact question was asked before (unless
+        `fresh`: a person rejected the cached one); a fresh answer replaces the cached one."""
         key = self._key(purpose, messages)
         with ledger(self.home) as con:
-            row = con.execute("SELECT answer FROM teacher_cache WHERE key = ?", [key]).fetchone()
+            row = None if fresh else con.execute("SELECT answer FROM teacher_cache WHERE key = ?", [key]).fetchone()
         if row:
             return Labelled(output.model_validate_json(row[0]), True, 0, 0, 0.0)
         answer = self.llm.ask(f"teacher:{purpose}", messages, output)
@@ -112,7 +113,7 @@ class Teacher:
         tokens_in, tokens_out = call.prompt_tokens or 0, call.completion_tokens or 0
         cost = (tokens_in * self.settings.price_in_per_mtok + tokens_out * self.settings.price_out_per_mtok) / 1e6
         with ledger(self.home) as con:
-            con.execute("INSERT OR IGNORE INTO teacher_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT OR REPLACE INTO teacher_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [key, purpose, self.settings.model, answer.value.model_dump_json(), tokens_in, tokens_out, cost,
                          utc_now()])
         return Labelled(answer.value, False, tokens_in, tokens_out, cost)

@@ -104,9 +104,12 @@ def test_review_samples_marks_and_a_bad_verdict_leaves_search_and_training(serve
     marked = runner.invoke(app, ["enrich", "review", "--home", str(home), "--mark", bad["id"][:8], "--bad",
                                  "--note", "wrong about the hands"])
     assert marked.exit_code == 0 and "marked bad" in marked.output
+    again = enrich_repo(repo, config, home=home, files=WALLCLOCK, limit=1)
+    assert again.unchanged == report.enriched - 1  # the rejected answer no longer counts: its function is asked again
     added = enrichment_examples(repo, config, home)
     examples = load_examples(home, stage="plan", source="enrichment")
-    assert added == len(examples) == 2 * (report.enriched - 1)
+    kept = enrichment.all_current(home, report.project)
+    assert bad["id"] not in {e.id for e in kept} and added == len(examples) == 2 * len(kept)
     assert {e.metadata["kind"] for e in examples} == {"explanation", "change_recipe"}
     assert bad["id"] not in {e.metadata["enrichment"] for e in examples}
     index_repo(repo, home=home, refresh=[WALLCLOCK])
