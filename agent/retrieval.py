@@ -283,8 +283,9 @@ class Searcher:
         symbols = symbols[:k]
         found = self.tables.symbol_annotations([h.id for h in symbols])
         for hit in symbols:
-            hit.history = found.get(hit.id, {}).get("history", "")
-            hit.summary = found.get(hit.id, {}).get("summary", "")
+            lines = found.get(hit.id, {})
+            hit.history = "; ".join(lines[kind] for kind in ("history", "changes") if lines.get(kind))
+            hit.summary = lines.get("summary", "")
         return SearchResults(query, files, symbols, (time.perf_counter() - start) * 1000)
 
     def _allowed_files(self, path: str | None, module: str | None, langs: list[str] | None) -> set[str]:

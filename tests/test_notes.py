@@ -15,6 +15,7 @@ from agent.index import notes
 from agent.index.build import index_repo
 from agent.index.history import MAX_COMMIT_FILES
 from agent.index.reader import IndexReader, lookup_symbol
+from agent.index.tables import embed_input
 from agent.retrieval import search
 from agent.runs import get_run
 from tests.fixtures.decomp import DecompRepo
@@ -152,3 +153,16 @@ def test_scope_and_precision_show_the_model_each_candidates_history(decomp_repo:
     assert "was sub_80A1234" in precision["InitWallClock"]
     scope = {c["path"]: c["history"] for c in stages["scope"]["input"]["candidates"]}
     assert "InitWallClock: " in scope["src/wallclock.c"]
+
+
+def test_a_change_to_a_body_updates_the_bm25_text_without_re_embedding(tmp_path: Path) -> None:
+    text = 'function CalcHandAngle  src/wallclock.c\nhistory: created in "Decompile"\nchanges: changed in "Fix noon"'
+    assert "Decompile" in embed_input("CalcHandAngle", text) and "Fix noon" not in embed_input("CalcHandAngle", text)
+    r, shas = history_repo(tmp_path / "repo")
+    home = tmp_path / "home"
+    r.git("checkout", "-q", shas["rename"])
+    index_repo(r.root, home=home)
+    r.git("checkout", "-q", shas["fix"])
+    moved = index_repo(r.root, home=home)
+    assert moved.parsed == 1 and moved.embedded == 0  # the note's origin, which the vector reads, did not change
+    assert "Fix the minute hand" in search(r.root, "overflowing noon", home=home, k=3).symbols[0].history

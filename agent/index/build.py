@@ -258,7 +258,8 @@ def index_repo(
         t = lap("history", t)
         annotations: dict[tuple[str, str], list[str]] = {}
         for key, note in found.items():
-            annotations.setdefault(key, []).append(tables.ANNOTATIONS["history"] + note.text())
+            annotations[key] = [tables.ANNOTATIONS[kind] + part for kind, part in
+                                (("history", note.origin()), ("changes", note.changes())) if part]
         for key, enriched in enrichment.of_parsed(home, paths.root.name, parsed).items():
             annotations.setdefault((key[1], key[0]), []).append(tables.ANNOTATIONS["summary"] + enriched.text())
         docs = search.prepare(parsed, known, annotations)  # compact texts and vectors, before the store is locked

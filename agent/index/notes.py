@@ -78,18 +78,24 @@ class Note:
         return {"old_names": self.old_names, "entries": [{"event": e.event, "subject": e.subject, "sha": e.sha,
                                                           "old_name": e.old_name} for e in self.entries]}
 
-    def text(self) -> str:
-        """The note in one line: where the symbol was created, its old names, the newest changes."""
+    def origin(self) -> str:
+        """Where the symbol was created and the names it had: what seldom changes."""
         parts = []
         created = [e for e in self.entries if e.event == "created"]
         if created:
             parts.append(f'created in "{created[0].subject}"')
         renames = [e for e in reversed(self.entries) if e.event == "renamed"][:MAX_RENAMES]
         parts.extend(f'was {e.old_name} until "{e.subject}"' for e in renames)
-        changed = list(dict.fromkeys(e.subject for e in reversed(self.entries) if e.event == "changed"))[:MAX_CHANGES]
-        if changed:
-            parts.append("changed in " + ", ".join(f'"{s}"' for s in changed))
         return "; ".join(parts)[:MAX_NOTE]
+
+    def changes(self) -> str:
+        """The newest commits that changed it: what every such commit changes again."""
+        changed = list(dict.fromkeys(e.subject for e in reversed(self.entries) if e.event == "changed"))[:MAX_CHANGES]
+        return ("changed in " + ", ".join(f'"{s}"' for s in changed))[:MAX_NOTE] if changed else ""
+
+    def text(self) -> str:
+        """The note in one line: where the symbol was created, its old names, the newest changes."""
+        return "; ".join(part for part in (self.origin(), self.changes()) if part)
 
 
 def _definition(line: str) -> tuple[str, str] | None:

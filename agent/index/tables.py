@@ -49,8 +49,10 @@ from agent.index.symbols import (
 from agent.index.tokens import code_tokens, token_text
 
 SYMBOLS = "symbols"
-# The lines a symbol's text may end with, by what they hold.
-ANNOTATIONS = {"history": "history: ", "summary": "summary (model-written): "}
+# The lines a symbol's text may end with, by what they hold. The vector reads all but the last changes: a commit that
+# changes a function changes those again, and re-embedding every changed function would make each index move slow.
+ANNOTATIONS = {"history": "history: ", "changes": "changes: ", "summary": "summary (model-written): "}
+UNEMBEDDED = ("changes",)
 FILES = "files"
 VECTORS = "symbol_vectors"
 TABLE_NAME = re.compile(r"^(symbols|files|symbol_vectors)_g(\d+)$")
@@ -164,7 +166,11 @@ def symbol_text(sym: Symbol, annotations: Sequence[str] = ()) -> str:
 
 
 def embed_input(name: str, text: str) -> str:
-    """What the embedder reads for a row: the words of its name (models read `InitWallClock` poorly), then its text."""
+    """What the embedder reads for a row: the words of its name (models read `InitWallClock` poorly), then its text
+    without the UNEMBEDDED annotations."""
+    skipped = tuple(ANNOTATIONS[kind] for kind in UNEMBEDDED)
+    if any(prefix in text for prefix in skipped):
+        text = "\n".join(line for line in text.split("\n") if not line.startswith(skipped))
     words = [t for t in code_tokens(name) if t != name.lower().strip("_")]
     return f"{' '.join(words)}\n{text}" if words else text
 
