@@ -62,3 +62,15 @@ def test_a_migration_name_is_registered_once() -> None:
 
     with pytest.raises(ValueError, match="l003_runs"):
         LEDGER.migration(l003_runs)
+
+
+def test_threads_opening_a_new_ledger_at_once_migrate_it_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def count(_: int) -> int:
+        with ledger(tmp_path / "home") as con:
+            return con.execute("SELECT count(*) FROM _migrations").fetchone()[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(count, range(8)))
+    assert counts == [len(LEDGER.steps)] * 8

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import duckdb
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
+# One migrator at a time in this process: threads' connections to one file share its database, and two of them
+# creating the same table conflict (other processes are kept out by DuckDB's file lock).
+_MIGRATING = threading.Lock()
 
 
 class Schema:
@@ -32,6 +36,10 @@ class Schema:
 
     def migrate(self, con: duckdb.DuckDBPyConnection) -> list[str]:
         """Apply every migration not yet recorded, in order, each in its own transaction; return their names."""
+        with _MIGRATING:
+            return self._migrate(con)
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())")
         pending = set(self.pending(con))
         applied = []
