@@ -122,7 +122,8 @@ def function_body(lines: list[str], start_line: int, end_line: int) -> str:
 
 def of_parsed(home: str | Path | None, project: str, parsed: Iterable[ParsedFile]) -> dict[tuple[str, str], Enriched]:
     """The current enrichment of each function defined in `parsed` (path, name), where it has one."""
-    if not has_any(home, project):
+    rows = _live_rows(home, project)
+    if not rows:  # bodies are hashed only for a project that has enrichments
         return {}
     bodies = {}
     for pf in parsed:
@@ -130,15 +131,19 @@ def of_parsed(home: str | Path | None, project: str, parsed: Iterable[ParsedFile
         for sym in pf.symbols:
             if sym.kind == "function":
                 bodies[(pf.path, sym.name)] = body_hash(function_body(lines, sym.start_line, sym.end_line))
-    return current(home, project, bodies)
+    return _matching(rows, bodies)
 
 
-def has_any(home: str | Path | None, project: str) -> bool:
-    """Whether the project has any enrichment (a ledger that does not exist yet has none)."""
-    if not ledger_path(home).exists():
-        return False
-    with ledger(home, read_only=True) as con:
-        return con.execute("SELECT count(*) FROM enrichments WHERE project = ?", [project]).fetchone()[0] > 0
+def bodies_in_checkout(repo: Path, symbols: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], str]:
+    """The text of each definition (path, name, start line, end line) in the checkout at `repo`, each file read once."""
+    lines: dict[str, list[str]] = {}
+    bodies = {}
+    for path, name, start, end in symbols:
+        if path not in lines:
+            file = repo / path
+            lines[path] = file.read_text(errors="replace").split("\n") if file.is_file() else []
+        bodies[(path, name)] = function_body(lines[path], start, end)
+    return bodies
 
 
 def complexity(body: str) -> int:
@@ -175,40 +180,37 @@ def _row(row: tuple) -> Enriched:
     return Enriched(*row[:6], Enrichment.model_validate_json(row[6]), *row[7:])
 
 
+def _live_rows(home: str | Path | None, project: str) -> list[tuple]:
+    """The project's enrichments no person marked bad, oldest first (none when the ledger does not exist yet)."""
+    if not ledger_path(home).exists():
+        return []
+    with ledger(home, read_only=True) as con:
+        return con.execute(f"SELECT {_COLUMNS} FROM enrichments WHERE project = ? AND coalesce(review, '') <> 'bad' "
+                           "ORDER BY created_at", [project]).fetchall()
+
+
+def _matching(rows: list[tuple], bodies: dict[tuple[str, str], str]) -> dict[tuple[str, str], Enriched]:
+    """Of `rows`, the newest made at each (path, name)'s body hash in `bodies`."""
+    return {(row[2], row[3]): _row(row) for row in rows if bodies.get((row[2], row[3])) == row[4]}
+
+
 def current(home: str | Path | None, project: str, bodies: dict[tuple[str, str], str]) -> dict[tuple[str, str], Enriched]:
     """The newest enrichment of each (path, name) in `bodies` (path, name -> body hash) made at that body, unless a
     person marked it bad."""
-    if not bodies:
-        return {}
-    with ledger(home, read_only=True) as con:
-        rows = con.execute(
-            f"SELECT {_COLUMNS} FROM enrichments WHERE project = ? AND coalesce(review, '') <> 'bad' "
-            "ORDER BY created_at", [project]).fetchall()
-    found = {}
-    for row in rows:
-        key = (row[2], row[3])
-        if bodies.get(key) == row[4]:
-            found[key] = _row(row)
-    return found
+    return _matching(_live_rows(home, project), bodies) if bodies else {}
 
 
 def of_symbols(home: str | Path | None, project: str, repo: Path,
                symbols: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], Enriched]:
     """The current enrichment of each function (path, name, start line, end line) of the checkout at `repo`, where its
     body is the one that was enriched."""
-    lines: dict[str, list[str]] = {}
-    bodies = {}
-    for path, name, start, end in symbols:
-        if path not in lines:
-            file = repo / path
-            lines[path] = file.read_text(errors="replace").split("\n") if file.is_file() else []
-        bodies[(path, name)] = body_hash(function_body(lines[path], start, end))
-    return current(home, project, bodies)
+    bodies = bodies_in_checkout(repo, symbols)
+    return current(home, project, {key: body_hash(body) for key, body in bodies.items()})
 
 
 def rejected(home: str | Path | None, project: str) -> set[tuple[str, str, str]]:
     """(path, name, body hash) of the enrichments a person marked bad: asked about again, bypassing any cache."""
-    if not has_any(home, project):
+    if not ledger_path(home).exists():
         return set()
     with ledger(home, read_only=True) as con:
         return set(con.execute("SELECT path, name, body_hash FROM enrichments WHERE project = ? AND review = 'bad'",
@@ -237,11 +239,3 @@ def mark(home: str | Path | None, enrichment: str, verdict: str, note: str | Non
         con.execute("UPDATE enrichments SET review = ?, review_note = ?, reviewed_at = ? WHERE id = ?",
                     [verdict, note, utc_now(), ids[0]])
         return _row(con.execute(f"SELECT {_COLUMNS} FROM enrichments WHERE id = ?", [ids[0]]).fetchone())
-
-
-def all_current(home: str | Path | None, project: str) -> list[Enriched]:
-    """Every enrichment of the project not marked bad, the newest per function and body."""
-    with ledger(home, read_only=True) as con:
-        rows = con.execute(f"SELECT {_COLUMNS} FROM enrichments WHERE project = ? AND coalesce(review, '') <> 'bad' "
-                           "ORDER BY created_at", [project]).fetchall()
-    return list({(r[2], r[3], r[4]): _row(r) for r in rows}.values())

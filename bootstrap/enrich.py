@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent import enrichment
@@ -54,7 +54,7 @@ class EnrichReport:
 
     def as_dict(self) -> dict:
         """A JSON-ready view."""
-        return {**self.__dict__}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,9 @@ def function_bodies(project: Project, files: str | None = None) -> dict[Symbol, 
     if files is not None and not functions:
         raise InvalidInput(f"no indexed function is in a file matching {files!r}; --files takes a glob such as "
                            "'src/wallclock.c' or 'src/battle_*.c'")
-    lines: dict[str, list[str]] = {}
-    for sym in functions:
-        if sym.path not in lines:
-            lines[sym.path] = (project.paths.repo / sym.path).read_text(errors="replace").split("\n")
-    return {sym: enrichment.function_body(lines[sym.path], sym.start_line, sym.end_line) for sym in functions}
+    bodies = enrichment.bodies_in_checkout(project.paths.repo, ((s.path, s.name, s.start_line, s.end_line)
+                                                                for s in functions))
+    return {sym: bodies[(sym.path, sym.name)] for sym in functions}
 
 
 def plan_jobs(project: Project, *, limit: int | None, files: str | None, home: str | Path | None,

@@ -108,8 +108,8 @@ def test_review_samples_marks_and_a_bad_verdict_leaves_search_and_training(serve
     assert again.unchanged == report.enriched - 1  # the rejected answer no longer counts: its function is asked again
     added = enrichment_examples(repo, config, home)
     examples = load_examples(home, stage="plan", source="enrichment")
-    kept = enrichment.all_current(home, report.project)
-    assert bad["id"] not in {e.id for e in kept} and added == len(examples) == 2 * len(kept)
+    kept = {e.metadata["enrichment"] for e in examples}
+    assert bad["id"] not in kept and added == len(examples) == 2 * len(kept) == 2 * len(stored(home)) - 2
     assert {e.metadata["kind"] for e in examples} == {"explanation", "change_recipe"}
     assert bad["id"] not in {e.metadata["enrichment"] for e in examples}
     index_repo(repo, home=home, refresh=[WALLCLOCK])

@@ -216,6 +216,7 @@ class HistoryUpdate:
     head: str
     added: list[str] = field(default_factory=list)    # the shas of readable commits added
     removed: list[str] = field(default_factory=list)  # the shas dropped (no longer reachable)
+    sweeping: set[str] = field(default_factory=set)  # added commits touching over MAX_COMMIT_FILES files
     unreadable: list[BadCommit] = field(default_factory=list)
 
 
@@ -286,6 +287,7 @@ def update_history(con: duckdb.DuckDBPyConnection, repo: Path, head: str) -> His
     con.execute("INSERT INTO history_state VALUES (1, ?, ?, ?)", [head, len(want), utc_now()])
     report.removed = gone
     report.added = [rec.sha for rec in records if isinstance(rec, CommitRecord)]
+    report.sweeping = {rec.sha for rec in records if isinstance(rec, CommitRecord) and len(rec.files) > MAX_COMMIT_FILES}
     return report
 
 

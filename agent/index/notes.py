@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from agent.index.history import MAX_COMMIT_FILES, HistoryUpdate, strip_pr_suffix
+from agent.index.history import HistoryUpdate, strip_pr_suffix
 from agent.repo import GIT_ENV
 
 CODE_PATHS = ("*.c", "*.h")
@@ -65,7 +65,6 @@ class Entry:
 class Note:
     """What the history says about one symbol: its entries, oldest first, and the names it had before."""
 
-    name: str
     entries: list[Entry] = field(default_factory=list)
 
     @property
@@ -208,7 +207,7 @@ def read_changes(repo: Path, shas: list[str], sweeping: set[str]) -> tuple[list[
 
 def update_changes(con: duckdb.DuckDBPyConnection, repo: Path, update: HistoryUpdate) -> list[str]:
     """Bring the symbol changes in line with a history update (inside its transaction); the shas not diffable."""
-    changes, unreadable = read_changes(repo, update.added, sweeping_commits(con, update.added))
+    changes, unreadable = read_changes(repo, update.added, update.sweeping)
     _store_changes(con, changes, update.removed)
     return unreadable
 
@@ -225,18 +224,6 @@ def _store_changes(con: duckdb.DuckDBPyConnection, changes: list[SymbolChange], 
         con.register("_rows", rows)
         con.execute("INSERT INTO symbol_changes BY NAME SELECT * FROM _rows")
         con.unregister("_rows")
-
-
-def sweeping_commits(con: duckdb.DuckDBPyConnection, shas: list[str]) -> set[str]:
-    """Of `shas`, those that touched more files than one change to one symbol would."""
-    if not shas:
-        return set()
-    con.register("_shas", pa.table({"sha": pa.array(shas, pa.string())}))
-    try:
-        return {r[0] for r in con.execute("SELECT sha FROM commits WHERE sha IN (SELECT sha FROM _shas) AND "
-                                          "n_files > ?", [MAX_COMMIT_FILES]).fetchall()}
-    finally:
-        con.unregister("_shas")
 
 
 def notes_for(con: duckdb.DuckDBPyConnection, symbols: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Note]:
@@ -266,7 +253,7 @@ def notes_for(con: duckdb.DuckDBPyConnection, symbols: Iterable[tuple[str, str]]
         if name in by_name:
             entries = _entries(by_name, name, path, None, depth=0)
             if entries:
-                notes[(name, path)] = Note(name, [e for _, e in sorted(entries, key=lambda x: x[0])])
+                notes[(name, path)] = Note([e for _, e in sorted(entries, key=lambda x: x[0])])
     return notes
 
 
