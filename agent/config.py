@@ -60,6 +60,11 @@ class ProjectPaths:
         return self.root / "builds"
 
     @property
+    def ranker(self) -> Path:
+        """The ranker fitted on the project's history (`cra ranker fit`), with its provenance."""
+        return self.root / "ranker"
+
+    @property
     def index_lock(self) -> Path:
         """The lock file held while the index is written."""
         return self.root / "index.lock"

@@ -10,7 +10,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from agent.errors import CraError, EmptyRepository, MissingObjects, NotAGitRepository
+from agent.errors import (
+    CraError,
+    EmptyRepository,
+    InvalidInput,
+    MissingObjects,
+    NotAGitRepository,
+)
 
 # Never let git reach a promisor remote for a missing object: fail fast instead.
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_NO_LAZY_FETCH": "1", "LC_ALL": "C"}
@@ -68,6 +74,20 @@ def head_commit(repo: Path) -> str:
     if proc.returncode != 0:
         raise EmptyRepository(f"{repo} has no commits yet; commit something before indexing")
     return proc.stdout.decode().strip()
+
+
+def resolve_commit(repo: Path, rev: str) -> str:
+    """The sha of the commit `rev` names; InvalidInput when it names none."""
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"],
+                          capture_output=True, env={**os.environ, **GIT_ENV})
+    if proc.returncode != 0:
+        raise InvalidInput(f"{rev!r} names no commit of {repo}; give a branch, tag or commit sha")
+    return proc.stdout.decode().strip()
+
+
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    """Whether commit `older` is reachable from `newer` (a commit is its own ancestor)."""
+    return _git_quiet(repo, "merge-base", "--is-ancestor", older, newer)[0]
 
 
 def printable_path(path: str) -> str:

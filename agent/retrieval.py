@@ -6,7 +6,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from agent.index.build import IndexState, open_index
 from agent.index.reader import IndexReader, neighbors
 from agent.index.symbols import PROTOTYPE, SYMBOL_KINDS
 from agent.index.tokens import code_tokens
+from agent.ranker import Fitted
+from agent.ranker import load as load_ranker
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,23 @@ class Weights:
 
 
 WEIGHTS = Weights()
+# Each signal and the weight that counts it by default. Signals without a weight here (a file's churn, whether it
+# is a header; a symbol's file rank and name matches) are read by a fitted ranker only.
+FILE_SIGNALS = {
+    "text": "file_text", "content": "file_content", "symbols": "file_symbols", "vector": "file_vector",
+    "symbol_vector": "file_symbol_vector", "graph": "file_neighborhood", "identifier": "identifier",
+    "file_name": "file_name", "history": "history", "recent": "recent", "cochange": "cochange",
+    "pair": "header_pair", "pagerank": "pagerank",
+}
+SYMBOL_SIGNALS = {"text": "symbol_text", "vector": "symbol_vector", "graph": "neighborhood", "pagerank": "pagerank"}
+FILE_FEATURES = (*FILE_SIGNALS, "churn", "header")
+SYMBOL_FEATURES = (*SYMBOL_SIGNALS, "file_rank", "name", "name_words", "function")
 CANDIDATES = 200        # hits taken from each text or vector list before fusion
+SYMBOL_FILES = 20       # a fitted ranker scores every symbol of this many of its best files
 SEED_HITS = 10          # top text hits whose graph neighbourhood is boosted
 PAIR_SEEDS = 10         # top files whose header/source partner is boosted
 MAX_PARTNERS = 4        # a name shared by more .c/.h files than this (main.c, ...) pairs nothing
-RANKERS = ("hybrid", "bm25")
+RANKERS = ("hybrid", "learned", "bm25")
 HIDDEN_KINDS = frozenset({PROTOTYPE})  # declarations repeat their definitions; shown only when asked for by --kind
 MIN_CONSTANT_CHARS = 4  # an all-capitals word this long (TRUE, MAX_...) is taken for a constant's name
 
@@ -90,10 +104,31 @@ class SearchResults:
     files: list[FileHit]
     symbols: list[SymbolHit]
     elapsed_ms: float
+    ranker: str = "hybrid"  # which ranker ordered them: hybrid (the named weights), learned (fitted) or bm25
 
     def as_dict(self) -> dict:
         """A JSON-ready view."""
         return asdict(self)
+
+
+@dataclass
+class Signals:
+    """One query's candidates with their raw signals, each normalised to [0, 1], before any weighting."""
+
+    files: dict[str, dict[str, float]]
+    symbols: dict[str, dict[str, float]]
+
+
+def weighted(raw: dict[str, float], signals: dict[str, str], weights: Weights) -> dict[str, float]:
+    """Each weighted signal's contribution under `weights` (signals without a weight are left out)."""
+    return {name: value * getattr(weights, signals[name]) for name, value in raw.items() if name in signals}
+
+
+def _by_score(rows: dict[str, dict[str, float]], model: Fitted) -> list[tuple[str, float]]:
+    """Candidates best first under a fitted model (ties by key)."""
+    keys = list(rows)
+    scores = model.scores([rows[key] for key in keys])
+    return sorted(((key, float(s)) for key, s in zip(keys, scores)), key=lambda t: (-t[1], t[0]))
 
 
 def _normalise(scores: dict[str, float]) -> dict[str, float]:
@@ -179,20 +214,42 @@ class Searcher:
         self.partners = _partners(self.files)
         self.name_words = {p: words for p in self.files if (words := name_words(p))}
         self.recent = _normalise(history.recent_files(self.history))
+        self.by_path: dict[str, list[str]] = defaultdict(list)
+        for sid, (_name, _kind, spath, _line) in self.meta.items():
+            self.by_path[spath].append(sid)
+        self.fitted = load_ranker(paths.ranker)
 
     def search(
         self,
         query: str,
         *,
         k: int = 10,
-        ranker: str = "hybrid",
+        ranker: str | None = None,
         kinds: list[str] | None = None,
         path: str | None = None,
         module: str | None = None,
         langs: list[str] | None = None,
         weights: Weights = WEIGHTS,
     ) -> SearchResults:
-        """Rank files and symbols for `query` under the given filters."""
+        """Rank files and symbols for `query` under the given filters, with the project's fitted ranker when it has
+        one (`ranker` None), the named default weights ("hybrid"), the fitted ranker ("learned") or plain BM25."""
+        ranker = ranker or ("learned" if self.fitted else "hybrid")
+        return self.search_with([ranker], query, k=k, kinds=kinds, path=path, module=module, langs=langs,
+                                weights=weights)[ranker]
+
+    def search_with(
+        self,
+        rankers: Sequence[str],
+        query: str,
+        *,
+        k: int = 10,
+        kinds: list[str] | None = None,
+        path: str | None = None,
+        module: str | None = None,
+        langs: list[str] | None = None,
+        weights: Weights = WEIGHTS,
+    ) -> dict[str, SearchResults]:
+        """The results of several rankers for one query, the signals read once (see search)."""
         start = time.perf_counter()
         if not query.strip():
             raise InvalidInput("the query is empty; describe what to look for")
@@ -201,16 +258,52 @@ class Searcher:
         unknown = sorted(set(kinds or ()) - SYMBOL_KINDS)
         if unknown:
             raise InvalidInput(f"unknown symbol kind {', '.join(unknown)}; choose from {', '.join(sorted(SYMBOL_KINDS))}")
-        if ranker not in RANKERS:
-            raise InvalidInput(f"unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}")
+        for ranker in rankers:
+            if ranker not in RANKERS:
+                raise InvalidInput(f"unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}")
+            if ranker == "learned" and self.fitted is None:
+                raise InvalidInput("this project has no fitted ranker: run `cra ranker fit` (it learns from the "
+                                   "history), or search with --ranker hybrid")
         module = module.rstrip("/") if module else module
-        terms = " ".join(code_tokens(query))
         file_filter = {"path": path, "module": module, "langs": langs}
-        if ranker == "bm25":
-            hits = self.tables.search_content(terms, limit=k, **file_filter)
-            files = [FileHit(p, s, {"bm25": s}) for p, s in hits]
-            return SearchResults(query, files, [], (time.perf_counter() - start) * 1000)
+        allowed = self._allowed_files(path, module, langs)
+        found = None
+        out = {}
+        for ranker in rankers:
+            if ranker == "bm25":
+                hits = self.tables.search_content(" ".join(code_tokens(query)), limit=k, **file_filter)
+                out[ranker] = SearchResults(query, [FileHit(p, s, {"bm25": s}) for p, s in hits], [], 0.0, ranker)
+                continue
+            found = found or self.signals(query, allowed, kinds=kinds, file_filter=file_filter, weights=weights)
+            learned = self.fitted.levels if ranker == "learned" else {}
+            files = (self._learned_files(found, learned["files"], k) if "files" in learned
+                     else self._hybrid_files(found, weights))
+            symbols = (self._learned_symbols(query, found, learned["symbols"], files, allowed, kinds, k)
+                       if "symbols" in learned else self._hybrid_symbols(found, allowed, kinds, weights))
+            files, symbols = files[:k], symbols[:k]
+            notes = self.tables.symbol_annotations([h.id for h in symbols])
+            for hit in symbols:
+                lines = notes.get(hit.id, {})
+                hit.history = "; ".join(lines[kind] for kind in ("history", "changes") if lines.get(kind))
+                hit.summary = lines.get("summary", "")
+            out[ranker] = SearchResults(query, files, symbols, 0.0, ranker)
+        elapsed = (time.perf_counter() - start) * 1000
+        for res in out.values():
+            res.elapsed_ms = elapsed
+        return out
 
+    def signals(
+        self, query: str, allowed: set[str], *, kinds: list[str] | None = None, file_filter: dict | None = None,
+        weights: Weights = WEIGHTS, history_now: history.History | None = None,
+    ) -> Signals:
+        """Every candidate file and symbol of `query` with its raw signals, each normalised to [0, 1].
+
+        `history_now` replaces the index's history (fitting reads each past commit against the history before it);
+        the co-change and header-pair signals follow the leaders under `weights`.
+        """
+        file_filter = file_filter or {}
+        hist = self.history if history_now is None else history_now
+        terms = " ".join(code_tokens(query))
         vector = self.tables.embed_query(query) if self.state.embedder else None
         sym_text = _normalise(dict(self.tables.search_symbols(terms, limit=CANDIDATES, kinds=kinds, **file_filter)))
         file_text = (_normalise(dict(self.tables.search_files(terms, limit=CANDIDATES, **file_filter)))
@@ -228,65 +321,99 @@ class Searcher:
         near = {sid: 1.0 / (1 + d) for sid, d in neighbors(self.graph, seeds, hops=2).items()
                 if d > 0 and sid in self.meta}
 
-        # Symbols: text, vector, neighbourhood and prior.
-        symbol_scores: dict[str, dict[str, float]] = defaultdict(dict)
-        for name, signal, weight in (
-            ("text", sym_text, weights.symbol_text),
-            ("vector", sym_vec, weights.symbol_vector),
-            ("graph", near, weights.neighborhood),
-        ):
+        symbols: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, signal in (("text", sym_text), ("vector", sym_vec), ("graph", near)):
             for sid, value in signal.items():
-                symbol_scores[sid][name] = weight * value
-        for sid, why in symbol_scores.items():
-            why["pagerank"] = weights.pagerank * self.symbol_pagerank.get(sid, 0.0)
+                symbols[sid][name] = value
+        for sid, raw in symbols.items():
+            raw["pagerank"] = self.symbol_pagerank.get(sid, 0.0)
 
-        # Files: their own text and vector, their best symbols, history, then pairs and co-change of the leaders.
-        allowed = self._allowed_files(path, module, langs)
-        file_scores: dict[str, dict[str, float]] = defaultdict(dict)
-        for name, signal, weight in (
-            ("text", file_text, weights.file_text),
-            ("content", file_content, weights.file_content),
-            ("symbols", _best_per_file(sym_text, self.path_of), weights.file_symbols),
-            ("vector", file_vec, weights.file_vector),
-            ("symbol_vector", _best_per_file(sym_vec, self.path_of), weights.file_symbol_vector),
-            ("graph", _best_per_file(near, self.path_of), weights.file_neighborhood),
-            ("identifier", identifier, weights.identifier),
-            ("file_name", file_name_scores(query, self.name_words), weights.file_name),
-            ("history", _normalise(history.similar_commit_files(self.history, query)), weights.history),
-            ("recent", self.recent, weights.recent),
+        recent = self.recent if history_now is None else _normalise(history.recent_files(hist))
+        files: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, signal in (
+            ("text", file_text),
+            ("content", file_content),
+            ("symbols", _best_per_file(sym_text, self.path_of)),
+            ("vector", file_vec),
+            ("symbol_vector", _best_per_file(sym_vec, self.path_of)),
+            ("graph", _best_per_file(near, self.path_of)),
+            ("identifier", identifier),
+            ("file_name", file_name_scores(query, self.name_words)),
+            ("history", _normalise(history.similar_commit_files(hist, query))),
+            ("recent", recent),
         ):
             for fpath, value in signal.items():
                 if fpath in allowed:
-                    file_scores[fpath][name] = weight * value
-        leaders = sorted(file_scores, key=lambda p: -sum(file_scores[p].values()))[:PAIR_SEEDS]
-        for fpath, value in _normalise(history.cochange(self.history, leaders)).items():
+                    files[fpath][name] = value
+        leaders = sorted(files, key=lambda p: (-sum(weighted(files[p], FILE_SIGNALS, weights).values()), p))
+        leaders = leaders[:PAIR_SEEDS]
+        for fpath, value in _normalise(history.cochange(hist, leaders)).items():
             if fpath in allowed:
-                file_scores[fpath]["cochange"] = weights.cochange * value
+                files[fpath]["cochange"] = value
         for rank, fpath in enumerate(leaders):
             for partner in self.partners.get(fpath, ()):
                 if partner in allowed:
-                    pair = max(file_scores[partner].get("pair", 0.0), weights.header_pair / (1 + rank))
-                    file_scores[partner]["pair"] = pair
-        for fpath, why in file_scores.items():
-            why["pagerank"] = weights.pagerank * self.file_pagerank.get(fpath, 0.0)
+                    files[partner]["pair"] = max(files[partner].get("pair", 0.0), 1.0 / (1 + rank))
+        churn = _normalise(history.churn(hist, files))
+        for fpath, raw in files.items():
+            raw["pagerank"] = self.file_pagerank.get(fpath, 0.0)
+            raw["churn"] = churn.get(fpath, 0.0)
+            raw["header"] = float(fpath.endswith(".h"))
+        return Signals(dict(files), dict(symbols))
 
-        files = sorted(
-            (FileHit(p, sum(why.values()), why) for p, why in file_scores.items()), key=lambda h: (-h.score, h.path)
-        )[:k]
-        symbols = []
-        for sid, why in symbol_scores.items():
-            name, kind, spath, line = self.meta[sid]
-            wanted = kind in kinds if kinds else kind not in HIDDEN_KINDS
-            if spath in allowed and wanted:
-                symbols.append(SymbolHit(sid, name, kind, spath, line, sum(why.values()), why))
-        symbols.sort(key=lambda h: (-h.score, h.id))
-        symbols = symbols[:k]
-        found = self.tables.symbol_annotations([h.id for h in symbols])
-        for hit in symbols:
-            lines = found.get(hit.id, {})
-            hit.history = "; ".join(lines[kind] for kind in ("history", "changes") if lines.get(kind))
-            hit.summary = lines.get("summary", "")
-        return SearchResults(query, files, symbols, (time.perf_counter() - start) * 1000)
+    def symbol_rows(
+        self, query: str, found: Signals, file_order: list[str], allowed: set[str], kinds: list[str] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """The symbol candidates the fitted ranker scores, with their features: the symbols any signal found and
+        every symbol of the first files of `file_order`, each with its file's rank and how its name meets the query."""
+        rank = {p: i for i, p in enumerate(file_order)}
+        wanted_ids = set(query_identifiers(query))
+        words = set(history.tokenize(query))
+        rows = {sid: dict(raw) for sid, raw in found.symbols.items() if self._shown(sid, allowed, kinds)}
+        for fpath in file_order[:SYMBOL_FILES]:
+            for sid in self.by_path.get(fpath, ()):
+                if sid not in rows and self._shown(sid, allowed, kinds):
+                    rows[sid] = {"pagerank": self.symbol_pagerank.get(sid, 0.0)}
+        for sid, row in rows.items():
+            name, kind, spath, _line = self.meta[sid]
+            own = history.tokenize(name)
+            row["file_rank"] = 1.0 / (1 + rank[spath]) if spath in rank else 0.0
+            row["name"] = float(name.lower() in wanted_ids)
+            row["name_words"] = sum(w in words for w in own) / len(own) if own else 0.0
+            row["function"] = float(kind == "function")
+        return rows
+
+    def _hybrid_files(self, found: Signals, weights: Weights) -> list[FileHit]:
+        """Files by the weighted sum of their signals, each `why` the weighted signals."""
+        files = [FileHit(p, sum(why.values()), why)
+                 for p, why in ((p, weighted(raw, FILE_SIGNALS, weights)) for p, raw in found.files.items())]
+        return sorted(files, key=lambda h: (-h.score, h.path))
+
+    def _hybrid_symbols(self, found: Signals, allowed: set[str], kinds: list[str] | None,
+                        weights: Weights) -> list[SymbolHit]:
+        """Symbols by the weighted sum of their signals."""
+        symbols = [SymbolHit(sid, *self.meta[sid], sum(why.values()), why)
+                   for sid, why in ((sid, weighted(raw, SYMBOL_SIGNALS, weights)) for sid, raw in found.symbols.items())
+                   if self._shown(sid, allowed, kinds)]
+        return sorted(symbols, key=lambda h: (-h.score, h.id))
+
+    def _learned_files(self, found: Signals, model: Fitted, k: int) -> list[FileHit]:
+        """Files in the fitted model's order, the first k with their features' shares of the score as `why`."""
+        ranked = _by_score(found.files, model)
+        why = model.contributions([found.files[p] for p, _ in ranked[:k]])
+        return [FileHit(p, s, why[i] if i < k else {}) for i, (p, s) in enumerate(ranked)]
+
+    def _learned_symbols(self, query: str, found: Signals, model: Fitted, files: list[FileHit],
+                         allowed: set[str], kinds: list[str] | None, k: int) -> list[SymbolHit]:
+        """Symbols in the fitted model's order (those of the best files among them), the first k with a `why`."""
+        rows = self.symbol_rows(query, found, [h.path for h in files], allowed, kinds)
+        ranked = _by_score(rows, model)
+        why = model.contributions([rows[sid] for sid, _ in ranked[:k]])
+        return [SymbolHit(sid, *self.meta[sid], s, why[i] if i < k else {}) for i, (sid, s) in enumerate(ranked)]
+
+    def _shown(self, sid: str, allowed: set[str], kinds: list[str] | None) -> bool:
+        _name, kind, spath, _line = self.meta[sid]
+        return spath in allowed and (kind in kinds if kinds else kind not in HIDDEN_KINDS)
 
     def _allowed_files(self, path: str | None, module: str | None, langs: list[str] | None) -> set[str]:
         return {
@@ -328,3 +455,11 @@ def search(repo: Path, query: str, *, home: Path | str | None = None, **options)
     paths, state = open_index(repo, home)
     with IndexReader(paths.store, paths.repo) as index:
         return searcher(paths, state, index).search(query, **options)
+
+
+def search_with(repo: Path, rankers: Sequence[str], query: str, *, home: Path | str | None = None,
+                **options) -> dict[str, SearchResults]:
+    """Several rankers' results for one query on the index of `repo`, the signals read once; see Searcher.search."""
+    paths, state = open_index(repo, home)
+    with IndexReader(paths.store, paths.repo) as index:
+        return searcher(paths, state, index).search_with(rankers, query, **options)

@@ -143,14 +143,19 @@ def test_a_task_started_from_the_deployment_runs_the_stages_and_shows_their_deci
     assert {a["key"] for a in artifacts} >= {artifact_key(run_id, f"{stage}-decisions") for stage in ("scope", "precision")}
 
 
-def test_prefect_yaml_declares_the_nightly_curate_retrain_and_weekly_enrichment_on_the_same_pool() -> None:
+def test_prefect_yaml_declares_the_nightly_curate_retrain_and_weekly_enrichment_and_refit_on_the_same_pool() -> None:
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
     retrain, enrich = deployments["cra-curate-retrain"], deployments["cra-enrich-refresh"]
+    refit = deployments["cra-ranker-refit"]
     assert retrain["entrypoint"] == "flows.retrain:curate_retrain"
     assert retrain["work_pool"]["name"] == POOL == deployments[DEPLOYMENT]["work_pool"]["name"] == enrich["work_pool"]["name"]
+    assert refit["work_pool"]["name"] == POOL
     [schedule] = retrain["schedules"]
     assert schedule["cron"] == "0 3 * * *"
-    module, function = enrich["entrypoint"].split(":")
-    assert callable(getattr(importlib.import_module(module), function))
+    for weekly in (enrich, refit):
+        module, function = weekly["entrypoint"].split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+        [schedule] = weekly["schedules"]
+        assert schedule["cron"].endswith("* * 0")  # Sundays
     assert config["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ project.stdout }}"}}]

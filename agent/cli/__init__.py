@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from agent.cli import data, dev, enrich, evals, index, run, serving, training
+from agent.cli import data, dev, enrich, evals, index, ranker, run, serving, training
 
 app = typer.Typer(help="cra: a staged coding agent for large legacy C codebases.", no_args_is_help=True)
 
@@ -22,6 +22,7 @@ app.command()(training.retrain)
 app.command("gate")(training.gate_cmd)
 app.add_typer(enrich.enrich_app, name="enrich")
 app.add_typer(evals.eval_app, name="eval")
+app.add_typer(ranker.ranker_app, name="ranker")
 app.add_typer(run.calls_app, name="calls")
 app.add_typer(serving.serve_app, name="serve")
 app.add_typer(serving.base_app, name="base")

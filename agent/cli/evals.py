@@ -30,19 +30,22 @@ def eval_localize(
     repo: RepoOpt = Path("."),
     last: Annotated[int | None, typer.Option("--last", help="The newest N tasks of the history.")] = None,
     commits: Annotated[Path | None, typer.Option("--commits", help="A file with one commit SHA a line.")] = None,
-    ranker: Annotated[list[str] | None, typer.Option("--ranker", help="hybrid (default), bm25, minilm, bm25+minilm; repeatable.")] = None,
+    ranker: Annotated[list[str] | None, typer.Option("--ranker", help="hybrid (default), learned (fitted on the commits before the tasks), bm25, minilm, bm25+minilm; repeatable.")] = None,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("localize.json"),
     without_notes: Annotated[bool, typer.Option("--without-notes", help="Index without history notes in the symbols' search texts.")] = False,
+    fit_commits: Annotated[int | None, typer.Option("--fit-commits", help="Fit the learned ranker on the newest N past commits before the tasks (default: all).")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Score rankers on past commits: find the files and functions each one changed, from its subject alone."""
-    from agent.eval.localize import run_localize, select_tasks
+    from agent.eval.localize import run_localize
+    from agent.localization import select_tasks
 
     selection: dict = {}
     tasks = select_tasks(repo, last=last, commits_file=commits, stats=selection)
     with err.status(f"{len(tasks)} tasks") as status:
         report = run_localize(repo, tasks, ranker or ["hybrid"], home=home, selection=selection,
-                              history_notes=not without_notes, on_progress=lambda msg: status.update(escape(msg)))
+                              history_notes=not without_notes, fit_commits=fit_commits,
+                              on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
     table = _table(("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"),
                    title=f"localization on {len(tasks)} tasks, {'without' if without_notes else 'with'} history notes")
@@ -51,6 +54,12 @@ def eval_localize(
             table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (
                 "file_acc@1", "file_acc@5", "file_acc@10", "recall@5", "mrr", "function_acc@5")))
     out.print(table)
+    learned = report["fitted_on"].get("learned")
+    if learned:
+        fitted = learned["fitted_on"]
+        out.print(f"learned: fitted on {fitted['commits']} past commits ({fitted['oldest']['committed_at'][:10]} to "
+                  f"{fitted['newest']['committed_at'][:10]}), {learned['tasks_among_them']} of them tasks here, "
+                  f"in {learned['timing_s']['total']:.0f} s")
     out.print(f"report written to {escape(str(json_out))}")
 
 
@@ -108,12 +117,17 @@ def eval_validation(
 def eval_speed(
     repo: RepoOpt = Path("."),
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("speed.json"),
+    home: HomeOpt = None,
 ) -> None:
-    """Time a full index (with and without embeddings), one-file updates and warm searches; peak memory too."""
+    """Time a full index (with and without embeddings), one-file updates and warm searches (with the project's
+    fitted ranker too, when it has one); peak memory too."""
+    from agent.config import project_paths
     from agent.eval.bench import bench_index
+    from agent.repo import require_repo
 
+    fitted = project_paths(require_repo(repo), home).ranker
     with err.status("benchmarking (a few minutes)…"):
-        figures = bench_index(repo)
+        figures = bench_index(repo, ranker=fitted if (fitted / "ranker.json").exists() else None)
     _write_json(json_out, figures)
     out.print_json(json.dumps({k: v for k, v in figures.items() if k != "incremental_one_file"}))
     out.print(f"incremental one file: median {figures['incremental_one_file']['median_s']} s")

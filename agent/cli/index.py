@@ -75,7 +75,7 @@ def search(
     kind: Annotated[list[str] | None, typer.Option(help="Only symbols of this kind (repeatable).")] = None,
     path: Annotated[str | None, typer.Option(help="Only files under this path prefix.")] = None,
     module: Annotated[str | None, typer.Option(help="Only files in this directory.")] = None,
-    ranker: Annotated[str, typer.Option(help="hybrid (default) or bm25.")] = "hybrid",
+    ranker: Annotated[str | None, typer.Option(help="learned (the project's fitted ranker; the default when it has one), hybrid (the named default weights) or bm25.")] = None,
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
@@ -96,7 +96,7 @@ def search(
                 + (f"\n[dim]{escape(hit.history)}[/]" if hit.history else ""))
         syms.add_row(str(i), name, hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
     out.print(syms)
-    out.print(f"[dim]{results.elapsed_ms:.1f} ms[/]")
+    out.print(f"[dim]{results.elapsed_ms:.1f} ms, ranked by {results.ranker}[/]")
 
 
 def _why(why: dict[str, float]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,8 +103,11 @@ def _index_command(repo: Path, home: str, *, embed: bool) -> dict:
     return {**json.loads(stdout), "seconds": round(seconds, 2), "peak_rss_mib": round(mem.peak / 2**20)}
 
 
-def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIES, repeats: int = 5) -> dict:
-    """Full index without and with embeddings, one-file incremental updates, and warm search latency."""
+def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIES, repeats: int = 5,
+                ranker: Path | None = None) -> dict:
+    """Full index without and with embeddings, one-file incremental updates, and warm search latency (with the
+    default weights, and with the fitted ranker stored in `ranker` when one is given)."""
+    from agent.config import project_paths
     from agent.project import Project
 
     figures: dict = {}
@@ -114,16 +118,21 @@ def bench_index(repo: Path, *, edits: int = 5, queries: tuple[str, ...] = QUERIE
         embedded = _index_command(repo, home_embed, embed=True)
         figures["full_embed"] = {k: embedded[k] for k in ("seconds", "peak_rss_mib", "timings", "embedded")}
 
+        if ranker is not None:
+            shutil.copytree(ranker, project_paths(repo, home_embed).ranker)
         with Project.open(repo, home_embed) as project:
             warm = project.searcher()
-        latencies = []
-        for query in queries:
-            warm.search(query)  # first call warms caches for this query shape
-            for _ in range(repeats):
-                latencies.append(warm.search(query).elapsed_ms)
-        figures["search_ms"] = {"p50": round(statistics.median(latencies), 1),
-                                "p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1),
-                                "max": round(max(latencies), 1), "queries": len(queries), "repeats": repeats}
+        for key, name in (("search_ms", "hybrid"), ("search_ms_learned", "learned")):
+            if name == "learned" and ranker is None:
+                continue
+            latencies = []
+            for query in queries:
+                warm.search(query, ranker=name)  # first call warms caches for this query shape
+                for _ in range(repeats):
+                    latencies.append(warm.search(query, ranker=name).elapsed_ms)
+            figures[key] = {"p50": round(statistics.median(latencies), 1),
+                            "p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1),
+                            "max": round(max(latencies), 1), "queries": len(queries), "repeats": repeats}
 
     with scratch_worktree(repo) as tree, scratch_folder("cra-bench-home-") as home:
         index_repo(tree, home=home, embed=True)

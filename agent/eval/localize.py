@@ -7,12 +7,11 @@ comes from the task itself or its future. The user's checkout is never touched.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,228 +21,29 @@ from agent import repo as git_repo
 from agent import store
 from agent.config import project_paths
 from agent.errors import CraError, InvalidInput
-from agent.index import history
-from agent.index.history import BadCommit, CommitRecord, strip_pr_suffix
+from agent.localization import Task, is_code, touched_functions
 from agent.scratch import scratch_folder
 
-CODE_SUFFIXES = (".c", ".h")
-MAX_GOLD_FILES = 5
-MAX_CHANGED_LINES = 200  # over every text file of the commit
-MIN_WORDS = 3
 TOP = 10
-RANKERS = ("hybrid", "bm25", "minilm", "bm25+minilm")
+RANKERS = ("hybrid", "learned", "bm25", "minilm", "bm25+minilm")
+INDEXED = ("hybrid", "learned")  # the rankers that read the index's every signal (and its embeddings)
+# Which commits each ranker was fitted on ("learned": the fit's own record, added by the run).
+FITTED_ON = {
+    "hybrid": "the named default weights (agent/retrieval.py), set by hand on pokeemerald's newest 200 tasks "
+              "of 2026-12 and checked on pokeruby's: not held out from those tasks",
+    "bm25": "nothing: BM25 over whole files",
+    "minilm": "nothing from this repository: the pretrained all-MiniLM-L6-v2",
+    "bm25+minilm": "nothing from this repository: reciprocal-rank fusion of bm25 and minilm",
+}
 RRF_K = 60
 CHUNK_LINES = 40
 POOL = 200  # ranked files taken from each baseline before fusing or cutting to TOP
 LANGS = ["c", "h"]
 
-# Subjects that describe no change a reader could localize: git's own messages, bots, review churn, formatting.
-_AUTOMATED = re.compile(
-    r"^merge (branch|pull request|remote-tracking|tag|commit|upstream|master|main)\b|^merge ['\"]"
-    r"|^revert \"|^(auto(mated|matic)?|bump|wip)\b|^initial commit\b"
-    r"|\[(bot|skip ci|ci skip)\]"
-    r"|^(apply|applied|address(ed)?|incorporate[ds]?) .*\b(suggestions?|review|feedback|comments?)\b"
-    r"|^(review|pr) (changes|comments?|feedback)\b"
-    r"|^(run |ran )?(clang-format|reformat|format(ting)?|whitespace|lint)( fix(es)?| changes?| and clean ?up)?\W*$",
-    re.IGNORECASE,
-)
-
 Progress = Callable[[str], None]
 
 
 SCRATCH_PREFIX = "cra-eval-localize-"
-
-
-@dataclass(frozen=True, slots=True)
-class Hunk:
-    """An old-side line range a commit rewrote: `count` lines from `start` (0 lines: inserted after `start`)."""
-
-    path: str
-    start: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One localization task: a query, and the existing .c/.h files (and their hunks) the commit changed."""
-
-    sha: str
-    parent: str
-    committed_at: int
-    query: str
-    files: tuple[str, ...]
-    hunks: tuple[Hunk, ...] = ()
-    changed_lines: int = 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Choosing tasks
-
-
-def is_code(path: str) -> bool:
-    """Whether `path` is a C source or header, the only kind of file a task's gold holds."""
-    return path.endswith(CODE_SUFFIXES)
-
-
-def subject_reason(subject: str, author: str = "") -> str | None:
-    """Why a subject is no task description (too short, automated, trivial), or None when it is one."""
-    text = strip_pr_suffix(subject)
-    if author.endswith("[bot]") or _AUTOMATED.search(text):
-        return "automated or trivial subject"
-    if len(text.split()) < MIN_WORDS:
-        return f"subject under {MIN_WORDS} words"
-    return None
-
-
-def drop_reason(rec: CommitRecord, *, chosen: bool = False) -> str | None:
-    """Why a commit is no task, or None; `chosen` commits (named by the user) skip the subject and size rules."""
-    if len(rec.parents) != 1:
-        return "merge commit" if rec.parents else "root commit"
-    code = [f for f in rec.files if is_code(f.path)]
-    if not chosen:
-        reason = subject_reason(rec.subject, rec.author)
-        if reason:
-            return reason
-    if not any(f.status == "M" for f in code):
-        return "modifies no existing .c/.h file"
-    if chosen:
-        return None
-    if any(f.status != "M" for f in code):
-        return "adds, deletes or renames .c/.h files"
-    if len(code) > MAX_GOLD_FILES:
-        return f"more than {MAX_GOLD_FILES} .c/.h files"
-    if sum((f.added or 0) + (f.deleted or 0) for f in rec.files) >= MAX_CHANGED_LINES:
-        return f"{MAX_CHANGED_LINES}+ changed lines"
-    return None
-
-
-def _task(rec: CommitRecord) -> Task:
-    files = tuple(sorted(f.path for f in rec.files if is_code(f.path) and f.status == "M"))
-    lines = sum((f.added or 0) + (f.deleted or 0) for f in rec.files)
-    return Task(rec.sha, rec.parents[0], rec.committed_at, strip_pr_suffix(rec.subject), files, (), lines)
-
-
-def _newest_first(repo: Path) -> list[str]:
-    out = git_repo.git(repo, "rev-list", "--no-merges", "--timestamp", "HEAD").decode().split("\n")
-    stamped = [line.split() for line in out if line]
-    stamped.sort(key=lambda ts_sha: -int(ts_sha[0]))
-    return [sha for _ts, sha in stamped]
-
-
-def _read_commits_file(repo: Path, commits_file: Path) -> tuple[list[str], list[str]]:
-    try:
-        names = [line.split("#", 1)[0].strip() for line in Path(commits_file).read_text().splitlines()]
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the commits file {commits_file}: {exc.strerror}") from exc
-    names = list(dict.fromkeys(n for n in names if n))
-    if not names:
-        raise InvalidInput(f"the commits file {commits_file} names no commit; write one SHA a line")
-    out = git_repo.git(repo, "cat-file", "--batch-check", input=("\n".join(f"{n}^{{commit}}" for n in names) + "\n").encode())
-    shas, unknown = [], []
-    for name, line in zip(names, out.decode().splitlines()):
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "commit":
-            shas.append(parts[0])
-        else:
-            unknown.append(name)
-    return list(dict.fromkeys(shas)), unknown
-
-
-def select_tasks(
-    repo: Path, last: int | None = None, commits_file: Path | None = None, *, stats: dict | None = None,
-) -> list[Task]:
-    """The newest `last` tasks of the whole history (by commit date), or the commits a file names, newest first.
-
-    `stats`, when given, receives the number of commits scanned, kept, and dropped per reason.
-    """
-    if (last is None) == (commits_file is None):
-        raise InvalidInput("give exactly one of --last N or --commits FILE")
-    if last is not None and last < 1:
-        raise InvalidInput("--last must be at least 1")
-    top = git_repo.require_repo(repo)
-    dropped: Counter[str] = Counter()
-    kept: list[Task] = []
-    scanned = 0
-    if commits_file is not None:
-        shas, unknown = _read_commits_file(top, commits_file)
-        dropped.update({"not a commit of this repository": len(unknown)} if unknown else {})
-        batches: Iterable[list[str]] = [shas]
-    else:
-        order = _newest_first(top)
-        step = max(500, 4 * last)
-        batches = (order[i:i + step] for i in range(0, len(order), step))
-    for batch in batches:
-        for rec in history.read_commits(top, batch, numstat=True):
-            scanned += 1
-            if isinstance(rec, BadCommit):
-                dropped["unreadable (missing objects)"] += 1
-                continue
-            reason = drop_reason(rec, chosen=commits_file is not None)
-            if reason:
-                dropped[reason] += 1
-            else:
-                kept.append(_task(rec))
-                if len(kept) == last:
-                    break
-        if len(kept) == last:
-            break
-    kept.sort(key=lambda t: -t.committed_at)
-    kept = _with_hunks(top, kept)
-    if stats is not None:
-        stats.update({"scanned": scanned, "kept": len(kept), "dropped": dict(dropped.most_common())})
-    return kept
-
-
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
-
-
-def parse_old_hunks(patch: str) -> list[Hunk]:
-    """The old-side ranges of every hunk in a `git diff -U0` patch."""
-    hunks: list[Hunk] = []
-    path = None
-    for line in patch.split("\n"):
-        if line.startswith("--- "):
-            old = line[4:]
-            path = old[2:] if old.startswith("a/") else None
-        elif line.startswith("@@ ") and path is not None:
-            m = _HUNK.match(line)
-            if m:
-                hunks.append(Hunk(path, int(m.group(1)), 1 if m.group(2) is None else int(m.group(2))))
-    return hunks
-
-
-def _with_hunks(repo: Path, tasks: list[Task]) -> list[Task]:
-    if not tasks:
-        return tasks
-    sep = "\x1e"
-    out = git_repo.git(
-        repo, "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p", "-U0", "--no-renames",
-        "--no-color", f"--format={sep}%H", "--", *(f"*{s}" for s in CODE_SUFFIXES),
-        input=("\n".join(t.sha for t in tasks) + "\n").encode(),
-    ).decode("utf-8", "surrogateescape")
-    by_sha: dict[str, list[Hunk]] = {}
-    for record in out.split(sep)[1:]:
-        sha, _, patch = record.partition("\n")
-        by_sha[sha.strip()] = parse_old_hunks(patch)
-    return [
-        Task(t.sha, t.parent, t.committed_at, t.query, t.files,
-             tuple(h for h in by_sha.get(t.sha, []) if h.path in t.files), t.changed_lines)
-        for t in tasks
-    ]
-
-
-def touched_functions(hunks: Iterable[Hunk], spans: dict[str, list[tuple[str, int, int]]]) -> list[str]:
-    """Ids of the functions whose line spans the hunks rewrite, or insert into strictly inside."""
-    touched: dict[str, None] = {}
-    for h in hunks:
-        for sid, start, end in spans.get(h.path, []):
-            if h.count > 0:
-                hit = h.start <= end and h.start + h.count - 1 >= start
-            else:
-                hit = start <= h.start and h.start + 1 <= end
-            if hit:
-                touched[sid] = None
-    return list(touched)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,12 +198,14 @@ def _score_task(
 
     out: dict[str, dict] = {}
     lists: dict[str, list[tuple[str, float]]] = {}
-    if "hybrid" in rankers:
+    searched = [r for r in INDEXED if r in rankers]
+    if searched:
         t = time.perf_counter()
-        res = retrieval.search(worktree, task.query, home=home, k=POOL, ranker="hybrid", langs=LANGS)
-        spent["hybrid"] += time.perf_counter() - t
-        funcs = [(s.id, s.score) for s in res.symbols if s.kind == "function"]
-        out["hybrid"] = {"files": _ranked((f.path, f.score) for f in res.files), "symbols": funcs,
+        found = retrieval.search_with(worktree, searched, task.query, home=home, k=POOL, langs=LANGS)
+        spent["+".join(searched)] += time.perf_counter() - t
+        for name, res in found.items():
+            funcs = [(s.id, s.score) for s in res.symbols if s.kind == "function"]
+            out[name] = {"files": _ranked((f.path, f.score) for f in res.files), "symbols": funcs,
                          "why": {f.path: f.why for f in res.files}}
     if "bm25" in rankers or "bm25+minilm" in rankers:
         t = time.perf_counter()
@@ -456,8 +258,12 @@ def run_localize(
     *,
     selection: dict | None = None,
     history_notes: bool = True,
+    fit_commits: int | None = None,
 ) -> dict:
     """Score every ranker on every task at its parent's state; return the JSON-ready report.
+
+    "learned" is first fitted on the past commits reachable from the oldest task's parent (the newest
+    `fit_commits` of them, all by default), never on a task; the report says which ones.
 
     `home` keeps the eval's state (index, chunk vectors) between runs; by default a temporary folder is used
     and removed. `selection` (the stats of select_tasks) is copied into the report. `history_notes` puts each
@@ -484,6 +290,8 @@ def run_localize(
         eval_home = state_dir / "home"
         needs_chunks = any(r in ("minilm", "bm25+minilm") for r in rankers)
         chunks = ChunkRanker(state_dir / "minilm-chunks-v2") if needs_chunks else None
+        fitted = (_fit(top, ordered, worktree, eval_home, state_dir, history_notes, fit_commits, say)
+                  if "learned" in rankers and ordered else None)
         with git_repo.temporary_worktree(top, worktree):
             for i, task in enumerate(ordered, 1):
                 say(f"[{i}/{len(ordered)}] {task.sha[:10]} {task.query[:60]}")
@@ -491,7 +299,7 @@ def run_localize(
                 if detail is None:
                     reason, detail = "indexing the parent failed", None
                     try:
-                        _move_index(worktree, eval_home, "hybrid" in rankers, history_notes, spent)
+                        _move_index(worktree, eval_home, bool(set(INDEXED) & set(rankers)), history_notes, spent)
                         if chunks is not None:
                             t = time.perf_counter()
                             chunks.sync(worktree, _code_blobs(worktree, task.parent), say)
@@ -506,7 +314,29 @@ def run_localize(
                 ranked = _score_task(task, worktree, eval_home, rankers, chunks, spent)
                 rows.append(_task_row(task, gold_functions, ranked))
     report = _report(top, rankers, rows, skipped, selection, spent, time.perf_counter() - started)
-    return {**report, "history_notes": history_notes}
+    fitted_on = {name: FITTED_ON[name] for name in rankers if name != "learned"}
+    if fitted is not None:
+        fitted_on["learned"] = fitted
+    return {**report, "history_notes": history_notes, "fitted_on": fitted_on}
+
+
+def _fit(repo: Path, ordered: Sequence[Task], worktree: Path, eval_home: Path, state_dir: Path, history_notes: bool,
+         fit_commits: int | None, say: Progress) -> dict:
+    """Fit the learned ranker on the commits before the oldest task's parent, where the eval's searches read it;
+    what it was fitted on, checked against the tasks."""
+    from bootstrap.ranking import fit_ranker, stored_commits
+
+    oldest = ordered[0].parent
+    folder = project_paths(worktree, eval_home).ranker
+    say(f"fitting the learned ranker on the history up to {oldest[:10]}, the oldest task's parent")
+    fit = fit_ranker(repo, folder, until=oldest, state=state_dir / "ranker-fit", max_commits=fit_commits,
+                     history_notes=history_notes, exclude={t.sha for t in ordered}, on_progress=say)
+    if fit.status != "fitted":
+        raise CraError(f"the learned ranker was not fitted ({fit.status}): {fit.validation or fit.dropped}; "
+                       "score the other rankers, or give the fit more history")
+    trained = stored_commits(folder)
+    return {**asdict(fit), "tasks_among_them": len(trained.keys() & {t.sha for t in ordered}),
+            "all_older_than_every_task": max(trained.values()) < min(t.committed_at for t in ordered)}
 
 
 def _by_parent_date(repo: Path, tasks: Sequence[Task]) -> list[Task]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from agent.config import Config
 from agent.errors import CraError
-from agent.eval.localize import select_tasks
 from agent.llm.calls import model_seconds
+from agent.localization import select_tasks
 from agent.pipeline import RunOptions, TaskRun, drive
 
 Progress = Callable[[str], None]

@@ -8,7 +8,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -469,3 +469,25 @@ def recent_files(hist: History, half_life: float = RECENT_HALF_LIFE) -> dict[str
             path = hist.paths[pid]
             scores[path] = scores.get(path, 0.0) + float(w)
     return scores
+
+
+def churn(hist: History, paths: Iterable[str], half_life: float = HALF_LIFE_COMMITS) -> dict[str, float]:
+    """Per path, the recency-weighted count of the commits (not merges or sweeps) that changed it."""
+    scores = {}
+    for path in paths:
+        cs = hist.file_commits.get(path)
+        if cs is not None:
+            cs = cs[(hist.n_files[cs] >= 1) & (hist.n_files[cs] <= MAX_COMMIT_FILES) & ~hist.is_merge[cs]]
+            if len(cs):
+                scores[path] = float(recency(hist.age[cs], half_life).sum())
+    return scores
+
+
+def as_of(hist: History, sha: str) -> History:
+    """The history as a commit's author saw it: only the commits older than `sha` (by commit date) count, and ages
+    are counted from the newest of them. Raises KeyError when `sha` is not in the history."""
+    i = hist.shas.index(sha)
+    n_files = hist.n_files.copy()
+    n_files[i:] = 0  # scores nothing: similar commits, co-change, churn and the working set skip empty commits
+    age = hist.age - (hist.age[i - 1] if i else hist.age[0] + 1)
+    return replace(hist, age=age, n_files=n_files)
