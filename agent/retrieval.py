@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from agent.config import ProjectPaths
 from agent.errors import InvalidInput
 from agent.index import history
@@ -125,9 +127,10 @@ def weighted(raw: dict[str, float], signals: dict[str, str], weights: Weights) -
 
 
 def _by_score(rows: dict[str, dict[str, float]], model: Fitted) -> list[tuple[str, float]]:
-    """Candidates best first under a fitted model (ties by key)."""
+    """Candidates best first under a fitted model (ties by key), each scored by the logistic of the model's output:
+    in (0, 1) like the default weights' shares, so that the stages' "share of the best" rules read both."""
     keys = list(rows)
-    scores = model.scores([rows[key] for key in keys])
+    scores = 1.0 / (1.0 + np.exp(-model.scores([rows[key] for key in keys])))
     return sorted(((key, float(s)) for key, s in zip(keys, scores)), key=lambda t: (-t[1], t[0]))
 
 

@@ -135,6 +135,9 @@ def test_search_ranks_with_the_fitted_ranker_and_explains_it(fitted) -> None:
     assert learned.ranker == "learned" and "src/w110.c" in [h.path for h in learned.files]
     assert all(hit.why for hit in learned.files)  # each file's features' shares of its score
     assert learned.symbols and learned.symbols[0].why
+    # scores in (0, 1), best first, like the default weights': the stages read shares of the best score
+    assert all(0 < hit.score < 1 for hit in learned.files + learned.symbols)
+    assert [h.score for h in learned.files] == sorted((h.score for h in learned.files), reverse=True)
     hybrid = retrieval.search(repo.root, query, home=home, k=5, ranker="hybrid")
     assert hybrid.ranker == "hybrid" and "src/w110.c" not in [h.path for h in hybrid.files]
 
