@@ -348,8 +348,7 @@ class Searcher:
             for fpath, value in signal.items():
                 if fpath in allowed:
                     files[fpath][name] = value
-        leaders = sorted(files, key=lambda p: (-sum(weighted(files[p], FILE_SIGNALS, weights).values()), p))
-        leaders = leaders[:PAIR_SEEDS]
+        leaders = sorted(files, key=lambda p: -sum(weighted(files[p], FILE_SIGNALS, weights).values()))[:PAIR_SEEDS]
         for fpath, value in _normalise(history.cochange(hist, leaders)).items():
             if fpath in allowed:
                 files[fpath]["cochange"] = value
