@@ -62,7 +62,8 @@ SYMBOL_SIGNALS = {"text": "symbol_text", "vector": "symbol_vector", "graph": "ne
 FILE_FEATURES = (*FILE_SIGNALS, "churn", "header")
 SYMBOL_FEATURES = (*SYMBOL_SIGNALS, "file_rank", "name", "name_words", "function")
 CANDIDATES = 200        # hits taken from each text or vector list before fusion
-SYMBOL_FILES = 20       # a fitted ranker scores every symbol of this many of its best files
+SYMBOL_FILES = 20       # a fitted ranker scores every function of this many of its best files
+MAX_SYMBOL_CANDIDATES = 5000  # and at most this many symbols in all (LightGBM ranks up to 10,000 per query)
 SEED_HITS = 10          # top text hits whose graph neighbourhood is boosted
 PAIR_SEEDS = 10         # top files whose header/source partner is boosted
 MAX_PARTNERS = 4        # a name shared by more .c/.h files than this (main.c, ...) pairs nothing
@@ -366,16 +367,19 @@ class Searcher:
     def symbol_rows(
         self, query: str, found: Signals, file_order: list[str], allowed: set[str], kinds: list[str] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """The symbol candidates the fitted ranker scores, with their features: the symbols any signal found and
-        every symbol of the first files of `file_order`, each with its file's rank and how its name meets the query."""
+        """The symbol candidates the fitted ranker scores, with their features: the symbols any signal found and the
+        functions (or the symbols of the kinds asked for) of the first files of `file_order`, at most
+        MAX_SYMBOL_CANDIDATES, each with its file's rank and how its name meets the query."""
         rank = {p: i for i, p in enumerate(file_order)}
         wanted_ids = set(query_identifiers(query))
         words = set(history.tokenize(query))
         rows = {sid: dict(raw) for sid, raw in found.symbols.items() if self._shown(sid, allowed, kinds)}
-        for fpath in file_order[:SYMBOL_FILES]:
-            for sid in self.by_path.get(fpath, ()):
-                if sid not in rows and self._shown(sid, allowed, kinds):
-                    rows[sid] = {"pagerank": self.symbol_pagerank.get(sid, 0.0)}
+        added = (sid for fpath in file_order[:SYMBOL_FILES] for sid in self.by_path.get(fpath, ())
+                 if sid not in rows and self._shown(sid, allowed, kinds) and (kinds or self.meta[sid][1] == "function"))
+        for sid in added:
+            if len(rows) >= MAX_SYMBOL_CANDIDATES:
+                break
+            rows[sid] = {"pagerank": self.symbol_pagerank.get(sid, 0.0)}
         for sid, row in rows.items():
             name, kind, spath, _line = self.meta[sid]
             own = history.tokenize(name)

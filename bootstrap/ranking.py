@@ -338,10 +338,13 @@ def fit_ranker(
     dropped: Counter[str] = Counter()
     reading = {"history_notes": history_notes, "anchor_commits": every}
     previous = None if full else _examples_meta(folder)
-    stored = (load_examples(folder) if previous and {k: previous.get(k) for k in reading} == reading
-              and git_repo.is_ancestor(top, previous["until"], head) else [])
-    stored = [ex for ex in stored if ex.task.sha not in exclude]
-    known = {ex.task.sha for ex in stored}
+    reuse = bool(previous and {k: previous.get(k) for k in reading} == reading
+                 and git_repo.is_ancestor(top, previous["until"], head))
+    stored = [ex for ex in load_examples(folder) if ex.task.sha not in exclude] if reuse else []
+    # Past commits read before that gave no example (missing blobs, no changed file among the candidates): not again.
+    unusable = set(previous.get("unusable", ())) if reuse else set()
+    anchors = list(previous.get("anchors", ())) if reuse else []
+    known = {ex.task.sha for ex in stored} | unusable
     n_commits = int(git_repo.git(top, "rev-list", "--count", head).decode())
     selection: dict = {}
     tasks = [t for t in select_tasks(top, last=min(max_commits or n_commits, n_commits), head=head, stats=selection)
@@ -360,7 +363,10 @@ def fit_ranker(
     examples = sorted(stored + new, key=lambda ex: (ex.task.committed_at, ex.task.sha))
     if max_commits is not None:
         examples = examples[-max_commits:]
-    save_examples(folder, examples, {**reading, "until": head})
+    unusable |= {t.sha for t in tasks} - {ex.task.sha for ex in new}
+    report.anchors = anchors + report.anchors
+    save_examples(folder, examples, {**reading, "until": head, "unusable": sorted(unusable),
+                                     "anchors": report.anchors})
     report.commits = len(known) + len(tasks)
     report.queries = len(examples)
     report.dropped = dict(dropped.most_common())

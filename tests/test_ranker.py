@@ -256,3 +256,20 @@ def test_a_killed_fits_leftover_worktree_does_not_stop_the_next(decomp_repo, tmp
     assert report.anchors and report.status == "too short"
     assert not (state / "worktree").exists()
     assert not list((decomp_repo.path / ".git" / "worktrees").glob("*"))  # git forgot the scratch worktree
+
+
+def test_past_commits_that_gave_no_example_are_not_read_again(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "gappy")
+    repo.commit("Initial commit", {"src/clock.c": c_file("InitClock"), "src/hand.c": c_file("MoveHand")})
+    lost = repo.commit("Add the minute hand", {"src/minute.c": c_file("MoveMinute")})
+    repo.commit("Speed up the clock ticks", {"src/clock.c": c_file("InitClockFast")})  # its parent misses a blob
+    repo.commit("Remove the minute hand", {"src/minute.c": None})
+    repo.commit("Slow down the hand again", {"src/hand.c": c_file("MoveHandSlowly")})
+    repo.drop_object(f"{lost}:src/minute.c")
+    folder = tmp_path / "ranker"
+    first = fit(repo.root, folder, every=1)
+    assert first.new_commits == 2 and first.dropped["code unreadable at the anchor (missing objects)"] == 1
+    assert len(first.anchors) == 1
+    again = fit(repo.root, folder, every=1)
+    assert again.new_commits == 0 and again.queries == first.queries and again.anchors == first.anchors
+    assert fit(repo.root, folder, every=1, full=True).new_commits == 2
