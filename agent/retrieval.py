@@ -222,6 +222,7 @@ class Searcher:
         for sid, (_name, _kind, spath, _line) in self.meta.items():
             self.by_path[spath].append(sid)
         self.fitted = load_ranker(paths.ranker)
+        self.name_tokens: dict[str, list[str]] = {}
 
     def search(
         self,
@@ -382,7 +383,9 @@ class Searcher:
             rows[sid] = {"pagerank": self.symbol_pagerank.get(sid, 0.0)}
         for sid, row in rows.items():
             name, kind, spath, _line = self.meta[sid]
-            own = history.tokenize(name)
+            own = self.name_tokens.get(sid)
+            if own is None:  # cached: a warm searcher tokenizes each name once
+                own = self.name_tokens[sid] = history.tokenize(name)
             row["file_rank"] = 1.0 / (1 + rank[spath]) if spath in rank else 0.0
             row["name"] = float(name.lower() in wanted_ids)
             row["name_words"] = sum(w in words for w in own) / len(own) if own else 0.0
