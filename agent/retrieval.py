@@ -279,7 +279,8 @@ class Searcher:
                 hits = self.tables.search_content(" ".join(code_tokens(query)), limit=k, **file_filter)
                 out[ranker] = SearchResults(query, [FileHit(p, s, {"bm25": s}) for p, s in hits], [], 0.0, ranker)
                 continue
-            found = found or self.signals(query, allowed, kinds=kinds, file_filter=file_filter, weights=weights)
+            found = found or self.signals(query, allowed, kinds=kinds, file_filter=file_filter, weights=weights,
+                                          learned="learned" in rankers)
             learned = self.fitted.levels if ranker == "learned" else {}
             files = (self._learned_files(found, learned["files"], k) if "files" in learned
                      else self._hybrid_files(found, weights))
@@ -299,12 +300,13 @@ class Searcher:
 
     def signals(
         self, query: str, allowed: set[str], *, kinds: list[str] | None = None, file_filter: dict | None = None,
-        weights: Weights = WEIGHTS, history_now: history.History | None = None,
+        weights: Weights = WEIGHTS, history_now: history.History | None = None, learned: bool = True,
     ) -> Signals:
         """Every candidate file and symbol of `query` with its raw signals, each normalised to [0, 1].
 
         `history_now` replaces the index's history (fitting reads each past commit against the history before it);
-        the co-change and header-pair signals follow the leaders under `weights`.
+        the co-change and header-pair signals follow the leaders under `weights`. Without `learned`, the features
+        only a fitted ranker reads (churn, header) are left out.
         """
         file_filter = file_filter or {}
         hist = self.history if history_now is None else history_now
@@ -358,11 +360,12 @@ class Searcher:
             for partner in self.partners.get(fpath, ()):
                 if partner in allowed:
                     files[partner]["pair"] = max(files[partner].get("pair", 0.0), 1.0 / (1 + rank))
-        churn = _normalise(history.churn(hist, files))
+        churn = _normalise(history.churn(hist, files)) if learned else {}
         for fpath, raw in files.items():
             raw["pagerank"] = self.file_pagerank.get(fpath, 0.0)
-            raw["churn"] = churn.get(fpath, 0.0)
-            raw["header"] = float(fpath.endswith(".h"))
+            if learned:
+                raw["churn"] = churn.get(fpath, 0.0)
+                raw["header"] = float(fpath.endswith(".h"))
         return Signals(dict(files), dict(symbols))
 
     def symbol_rows(
