@@ -72,9 +72,12 @@ def prompt(project: Project, sym: Symbol, body: str, note: str, body_chars: int)
     """The question about one function: file, prototype, callers, callees, graph neighbours, history, source."""
     callers = list(dict.fromkeys(c["name"] for c in project.index.callers(sym.id) if c["name"]))[:LISTED]
     callees = list(dict.fromkeys(c["name"] for c in project.index.callees(sym.id) if c["name"]))[:LISTED]
-    near = [i for i, hops in sorted(neighbors(project.index, [sym.id]).items(), key=lambda kv: kv[1]) if hops > 0]
-    named = {s.id: s.name for s in project.index.symbols_by_id(near[: LISTED * 3])}
-    around = [n for n in dict.fromkeys(named.values()) if n not in callers and n not in callees][:LISTED]
+    # Nearest first, then by id: the same prompt in every process (the walk's order follows string hashing).
+    near = [i for i, hops in sorted(neighbors(project.index, [sym.id]).items(), key=lambda kv: (kv[1], kv[0]))
+            if hops > 0][: LISTED * 3]
+    named = {s.id: s.name for s in project.index.symbols_by_id(near)}
+    around = [n for n in dict.fromkeys(named[i] for i in near if i in named)
+              if n not in callers and n not in callees][:LISTED]
     shown = body if len(body) <= body_chars else body[:body_chars] + "\n/* … cut */"
     lines = [f"File: {sym.path}", f"Function: {sym.signature or sym.name}",
              f"Callers: {', '.join(callers) or '-'}", f"Callees: {', '.join(callees) or '-'}",

@@ -93,7 +93,7 @@ def test_review_samples_marks_and_a_bad_verdict_leaves_search_and_training(serve
                                                                           tmp_path: Path) -> None:
     config, home, repo = teacher_config(served, tmp_path), tmp_path / "home", decomp_repo.path
     report = enrich_repo(repo, config, home=home, files=WALLCLOCK, limit=4)
-    assert report.enriched >= 2 and report.left == report.considered - 4
+    assert report.enriched >= 2 and report.left == report.considered - 4, report.failed
     listed = runner.invoke(app, ["enrich", "review", "--repo", str(repo), "--home", str(home), "--sample", "2", "--json"])
     assert listed.exit_code == 0, listed.output
     sample = json.loads(listed.output)
@@ -155,3 +155,19 @@ def test_the_flow_runs_each_step_as_a_task(prefect_api, served: Served, decomp_r
 
     names = asyncio.run(task_names())
     assert names == ["enrich-0", "enrich-1", "index", "reindex"][: 3 + (report.enriched > 0)]
+
+
+def test_the_question_about_a_function_is_the_same_in_every_process(decomp_repo: DecompRepo, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    index_repo(decomp_repo.path, home=tmp_path / "home", embed=False)
+    script = ("import json, sys; from pathlib import Path; from agent.project import Project; "
+              "from bootstrap.enrich import plan_jobs\n"
+              "with Project.open(Path(sys.argv[1]), sys.argv[2]) as p:\n"
+              "    jobs, _, _ = plan_jobs(p, limit=4, files=sys.argv[3], home=sys.argv[2], body_chars=4000)\n"
+              "print(json.dumps([j.messages for j in jobs], default=str))")
+    asked = {subprocess.run([sys.executable, "-c", script, str(decomp_repo.path), str(tmp_path / "home"), WALLCLOCK],
+                            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(asked) == 1 and "Graph neighbours: " in asked.pop()  # the teacher's cache and answers stay put
