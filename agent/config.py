@@ -20,6 +20,7 @@ from agent.repo import safe_relative
 HOME_ENV = "CRA_HOME"
 CONFIG_ENV = "CRA_CONFIG"
 PROJECT_CONFIG = "cra.toml"
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def cra_home(override: str | Path | None = None) -> Path:
@@ -68,6 +69,14 @@ class ProjectPaths:
     def index_lock(self) -> Path:
         """The lock file held while the index is written."""
         return self.root / "index.lock"
+
+
+def check_project_name(name: str) -> str:
+    """Return `name` if it can name a project or a family of projects (letters, digits, `.`, `_`, `-`)."""
+    if not _PROJECT_NAME.fullmatch(name) or len(name) > 100:
+        raise ValueError(f"{name!r} cannot name a project: use letters, digits, '.', '_' and '-', starting with a "
+                         "letter or digit")
+    return name
 
 
 def project_paths(repo: Path, home: str | Path | None = None) -> ProjectPaths:
@@ -139,6 +148,10 @@ class ServeConfig(_Strict):
     max_lora_rank_limit: int = Field(64, description="adapters above this rank are refused")
     max_model_len: int | None = None
     startup_timeout_s: float = Field(600.0, gt=0)
+    max_loras: int | None = Field(None, ge=1, description="adapters held on the GPU at once (vLLM --max-loras); "
+                                                           "default: every adapter served")
+    max_cpu_loras: int | None = Field(None, ge=1, description="adapters kept in CPU memory, least recently used out "
+                                                               "(vLLM --max-cpu-loras); default: vLLM's, max_loras")
     extra_args: list[str] = Field(default_factory=list)
 
 
@@ -207,15 +220,41 @@ class TrainingSettings(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class ProjectSettings(_Strict):
+    """`[project]`: the checkout's project name, where its folder name and origin do not say it."""
+
+    name: str | None = Field(None, description="the project's name (default: its origin's repository name, else its "
+                                               "folder's)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        return value if value is None else check_project_name(value)
+
+
 class Config(_Strict):
     """The merged settings: defaults, then the user file, then the project file."""
 
+    project: ProjectSettings = ProjectSettings()
+    projects: dict[str, list[str]] = Field(default_factory=dict, description="families of projects: name = [members]")
     models: ModelsConfig = ModelsConfig()
     serve: ServeConfig = ServeConfig()
     validation: ValidationSettings = ValidationSettings()
     teacher: TeacherConfig = TeacherConfig()
     training: TrainingSettings = TrainingSettings()
     sources: list[str] = Field(default_factory=list, exclude=True)
+
+    @field_validator("projects")
+    @classmethod
+    def _families(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for family, members in value.items():
+            check_project_name(family)
+            if not members:
+                raise ValueError(f"family {family!r} has no projects; list its members, e.g. {family} = "
+                                 '["pokeemerald", "pokeruby"]')
+            for member in members:
+                check_project_name(member)
+        return value
 
 
 def user_config_path() -> Path:

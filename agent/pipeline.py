@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from agent import projects, runs, workspace
 from agent import repo as git_repo
-from agent import runs, workspace
 from agent.builds import BuildEnvironment
 from agent.config import Config
 from agent.errors import InvalidInput, InvalidModelOutput
@@ -130,8 +130,9 @@ class TaskRun:
                 self.builds.carried()  # a missing build tool stops the run before any model is asked
                 self.ws = workspace.create_workspace(self.repo, self.run_id, home=self.home,
                                                      include_dirty=self.options.include_dirty)
-            llm = (LLM(self.config, resolve_all(self.config, self.home, STAGE_ROLES), home=self.home, run_id=self.run_id)
-                   if self.needs_model else None)
+            known = projects.register(self.home, self.repo, self.config)
+            llm = (LLM(self.config, resolve_all(self.config, self.home, STAGE_ROLES, known.name), home=self.home,
+                       run_id=self.run_id) if self.needs_model else None)
         except BaseException as exc:
             self.fail(exc)
             raise

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 from pydantic import ValidationError
 
+from agent import projects
 from agent import repo as git_repo
 from agent.builds import BuildEnvironment
 from agent.config import Config
@@ -392,6 +393,7 @@ def bootstrap_repo(
     """Mine the commits not done before, derive and store their pairs (in `partitions` slices of history, each its
     own step), and (optionally) have the teacher label them; `steps` runs each step, directly or as Prefect tasks."""
     top = git_repo.require_repo(repo)
+    projects.register(home, top, config)  # a name another history has is refused before any work
     if use_teacher:
         Teacher(config, home)  # no teacher configured: say so before the history is mined
     started = time.perf_counter()

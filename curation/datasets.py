@@ -15,11 +15,15 @@ import pyarrow.parquet as pq
 
 from agent.config import Config
 from agent.errors import InvalidInput
+from agent.projects import checked_name, project_of
 from agent.stages import stage_named
 from agent.store import transaction, utc_now
 from agent.store.ledger import LEDGER, ledger
 
 FORMATS = ("jsonl", "parquet")
+_COLUMNS = ("id, stage, source, family, repo, commit_sha, commit_date, split, messages, output, teacher, metadata,"
+            " created_at, project")
+_READ = "stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata, project"
 SPLITS = ("train", "eval")
 
 
@@ -47,6 +51,14 @@ def l004_training(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@LEDGER.migration
+def l010_example_projects(con: duckdb.DuckDBPyConnection) -> None:
+    """Each example's project, named from its checkout (the checkout's folder name where it is gone)."""
+    con.execute("ALTER TABLE training_examples ADD COLUMN project TEXT")
+    for (repo,) in con.execute("SELECT DISTINCT repo FROM training_examples WHERE repo IS NOT NULL").fetchall():
+        con.execute("UPDATE training_examples SET project = ? WHERE repo = ?", [project_of(repo), repo])
+
+
 @dataclass(frozen=True)
 class Example:
     """One training pair for one stage."""
@@ -61,6 +73,7 @@ class Example:
     commit_sha: str | None = None
     commit_date: datetime | None = None
     metadata: dict | None = None
+    project: str | None = None  # None: named from `repo` when stored (imported pairs may have neither)
 
     @property
     def id(self) -> str:
@@ -96,38 +109,44 @@ def add_examples(home: str | Path | None, examples: list[Example]) -> int:
         return 0
     now = utc_now()
     rows = [[e.id, e.stage, e.source, e.family, e.repo, e.commit_sha, e.commit_date, e.split, json.dumps(e.messages),
-             json.dumps(e.output), None, json.dumps(e.metadata or {}), now] for e in examples]
+             json.dumps(e.output), None, json.dumps(e.metadata or {}), now,
+             e.project or (project_of(e.repo) if e.repo else None)] for e in examples]
     with ledger(home) as con, transaction(con):
         before = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
-        con.executemany("INSERT OR IGNORE INTO training_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany(f"INSERT OR IGNORE INTO training_examples ({_COLUMNS}) VALUES ({', '.join('?' * 14)})", rows)
         after = con.execute("SELECT count(*) FROM training_examples").fetchone()[0]
     return after - before
 
 
 def summary(home: str | Path | None) -> list[dict]:
-    """Counts per stage, source, family, split and repo."""
+    """Counts per stage, source, family, split, project and repo."""
     with ledger(home) as con:
         cur = con.execute(
-            "SELECT stage, source, family, split, coalesce(repo, '-') AS repo, count(*) AS examples"
-            " FROM training_examples GROUP BY ALL ORDER BY stage, source, family, split, repo"
+            "SELECT stage, source, family, split, coalesce(project, '-') AS project, coalesce(repo, '-') AS repo,"
+            " count(*) AS examples"
+            " FROM training_examples GROUP BY ALL ORDER BY stage, source, family, split, project, repo"
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def _example(r: tuple) -> Example:
+    return Example(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8],
+                   json.loads(r[9]) if r[9] else None, r[10])
+
+
 def load_examples(home: str | Path | None, *, stage: str, split: str | None = None, family: str | None = None,
-                  source: str | None = None) -> list[Example]:
-    """The stored examples of one stage, oldest commit first."""
+                  source: str | None = None, projects: list[str] | None = None) -> list[Example]:
+    """The stored examples of one stage (of these projects, when named), oldest commit first."""
     stage_named(stage)  # an unknown stage is an error
     with ledger(home) as con:
         rows = con.execute(
-            "SELECT stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
-            " FROM training_examples WHERE stage = ? AND (? IS NULL OR split = ?) AND (? IS NULL OR family = ?)"
-            " AND (? IS NULL OR source = ?) ORDER BY commit_date NULLS LAST, id",
-            [stage, split, split, family, family, source, source],
+            f"SELECT {_READ} FROM training_examples WHERE stage = ? AND (? IS NULL OR split = ?)"
+            " AND (? IS NULL OR family = ?) AND (? IS NULL OR source = ?) AND (?::TEXT[] IS NULL OR list_contains(?, project))"
+            " ORDER BY commit_date NULLS LAST, id",
+            [stage, split, split, family, family, source, source, projects, projects],
         ).fetchall()
-    return [Example(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8],
-                    json.loads(r[9]) if r[9] else None) for r in rows]
+    return [_example(r) for r in rows]
 
 
 def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
@@ -135,11 +154,9 @@ def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
     if not ids:
         return []
     with ledger(home) as con:
-        rows = con.execute(
-            "SELECT id, stage, source, family, messages, output, split, repo, commit_sha, commit_date, metadata"
-            f" FROM training_examples WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
-    found = {r[0]: Example(r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6], r[7], r[8], r[9],
-                           json.loads(r[10]) if r[10] else None) for r in rows}
+        rows = con.execute(f"SELECT id, {_READ} FROM training_examples WHERE id IN ({', '.join('?' * len(ids))})",
+                           ids).fetchall()
+    found = {r[0]: _example(r[1:]) for r in rows}
     return [found[i] for i in ids if i in found]
 
 
@@ -202,9 +219,13 @@ def export(home: str | Path | None, out: Path, *, stage: str, fmt: str, split: s
     return len(examples)
 
 
-def import_file(home: str | Path | None, path: Path, *, stage: str, source: str, family: str) -> tuple[int, int]:
-    """Import open cold-start pairs (rows with `messages`, the last one the assistant's answer); return (read, new)."""
+def import_file(home: str | Path | None, path: Path, *, stage: str, source: str, family: str,
+                project: str | None = None) -> tuple[int, int]:
+    """Import open cold-start pairs (rows with `messages`, the last one the assistant's answer) for every project, or
+    for `project`; return (read, new)."""
     stage_named(stage)  # an unknown stage is an error
+    if project is not None:
+        checked_name(project)
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist")
     where = "row" if path.suffix == ".parquet" else "line"  # a Parquet row, or the line of the file (blank ones count)
@@ -233,5 +254,16 @@ def import_file(home: str | Path | None, path: Path, *, stage: str, source: str,
         except ValueError:
             output = {"text": answer}
         examples.append(Example(stage, f"imported:{source}", family, messages[:-1], output,
-                                metadata={"file": path.name, "row": i}))
+                                metadata={"file": path.name, "row": i}, project=project))
     return len(examples), add_examples(home, examples)
+
+
+def counts_by_project(home: str | Path | None) -> dict[str, dict[str, int]]:
+    """Stored examples per project and stage ('-' for those of no project, such as imported pairs)."""
+    with ledger(home) as con:
+        rows = con.execute("SELECT coalesce(project, '-'), stage, count(*) FROM training_examples GROUP BY ALL"
+                           " ORDER BY 1, 2").fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for project, stage, n in rows:
+        counts.setdefault(project, {})[stage] = n
+    return counts

@@ -2,7 +2,8 @@
 
 Each stage scores its own answers (`Stage.score`); code answers are also validated (parse and build) at the
 commit's parent. A candidate is promoted only when it beats both the active adapter and the base; a stage with no
-gain two rounds running has plateaued.
+gain two rounds running has plateaued. A project's candidate is scored on that project's held-out commits against
+what the project uses now, and promoted for it; a family's candidate is scored and promoted per member project.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agent.llm.registry import (
 )
 from agent.llm.resolve import describe_bases, resolve_stage
 from agent.llm.serve import load_adapter, reload, unload_adapter
+from agent.projects import HOME_SCOPE, members, project_scope, scopes_for
 from agent.scratch import scratch_folder
 from agent.stages import STAGE_ROLES, stage_named
 from agent.store import utc_now
@@ -115,6 +117,12 @@ def replay_gold_edits(config: Config, home: str | Path | None, repo: Path, limit
     return rows
 
 
+@LEDGER.migration
+def l013_gate_projects(con: duckdb.DuckDBPyConnection) -> None:
+    """The project each decision scored on and promoted for (NULL: every project's examples, promoted home-wide)."""
+    con.execute("ALTER TABLE gate_decisions ADD COLUMN project TEXT")
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A model's mean score on a stage's held-out examples."""
@@ -177,27 +185,64 @@ class GateDecision:
     base: Evaluation
     promoted: bool
     reason: str
+    project: str | None = None  # scored on this project's held-out commits and promoted for it; None: every project
 
 
-def plateaued(home: str | Path | None, stage: str) -> bool:
-    """Whether the stage's last PLATEAU_ROUNDS gate decisions all promoted nothing."""
+def plateaued(home: str | Path | None, stage: str, project: str | None = None) -> bool:
+    """Whether the stage's last PLATEAU_ROUNDS gate decisions (for `project`, or home-wide) all promoted nothing."""
     with ledger(home) as con:
-        rows = con.execute("SELECT promoted FROM gate_decisions WHERE stage = ? ORDER BY decided_at DESC LIMIT ?",
-                           [stage, PLATEAU_ROUNDS]).fetchall()
+        rows = con.execute("SELECT promoted FROM gate_decisions WHERE stage = ? AND project IS NOT DISTINCT FROM ?"
+                           " ORDER BY decided_at DESC LIMIT ?", [stage, project, PLATEAU_ROUNDS]).fetchall()
     return len(rows) == PLATEAU_ROUNDS and not any(r[0] for r in rows)
 
 
-def gate(config: Config, home: str | Path | None, name: str, *, limit: int | None = None) -> GateDecision:
-    """Score candidate `name`, the active adapter and the base on held-out examples; promote and hot-load on a gain."""
+def scored_projects(config: Config, candidate: Adapter, project: str | None = None) -> list[str | None]:
+    """The projects a candidate is gated for: its own, its family's members (or the one named), or every project
+    together (None) for a home-wide candidate unless one is named."""
+    if candidate.project:
+        if project not in (None, candidate.project):
+            raise InvalidInput(f"adapter {candidate.name} was trained for project {candidate.project}; it is gated "
+                               f"on {candidate.project}'s held-out commits, not {project}'s")
+        return [candidate.project]
+    if candidate.project_family:
+        family = members(config, candidate.project_family)
+        if project is not None and project not in family:
+            raise InvalidInput(f"project {project} is not in family {candidate.project_family} "
+                               f"({', '.join(family)}), which adapter {candidate.name} was trained for")
+        return [project] if project else list(family)
+    return [project]
+
+
+def active_for(home: str | Path | None, config: Config, stage: str, base_model: str,
+               project: str | None) -> Adapter | None:
+    """The adapter `project` (or, for None, every project) uses now for `stage` on `base_model`, if any."""
+    active = [a for a in active_adapters(home) if a.stage == stage and a.base_model == base_model]
+    for scope in scopes_for(config, project):
+        found = next((a for a in active if scope in a.active_in), None)
+        if found:
+            return found
+    return None
+
+
+def gate(config: Config, home: str | Path | None, name: str, *, limit: int | None = None,
+         project: str | None = None) -> GateDecision:
+    """Score candidate `name`, what `project` uses now and the base on `project`'s held-out examples (every
+    project's, for None); promote it for that project (or home-wide) and hot-load it on a gain."""
     candidate = get(home, name)
     stage = candidate.stage
     role = stage_named(stage).role
     server = config.models.role(role)
-    examples = load_examples(home, stage=stage, split="eval", family=family_for(stage, config))[:limit]
+    if candidate.project_family and project is None:
+        raise InvalidInput(f"adapter {name} was trained for family {candidate.project_family}: gate it for one member "
+                           f"project at a time ({', '.join(members(config, candidate.project_family))})")
+    project = scored_projects(config, candidate, project)[0]
+    examples = load_examples(home, stage=stage, split="eval", family=family_for(stage, config),
+                             projects=[project] if project else None)[:limit]
     if not examples:
-        raise InvalidInput(f"no held-out {stage} examples to evaluate {name} on; bootstrap more history first")
+        raise InvalidInput(f"no held-out {stage} examples{f' of {project}' if project else ''} to evaluate {name} on; "
+                           "bootstrap more history first")
     load_adapter(server.endpoint, candidate.name, require_files(home, candidate))
-    active: Adapter | None = next((a for a in active_adapters(home) if a.stage == stage and a.base_model == candidate.base_model), None)
+    active = active_for(home, config, stage, candidate.base_model, project)
     scored = evaluate(config, home, stage, candidate.name, examples)
     active_eval = evaluate(config, home, stage, active.name, examples) if active and active.name != name else None
     base_eval = evaluate(config, home, stage, describe_bases(config)[role].served_name, examples)
@@ -209,15 +254,15 @@ def gate(config: Config, home: str | Path | None, name: str, *, limit: int | Non
                                    "base": base_eval.score, "examples": len(examples), "failures": scored.failures,
                                    "validation_pass_rate": scored.validation_pass_rate})
     with ledger(home) as con:
-        con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [stage, name, candidate.metadata.get("round"), scored.score, active.name if active_eval else None,
                      active_eval.score if active_eval else None, base_eval.score, len(examples), promoted, reason,
-                     utc_now()])
+                     utc_now(), project])
     if promoted:
-        promote(home, name, require_evaluation=True)
+        promote(home, name, scope=project_scope(project) if project else HOME_SCOPE, require_evaluation=True)
         reload(config, role, STAGE_ROLES, home)
-    else:
+    elif not get(home, name).active_in:
         unload_adapter(server.endpoint, name)
-    return GateDecision(stage, scored, active_eval, base_eval, promoted, reason)
+    return GateDecision(stage, scored, active_eval, base_eval, promoted, reason, project)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from agent.config import Config
 from agent.errors import CraError, InvalidInput, ModelUnavailable
 from agent.llm.registry import Adapter
+from agent.projects import members
 from agent.stages import RECIPES, stage_named
 from agent.steps import DIRECT, Steps
 from curation.datasets import examples_by_id, family_for
@@ -49,8 +50,13 @@ class RetrainReport:
 
 
 def train_from_round(home: str | Path | None, config: Config, built: Round, stage: str, *,
-                     steps: int | None = None) -> Adapter:
-    """Train `stage` on the round's mix (new + replay, and DPO pairs where the recipe has them) from the frozen base."""
+                     steps: int | None = None, project: str | None = None,
+                     project_family: str | None = None) -> Adapter:
+    """Train `stage` on the round's mix (new + replay, and DPO pairs where the recipe has them) from the frozen base:
+    all of it, or only the examples of `project` or of `project_family`'s projects."""
+    if project and project_family:
+        raise InvalidInput("train for one project (--project) or one family of projects (--family), not both")
+    wanted = [project] if project else members(config, project_family) if project_family else None
     family = family_for(stage, config)
     mix = built.mixes.get((stage, family))
     if mix is None:
@@ -65,18 +71,23 @@ def train_from_round(home: str | Path | None, config: Config, built: Round, stag
                  "; bootstrap more history or log more runs")
         raise InvalidInput(f"round {built.number} has nothing new for {stage} in the {family} family (the family of "
                            f"[models.{role}] base {config.models.role(role).base}){where}")
-    if plateaued(home, stage):
+    if plateaued(home, stage, project):
         raise InvalidInput(f"{stage} has plateaued: no gain in the last two rounds")
     recipe = replace(RECIPES[stage], **config.training.overrides())
     if steps is not None:
         recipe = replace(recipe, max_steps=steps)
-    pairs = preference_pairs_by_id(home, mix.dpo) if recipe.technique == "sft+dpo" else []
+    pairs = preference_pairs_by_id(home, mix.dpo, projects=wanted) if recipe.technique == "sft+dpo" else []
     if len(pairs) < MIN_DPO_PAIRS:
         recipe, pairs = replace(recipe, technique="sft"), []
-    return train_adapter(home, stage=stage, base=config.models.role(stage_named(stage).role).base,
-                         sft=examples_by_id(home, mix.new + mix.replay), dpo=pairs or None,
-                         name=f"{stage}-r{built.number}", recipe=recipe, round=built.number,
-                         dataset_hash=built.snapshot_hash)
+    sft = [e for e in examples_by_id(home, mix.new + mix.replay) if wanted is None or e.project in wanted]
+    if wanted is not None and not sft:
+        raise InvalidInput(f"round {built.number} has no {stage} examples of {', '.join(wanted)}; bootstrap "
+                           f"{wanted[0]} (`cra bootstrap --repo CHECKOUT`) and curate a new round")
+    scope = project or project_family
+    return train_adapter(home, stage=stage, base=config.models.role(stage_named(stage).role).base, sft=sft,
+                         dpo=pairs or None, name=f"{stage}-{scope}-r{built.number}" if scope else f"{stage}-r{built.number}",
+                         recipe=recipe, round=built.number, dataset_hash=built.snapshot_hash if wanted is None else None,
+                         project=project, project_family=project_family)
 
 
 def train_stage_from_round(home: str | Path | None, config: Config, built: Round, stage: str,

@@ -22,6 +22,7 @@ from agent.config import Config
 from agent.errors import InvalidInput
 from agent.llm.calls import CallRecord, calls_of_runs
 from agent.llm.registry import active_adapters
+from agent.projects import project_of
 from agent.runs import judged_stages
 from agent.store import transaction, utc_now
 from agent.store.ledger import LEDGER, ledger
@@ -83,6 +84,12 @@ def l006_rounds(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@LEDGER.migration
+def l012_pair_projects(con: duckdb.DuckDBPyConnection) -> None:
+    """Each preference pair's project (pairs from before are left without one: no project's round takes them)."""
+    con.execute("ALTER TABLE preference_pairs ADD COLUMN project TEXT")
+
+
 class NothingNew(InvalidInput):
     """No stage has an example or preference pair that no round has used yet."""
 
@@ -128,7 +135,7 @@ def _add_pairs(home: str | Path | None, rows: list[tuple]) -> int:
         return 0
     with ledger(home) as con, transaction(con):
         before = con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0]
-        con.executemany("INSERT OR IGNORE INTO preference_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT OR IGNORE INTO preference_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return con.execute("SELECT count(*) FROM preference_pairs").fetchone()[0] - before
 
 
@@ -137,13 +144,16 @@ def _pairs(rows: list[tuple]) -> list[tuple[Example, Example]]:
             for stage, source, family, m, c, r in rows]
 
 
-def preference_pairs_by_id(home: str | Path | None, ids: list[str]) -> list[tuple[Example, Example]]:
-    """The stored preference pairs with these ids, as (chosen, rejected) examples."""
+def preference_pairs_by_id(home: str | Path | None, ids: list[str],
+                           projects: list[str] | None = None) -> list[tuple[Example, Example]]:
+    """The stored preference pairs with these ids (of these projects, when named), as (chosen, rejected) examples."""
     if not ids:
         return []
     with ledger(home) as con:
         rows = con.execute("SELECT stage, source, family, messages, chosen, rejected FROM preference_pairs"
-                           f" WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids).fetchall()
+                           f" WHERE id IN ({', '.join('?' * len(ids))})"
+                           " AND (?::TEXT[] IS NULL OR list_contains(?, project)) ORDER BY id",
+                           [*ids, projects, projects]).fetchall()
     return _pairs(rows)
 
 
@@ -203,23 +213,24 @@ def collect_logged(home: str | Path | None, config: Config) -> tuple[int, int]:
     """
     examples, good, bad, pairs = [], {}, {}, []
 
-    def pair(stage: str, messages: list, chosen: dict, rejected: dict, meta: dict) -> list:
+    def pair(stage: str, messages: list, chosen: dict, rejected: dict, meta: dict, repo: str) -> list:
         return [_pair_id(stage, messages, chosen, rejected), stage, "logged", family_for(stage, config),
-                json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train", json.dumps(meta), utc_now()]
+                json.dumps(messages), json.dumps(chosen), json.dumps(rejected), "train", json.dumps(meta), utc_now(),
+                project_of(repo)]
 
     for s in logged_stages(home):
         if s.good and s.used is not None:
             examples.append(Example(s.stage, "logged", family_for(s.stage, config), s.prompt, s.used, "train", s.repo,
                                     s.commit, metadata={"run": s.run_id}))
-            good.setdefault((s.task, s.stage), (s.prompt, s.used, s.run_id))
-            pairs += [pair(s.stage, s.prompt, s.used, rejected, {"run": s.run_id, "rejected_attempt": n + 1})
+            good.setdefault((s.task, s.stage), (s.prompt, s.used, s.run_id, s.repo))
+            pairs += [pair(s.stage, s.prompt, s.used, rejected, {"run": s.run_id, "rejected_attempt": n + 1}, s.repo)
                       for n, rejected in enumerate(s.discarded) if rejected != s.used]
         elif not s.good and (s.used or s.discarded):
             bad.setdefault((s.task, s.stage), (s.used or s.discarded[-1], s.run_id))
-    for key, (messages, chosen, won) in good.items():
+    for key, (messages, chosen, won, repo) in good.items():
         if key in bad and bad[key][0] != chosen:
             rejected, lost = bad[key]
-            pairs.append(pair(key[1], messages, chosen, rejected, {"chosen_run": won, "rejected_run": lost}))
+            pairs.append(pair(key[1], messages, chosen, rejected, {"chosen_run": won, "rejected_run": lost}, repo))
     return add_examples(home, examples), _add_pairs(home, pairs)
 
 
@@ -230,7 +241,7 @@ def code_preferences(home: str | Path | None) -> int:
         rejected = {"edits": [{**edit, "replace": edit["search"]} for edit in e.output["edits"]]}
         pairs.append([_pair_id("code", e.messages, e.output, rejected), "code", "synthetic", e.family,
                       json.dumps(e.messages), json.dumps(e.output), json.dumps(rejected), e.split,
-                      json.dumps({"commit": e.commit_sha}), utc_now()])
+                      json.dumps({"commit": e.commit_sha}), utc_now(), e.project])
     return _add_pairs(home, pairs)
 
 

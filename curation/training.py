@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -289,9 +290,11 @@ def train_adapter(
     home: str | Path | None, *, stage: str, base: str, sft: list[Example],
     dpo: list[tuple[Example, Example]] | None = None, name: str, recipe: StageRecipe | None = None,
     round: int | None = None, dataset_hash: str | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None, project: str | None = None,
+    project_family: str | None = None,
 ) -> Adapter:
-    """Train `stage`'s adapter on the frozen `base` and register it as a candidate named `name`."""
+    """Train `stage`'s adapter on the frozen `base` and register it as a candidate named `name`, for `project`,
+    `project_family` or (neither) every project of the home."""
     stage_named(stage)  # an unknown stage is an error
     require("train", f"training the {stage} adapter")
     check_name(name, what="adapter name")
@@ -319,7 +322,8 @@ def train_adapter(
         model.save_pretrained(out, selected_adapters=["default"])
         metadata = {
             "stage": stage, "round": round, "base": {"name": base, "fingerprint": base_fingerprint},
-            "dataset": {"hash": snapshot, "sft_examples": len(sft), "dpo_pairs": len(dpo or [])},
+            "dataset": {"hash": snapshot, "sft_examples": len(sft), "dpo_pairs": len(dpo or []),
+                        "projects": dict(sorted(Counter(e.project or "-" for e in sft).items()))},
             "recipe": {**asdict(recipe), "alpha": recipe.alpha}, "designed_technique": RECIPES[stage].technique,
             "backend": backend,
             "phases": {key: asdict(phase) for key, phase in phases.items()},
@@ -327,7 +331,8 @@ def train_adapter(
         }
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
         check_adapter(out, describe_base(base), rank_limit=recipe.rank, trained_on=base_fingerprint)
-        return register(home, out, name=name, stage=stage, base_model=base, metadata=metadata)
+        return register(home, out, name=name, stage=stage, base_model=base, metadata=metadata, project=project,
+                        project_family=project_family)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

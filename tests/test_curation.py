@@ -191,7 +191,7 @@ def test_a_stage_without_gain_two_rounds_running_has_plateaued(tmp_path: Path) -
     built = build_round(None)
     con = duckdb.connect(str(ledger_path()))
     for i in range(2):
-        con.execute("INSERT INTO gate_decisions VALUES ('scope', ?, ?, 0.1, NULL, NULL, 0.2, 3, false, 'no gain', ?)",
+        con.execute("INSERT INTO gate_decisions VALUES ('scope', ?, ?, 0.1, NULL, NULL, 0.2, 3, false, 'no gain', ?, NULL)",
                     [f"scope-r{i}", i, datetime(2026, 1, 1 + i)])
     con.close()
     assert plateaued(None, "scope")

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from agent.cli import data, dev, enrich, evals, index, ranker, run, serving, training
+from agent.cli import (
+    data,
+    dev,
+    enrich,
+    evals,
+    index,
+    projects,
+    ranker,
+    run,
+    serving,
+    training,
+)
 
 app = typer.Typer(help="cra: a staged coding agent for large legacy C codebases.", no_args_is_help=True)
 
@@ -16,6 +27,7 @@ app.command()(run.run)
 app.command("apply")(run.apply_run)
 app.command()(data.bootstrap)
 app.command()(serving.models)
+app.command()(projects.projects)
 app.command()(data.curate)
 app.command()(training.train)
 app.command()(training.retrain)

@@ -112,10 +112,10 @@ def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = _table(("stage", "source", "family", "split", "repo", "examples"),
+    table = _table(("stage", "source", "family", "split", "project", "repo", "examples"),
                    title=f"training examples ({sum(r['examples'] for r in rows)})")
     for r in rows:
-        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["repo"]), str(r["examples"]))
+        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["project"]), escape(r["repo"]), str(r["examples"]))
     out.print(table)
 
 
@@ -161,12 +161,14 @@ def datasets_import(
     stage: StageOpt,
     source: Annotated[str, typer.Option(help="A name for where the pairs come from, e.g. commitpackft.")],
     family: Annotated[str, typer.Option(help="The base-model family they are for, e.g. qwen2.5-coder.")],
+    project: Annotated[str | None, typer.Option(help="The project they belong to (default: none, so only home-wide "
+                                                     "rounds train on them).")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Import open cold-start pairs (CommitPackFT-style, SRI-style) into the training tables."""
     from curation.datasets import import_file
 
-    read, new = import_file(home, path, stage=stage, source=source, family=family)
+    read, new = import_file(home, path, stage=stage, source=source, family=family, project=project)
     out.print(f"read {read} pairs, {new} new, as source imported:{escape(source)}")
 
 

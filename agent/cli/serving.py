@@ -115,18 +115,22 @@ def models(
 ) -> None:
     """Which model answers each stage, and why."""
     from agent.llm.resolve import resolve_all
+    from agent.projects import families_of, identify
     from agent.stages import STAGE_ROLES
 
     cfg = _config(repo, config)
-    resolutions = resolve_all(cfg, home, STAGE_ROLES)
+    project = identify(repo, cfg)
+    resolutions = resolve_all(cfg, home, STAGE_ROLES, project.name)
     if as_json:
         sys.stdout.write(json.dumps([{
-            "stage": r.stage, "role": r.role, "model": r.model, "source": r.source, "reason": r.reason,
+            "stage": r.stage, "project": r.project, "role": r.role, "model": r.model, "source": r.source, "reason": r.reason,
             "base": r.base.name, "endpoint": r.server.shown_endpoint, "provider": r.server.provider,
             "adapter": r.adapter.name if r.adapter else None, "passed_over": list(r.passed_over),
         } for r in resolutions], indent=2) + "\n")
         return
-    table = _table(("stage", "model", "why", "server"), title="models per stage")
+    families = families_of(cfg, project.name)
+    table = _table(("stage", "model", "why", "server"), title=f"models per stage in project {escape(project.name)}"
+                   + (f" (family {escape(', '.join(families))})" if families else ""))
     for r in resolutions:
         why = escape(r.reason) + "".join(f"\n[yellow]passed over: {escape(p)}[/]" for p in r.passed_over)
         table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.shown_endpoint}"))

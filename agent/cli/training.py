@@ -26,6 +26,18 @@ from agent.errors import ModelUnavailable
 from agent.llm.names import scrub_urls
 
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
+ProjectOpt = Annotated[str | None, typer.Option("--project", help="One project (as `cra projects` names it).")]
+FamilyOpt = Annotated[str | None, typer.Option("--family", help="A family of projects from the config's [projects].")]
+
+
+def _scope(project: str | None, family: str | None) -> str | None:
+    """The scope `--project` or `--family` names (None for neither); both at once is an error."""
+    from agent.errors import InvalidInput
+    from agent.projects import family_scope, project_scope
+
+    if project and family:
+        raise InvalidInput("name one project (--project) or one family (--family), not both")
+    return project_scope(project) if project else family_scope(family) if family else None
 
 
 @one_line_errors
@@ -33,9 +45,11 @@ def train(
     stage: StageOpt,
     round_number: Annotated[int | None, typer.Option("--round", help="The round to train on (default: the latest).")] = None,
     steps: Annotated[int | None, typer.Option(help="Cap the optimiser steps (default: the stage's recipe).")] = None,
+    project: ProjectOpt = None, family: FamilyOpt = None,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
-    """Train a stage's adapter from the frozen base on a round's mix; it is registered as a candidate."""
+    """Train a stage's adapter from the frozen base on a round's mix (every project's, one project's or one family's);
+    it is registered as a candidate."""
     from agent.extras import require
     from curation.retrain import train_from_round
     from curation.rounds import load_round
@@ -43,10 +57,13 @@ def train(
     require("train", "cra train")
     built = load_round(home, round_number)
     with err.status(f"training {stage} on round {built.number}…"):
-        adapter = train_from_round(home, _config(repo, config), built, stage, steps=steps)
-    meta = adapter.metadata
-    out.print(f"trained {escape(adapter.name)} (rank {adapter.rank}, {meta.get('dataset', {}).get('sft_examples')} examples, "
-              f"{meta.get('seconds', 0):.1f} s); candidate: gate it with `cra gate {escape(adapter.name)}`")
+        adapter = train_from_round(home, _config(repo, config), built, stage, steps=steps, project=project,
+                                   project_family=family)
+    dataset = adapter.metadata.get("dataset", {})
+    shares = ", ".join(f"{name} {n}" for name, n in dataset.get("projects", {}).items())
+    out.print(f"trained {escape(adapter.name)} (rank {adapter.rank}, {dataset.get('sft_examples')} examples: "
+              f"{escape(shares)}; {adapter.metadata.get('seconds', 0):.1f} s); candidate: gate it with "
+              f"`cra gate {escape(adapter.name)}`")
 
 
 @one_line_errors
@@ -82,16 +99,23 @@ def retrain(
 def gate_cmd(
     name: Annotated[str, typer.Argument(help="The candidate adapter.")],
     limit: Annotated[int | None, typer.Option(help="At most this many held-out examples.")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Score on this project's held-out commits and "
+                                                "promote for it only (a family's adapter: default every member).")] = None,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
-    """Score a candidate against the active adapter and the base on held-out examples; promote it on a gain."""
-    from curation.gate import gate
+    """Score a candidate against what its project uses now and the base on held-out examples; promote it on a gain
+    (a family's adapter: per member project)."""
+    from agent.llm.registry import get
+    from curation.gate import gate, scored_projects
 
-    decision = gate(_config(repo, config), home, name, limit=limit)
-    active = f"{decision.active.score:.3f}" if decision.active else "-"
-    out.print(f"{escape(name)} ({decision.stage}): candidate {decision.candidate.score:.3f}, active {active}, "
-              f"base {decision.base.score:.3f} on {decision.candidate.examples} held-out examples")
-    out.print(("[green]promoted[/]: " if decision.promoted else "[yellow]not promoted[/]: ") + escape(decision.reason))
+    cfg = _config(repo, config)
+    for scored in scored_projects(cfg, get(home, name), project):
+        decision = gate(cfg, home, name, limit=limit, project=scored)
+        active = f"{decision.active.score:.3f}" if decision.active else "-"
+        where = f" in {escape(scored)}" if scored else ""
+        out.print(f"{escape(name)} ({decision.stage}){where}: candidate {decision.candidate.score:.3f}, active {active}, "
+                  f"base {decision.base.score:.3f} on {decision.candidate.examples} held-out examples")
+        out.print(("[green]promoted[/]: " if decision.promoted else "[yellow]not promoted[/]: ") + escape(decision.reason))
 
 
 @adapters_app.command("list")
@@ -106,14 +130,15 @@ def adapters_list(
 
     adapters = list_adapters(home, stage=stage)
     if as_json:
-        _emit_json([vars(a) for a in adapters])
+        _emit_json([{**vars(a), "status": a.status, "trained_for": a.trained_for} for a in adapters])
         return
-    table = _table(("name", "stage", "status", "base", "rank", "created", "promoted"),
+    table = _table(("name", "stage", "status", "trained for", "active in", "base", "rank", "created", "promoted"),
                    title=f"adapters ({len(adapters)})")
     for a in adapters:
         style = {"active": "green", "retired": "dim"}.get(a.status, "")
-        table.add_row(escape(a.name), a.stage, f"[{style}]{a.status}[/]" if style else a.status, escape(a.base_model),
-                      str(a.rank), f"{a.created_at:%Y-%m-%d %H:%M}", f"{a.promoted_at:%Y-%m-%d %H:%M}" if a.promoted_at else "-")
+        table.add_row(escape(a.name), a.stage, f"[{style}]{a.status}[/]" if style else a.status, escape(a.trained_for),
+                      escape(", ".join(a.active_in) or "-"), escape(a.base_model), str(a.rank),
+                      f"{a.created_at:%Y-%m-%d %H:%M}", f"{a.promoted_at:%Y-%m-%d %H:%M}" if a.promoted_at else "-")
     out.print(table)
 
 
@@ -146,14 +171,17 @@ def adapters_add(
 def adapters_promote(
     name: Annotated[str, typer.Argument(help="The adapter to make active for its stage.")],
     force: Annotated[bool, typer.Option("--force", help="Promote without a held-out evaluation (`cra gate` normally decides).")] = False,
+    project: ProjectOpt = None, family: FamilyOpt = None,
     reload_server: Annotated[bool, typer.Option("--reload/--no-reload", help="Hot-load it into a running `cra serve`.")] = True,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
-    """Make an adapter active for its stage (the previous one is retired) and hot-load it."""
+    """Make an adapter active for its stage in a scope (default: the one it was trained for; the previous one there
+    is retired from it) and hot-load it."""
     from agent.llm.registry import promote
 
-    adapter = promote(home, name, require_evaluation=not force)
-    out.print(f"{escape(adapter.name)} is now the active {adapter.stage} adapter")
+    scope = _scope(project, family)
+    adapter = promote(home, name, scope=scope, require_evaluation=not force)
+    out.print(f"{escape(adapter.name)} is now the active {adapter.stage} adapter in {escape(scope or adapter.trained_for)}")
     if reload_server:
         _reload_role(adapter.stage, repo, config, home)
 
@@ -162,15 +190,18 @@ def adapters_promote(
 @one_line_errors
 def adapters_rollback(
     stage: StageOpt,
+    project: ProjectOpt = None, family: FamilyOpt = None,
     reload_server: Annotated[bool, typer.Option("--reload/--no-reload", help="Hot-load the change into a running `cra serve`.")] = True,
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
-    """Retire a stage's active adapter and bring back the one it replaced."""
+    """Retire a stage's active adapter (home-wide, or in one project or family) and bring back the one it replaced."""
     from agent.llm.registry import rollback
+    from agent.projects import HOME_SCOPE
     from agent.stages import stage_named
 
-    adapter = rollback(home, stage, _config(repo, config).models.role(stage_named(stage).role).base)
-    out.print(f"{escape(adapter.name)} is the active {stage} adapter again")
+    scope = _scope(project, family) or HOME_SCOPE
+    adapter = rollback(home, stage, _config(repo, config).models.role(stage_named(stage).role).base, scope)
+    out.print(f"{escape(adapter.name)} is the active {stage} adapter in {escape(scope)} again")
     if reload_server:
         _reload_role(stage, repo, config, home)
 

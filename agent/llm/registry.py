@@ -1,4 +1,10 @@
-"""The adapter registry: every adapter in the cra home's adapter store, with its stage, base and status."""
+"""The adapter registry: every adapter in the cra home's adapter store, with its stage, base, the project or family
+it was trained for, and where it is active.
+
+An adapter is promoted into a scope (a project, a family of projects, or the whole home), replacing the one active
+there for its stage and base; an adapter active nowhere that was once promoted is retired, one never promoted a
+candidate. Promotions are kept, so a rollback brings back the one before.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from agent.config import adapter_store
 from agent.errors import BadAdapter, InvalidInput, UnknownAdapter, UnsafeName
 from agent.llm.adapters import describe_base, read_adapter, same_name
 from agent.llm.names import check_name
+from agent.projects import HOME_SCOPE, checked_name, family_scope, project_scope
 from agent.store import transaction, utc_now
 from agent.store.ledger import LEDGER, ledger
 
@@ -22,7 +29,10 @@ STATUSES = ("candidate", "active", "retired")
 METADATA_FILE = "cra_adapter.json"  # what cra's training says of an adapter it trained
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md")  # all the store keeps
 MAX_ADAPTER_BYTES = 8 << 30
-_COLUMNS = "name, stage, base_model, base_fingerprint, path, rank, status, created_at, promoted_at, metadata"
+_SELECT = ("SELECT a.name, a.stage, a.base_model, a.base_fingerprint, a.path, a.rank, a.created_at, a.metadata,"
+           " a.project, a.project_family, list(p.scope ORDER BY p.scope) FILTER (WHERE p.adapter IS NOT NULL"
+           " AND p.retired_at IS NULL),"
+           " max(p.promoted_at) FROM adapters a LEFT JOIN promotions p ON p.adapter = a.name")
 
 
 @LEDGER.migration
@@ -46,6 +56,30 @@ def l002_adapters(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@LEDGER.migration
+def l011_adapter_scopes(con: duckdb.DuckDBPyConnection) -> None:
+    """The project or family each adapter was trained for, and promotions per scope (earlier ones: the home's)."""
+    con.execute("ALTER TABLE adapters ADD COLUMN project TEXT")  # trained on this project's examples only
+    con.execute("ALTER TABLE adapters ADD COLUMN project_family TEXT")  # trained on this family's projects' examples
+    con.execute(
+        """
+        CREATE TABLE promotions (
+            adapter TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            scope TEXT NOT NULL,             -- home | project:<name> | family:<name>
+            promoted_at TIMESTAMP NOT NULL,
+            retired_at TIMESTAMP             -- when another took its place; NULL while active
+        )
+        """
+    )
+    con.execute("INSERT INTO promotions SELECT name, stage, base_model, 'home', coalesce(promoted_at, created_at),"
+                " CASE WHEN status = 'active' THEN NULL ELSE promoted_at END FROM adapters"
+                " WHERE status = 'active' OR promoted_at IS NOT NULL")
+    con.execute("ALTER TABLE adapters DROP COLUMN status")
+    con.execute("ALTER TABLE adapters DROP COLUMN promoted_at")
+
+
 @dataclass(frozen=True)
 class Adapter:
     """One registered adapter."""
@@ -56,15 +90,30 @@ class Adapter:
     base_fingerprint: str | None
     path: Path
     rank: int
-    status: str
     created_at: datetime
-    promoted_at: datetime | None
     metadata: dict = field(default_factory=dict)
+    project: str | None = None  # trained for this project
+    project_family: str | None = None  # trained for this family of projects
+    active_in: tuple[str, ...] = ()  # the scopes it is active in
+    promoted_at: datetime | None = None  # its latest promotion
+
+    @property
+    def status(self) -> str:
+        """active (somewhere), retired (promoted once, active nowhere now) or candidate."""
+        return "active" if self.active_in else "retired" if self.promoted_at else "candidate"
+
+    @property
+    def trained_for(self) -> str:
+        """The scope it was trained for: its project, its family, or the home."""
+        if self.project:
+            return project_scope(self.project)
+        return family_scope(self.project_family) if self.project_family else HOME_SCOPE
 
 
 def _adapter(row: tuple) -> Adapter:
-    *head, metadata = row
-    return Adapter(*head[:4], Path(head[4]), *head[5:], metadata=json.loads(metadata) if metadata else {})
+    name, stage, base, fingerprint, path, rank, created, metadata, project, family, active, promoted = row
+    return Adapter(name, stage, base, fingerprint, Path(path), rank, created, json.loads(metadata) if metadata else {},
+                   project, family, tuple(active or ()), promoted)
 
 
 def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
@@ -78,14 +127,20 @@ def stored_path(home: str | Path | None, adapter: Adapter) -> Path:
 
 def register(
     home: str | Path | None, source: Path, *, name: str, stage: str, base_model: str | None,
-    metadata: dict | None = None,
+    metadata: dict | None = None, project: str | None = None, project_family: str | None = None,
 ) -> Adapter:
-    """Copy the adapter at `source` into the adapter store and record it as a candidate for `stage`.
+    """Copy the adapter at `source` into the adapter store and record it as a candidate for `stage`, trained for
+    `project`, `project_family` or (neither) the whole home.
 
     `base_model` is the base it is registered for; None takes the base the adapter's own config names, and an
     adapter naming another base than `base_model` is refused.
     """
     check_name(name, what="adapter name")
+    if project and project_family:
+        raise InvalidInput("an adapter is trained for one project or one family of projects, not both")
+    for scope_name in (project, project_family):
+        if scope_name:
+            checked_name(scope_name)
     if "/" in name:
         raise UnsafeName(f"adapter name {name!r} has a '/'; an adapter name is one word (as in scope-r3)")
     _refuse_links(source)
@@ -116,8 +171,10 @@ def register(
             raise
         try:
             con.execute(
-                f"INSERT INTO adapters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, NULL, ?)",
-                [name, stage, base_model, base.fingerprint, str(target), files.rank, utc_now(), json.dumps(metadata or {})],
+                "INSERT INTO adapters (name, stage, base_model, base_fingerprint, path, rank, created_at, metadata,"
+                " project, project_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, stage, base_model, base.fingerprint, str(target), files.rank, utc_now(),
+                 json.dumps(metadata or {}), project, project_family],
             )
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -142,7 +199,7 @@ def _refuse_links(source: Path) -> None:
 def get(home: str | Path | None, name: str) -> Adapter:
     """The adapter called `name`."""
     with ledger(home) as con:
-        row = con.execute(f"SELECT {_COLUMNS} FROM adapters WHERE name = ?", [name]).fetchone()
+        row = con.execute(f"{_SELECT} WHERE a.name = ? GROUP BY ALL", [name]).fetchone()
     if row is None:
         raise UnknownAdapter(f"no adapter named {name} in the registry; `cra adapters list` shows them")
     return _adapter(row)
@@ -150,17 +207,16 @@ def get(home: str | Path | None, name: str) -> Adapter:
 
 def list_adapters(home: str | Path | None, *, stage: str | None = None, status: str | None = None) -> list[Adapter]:
     """Registered adapters, newest first, optionally of one stage or status."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
     with ledger(home) as con:
-        rows = con.execute(
-            f"SELECT {_COLUMNS} FROM adapters WHERE (? IS NULL OR stage = ?) AND (? IS NULL OR status = ?)"
-            " ORDER BY created_at DESC, name",
-            [stage, stage, status, status],
-        ).fetchall()
-    return [_adapter(row) for row in rows]
+        rows = con.execute(f"{_SELECT} WHERE (? IS NULL OR a.stage = ?) GROUP BY ALL ORDER BY a.created_at DESC, a.name",
+                           [stage, stage]).fetchall()
+    return [a for a in map(_adapter, rows) if status is None or a.status == status]
 
 
 def active_adapters(home: str | Path | None) -> list[Adapter]:
-    """Every active adapter (at most one per stage and base)."""
+    """Every adapter active somewhere (at most one per scope, stage and base)."""
     return list_adapters(home, status="active")
 
 
@@ -173,20 +229,26 @@ def record_evaluation(home: str | Path | None, name: str, evaluation: dict) -> A
     return get(home, name)
 
 
-def promote(home: str | Path | None, name: str, *, require_evaluation: bool = False) -> Adapter:
-    """Make `name` the active adapter of its stage on its base; the one it replaces is retired."""
+def promote(home: str | Path | None, name: str, *, scope: str | None = None,
+            require_evaluation: bool = False) -> Adapter:
+    """Make `name` the active adapter of its stage on its base in `scope` (default: the scope it was trained for);
+    the one it replaces there is retired from it."""
     adapter = get(home, name)
     stored_path(home, adapter)
+    scope = scope or adapter.trained_for
+    if adapter.project and scope != adapter.trained_for:
+        raise InvalidInput(f"adapter {name} was trained on project {adapter.project}'s examples only; it serves "
+                           f"{adapter.trained_for}, not {scope}")
     if require_evaluation and "evaluation" not in adapter.metadata:
         raise InvalidInput(f"adapter {name} has no evaluation; run `cra gate {name}` first (or promote with --force)")
-    if adapter.status == "active":
+    if scope in adapter.active_in:
         return adapter
+    now = utc_now()
     with ledger(home) as con, transaction(con):
-        con.execute(
-            "UPDATE adapters SET status = 'retired' WHERE stage = ? AND base_model = ? AND status = 'active'",
-            [adapter.stage, adapter.base_model],
-        )
-        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [utc_now(), name])
+        con.execute("UPDATE promotions SET retired_at = ? WHERE scope = ? AND stage = ? AND base_model = ?"
+                    " AND retired_at IS NULL", [now, scope, adapter.stage, adapter.base_model])
+        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, NULL)",
+                    [name, adapter.stage, adapter.base_model, scope, now])
     return get(home, name)
 
 
@@ -200,16 +262,20 @@ def require_files(home: str | Path | None, adapter: Adapter) -> Path:
     return path
 
 
-def rollback(home: str | Path | None, stage: str, base_model: str) -> Adapter:
-    """Retire the active adapter of `stage` on `base_model` and bring back the one it replaced."""
+def rollback(home: str | Path | None, stage: str, base_model: str, scope: str = HOME_SCOPE) -> Adapter:
+    """Retire the active adapter of `stage` on `base_model` in `scope` and bring back the one it replaced there."""
+    now = utc_now()
     with ledger(home) as con, transaction(con):
-        current = con.execute("SELECT name FROM adapters WHERE stage = ? AND base_model = ? AND status = 'active'",
-                              [stage, base_model]).fetchone()
-        previous = con.execute(
-            "SELECT name FROM adapters WHERE stage = ? AND base_model = ? AND status = 'retired' AND promoted_at IS NOT NULL"
-            " ORDER BY promoted_at DESC LIMIT 1", [stage, base_model]).fetchone()
-        if current is None or previous is None:
-            raise InvalidInput(f"no earlier {stage} adapter to roll back to on {base_model}")
-        con.execute("UPDATE adapters SET status = 'retired' WHERE name = ?", [current[0]])
-        con.execute("UPDATE adapters SET status = 'active', promoted_at = ? WHERE name = ?", [utc_now(), previous[0]])
+        where = "scope = ? AND stage = ? AND base_model = ?"
+        current = con.execute(f"SELECT adapter FROM promotions WHERE {where} AND retired_at IS NULL",
+                              [scope, stage, base_model]).fetchone()
+        previous = current and con.execute(
+            f"SELECT adapter FROM promotions WHERE {where} AND retired_at IS NOT NULL AND adapter <> ?"
+            " ORDER BY promoted_at DESC LIMIT 1", [scope, stage, base_model, current[0]]).fetchone()
+        if not previous:
+            shown = "" if scope == HOME_SCOPE else f" in {scope}"
+            raise InvalidInput(f"no earlier {stage} adapter to roll back to on {base_model}{shown}")
+        con.execute(f"UPDATE promotions SET retired_at = ? WHERE {where} AND retired_at IS NULL",
+                    [now, scope, stage, base_model])
+        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, NULL)", [previous[0], stage, base_model, scope, now])
     return get(home, previous[0])

@@ -1,4 +1,5 @@
-"""Which model answers each stage: explicit override, then the stage's active adapter, the role's default, the base."""
+"""Which model answers each stage in a project: explicit override, then the project's active adapter, its family's,
+the home's, the role's default, the base."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from agent.llm.adapters import BaseModel, describe_base
 from agent.llm.names import check_name
 from agent.llm.registry import Adapter, active_adapters, list_adapters
 from agent.llm.roles import ROLES, Role, Routing
+from agent.projects import HOME_SCOPE, scopes_for
 
-Source = Literal["override", "adapter", "role-default", "base"]
+Source = Literal["override", "project", "family", "adapter", "role-default", "base"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Resolution:
     server: RoleModels
     adapter: Adapter | None = None
     passed_over: tuple[str, ...] = field(default=())
+    project: str | None = None  # the project it was resolved for; None: any (the home's adapters only)
 
     @property
     def base_name(self) -> str:
@@ -51,16 +54,26 @@ def check_overrides(config: Config, routing: Routing) -> None:
                           f"{', '.join(unknown)}; stages are {', '.join(routing)}")
 
 
+def _scope_reason(scope: str, stage: str, adapter: Adapter, project: str | None) -> tuple[Source, str]:
+    """The source and reason for an adapter active in `scope`."""
+    if scope == HOME_SCOPE:
+        return "adapter", f"active {stage} adapter (rank {adapter.rank})"
+    kind, name = scope.split(":", 1)
+    if kind == "project":
+        return "project", f"{name}'s active {stage} adapter (rank {adapter.rank})"
+    return "family", f"active {stage} adapter of family {name}, which {project} is in (rank {adapter.rank})"
+
+
 def resolve_stage(stage: str, role: Role, config: Config, registry: list[Adapter],
-                  bases: dict[Role, BaseModel]) -> Resolution:
-    """Resolve one stage, answered by `role`, from the config, the registered adapters and the described bases."""
+                  bases: dict[Role, BaseModel], project: str | None = None) -> Resolution:
+    """Resolve one stage of `project`, answered by `role`, from the config, the registered adapters and the bases."""
     server = config.models.role(role)
     base = bases[role]
     by_name = {a.name: a for a in registry}
     passed: list[str] = []
 
     def chosen(model: str, source: Source, reason: str, adapter: Adapter | None = None) -> Resolution:
-        return Resolution(stage, role, model, source, reason, base, server, adapter, tuple(passed))
+        return Resolution(stage, role, model, source, reason, base, server, adapter, tuple(passed), project)
 
     override = config.models.overrides.get(stage)
     if override:
@@ -71,11 +84,11 @@ def resolve_stage(stage: str, role: Role, config: Config, registry: list[Adapter
         if trained_on(adapter, base):
             return chosen(adapter.name, "override", f"[models.overrides] {stage} = adapter {adapter.name}", adapter)
         passed.append(f"override {override}: trained on {adapter.base_model}, but the {role} server serves {base.name}")
-    active = [a for a in registry if a.status == "active" and a.stage == stage]
-    for adapter in active:
-        if trained_on(adapter, base):
-            return chosen(adapter.name, "adapter", f"active {stage} adapter (rank {adapter.rank})", adapter)
-        passed.append(f"active adapter {adapter.name}: trained on {adapter.base_model}, not {base.name}")
+    for scope in scopes_for(config, project):
+        for adapter in (a for a in registry if a.stage == stage and scope in a.active_in):
+            if trained_on(adapter, base):
+                return chosen(adapter.name, *_scope_reason(scope, stage, adapter, project), adapter)
+            passed.append(f"active adapter {adapter.name}: trained on {adapter.base_model}, not {base.name}")
     if server.default:
         check_name(server.default, what=f"[models.{role}] default")
         return chosen(server.default, "role-default", f"[models.{role}] default")
@@ -92,9 +105,10 @@ def candidate_adapters(config: Config, home: str | Path | None) -> list[Adapter]
     return [a for a in list_adapters(home) if a.status != "retired"] if config.models.overrides else active_adapters(home)
 
 
-def resolve_all(config: Config, home: str | Path | None, routing: Routing) -> list[Resolution]:
-    """Every stage's resolution, in `routing`'s order (the pipeline's)."""
+def resolve_all(config: Config, home: str | Path | None, routing: Routing,
+                project: str | None = None) -> list[Resolution]:
+    """Every stage's resolution in `project`, in `routing`'s order (the pipeline's)."""
     check_overrides(config, routing)
     registry = candidate_adapters(config, home)
     bases = describe_bases(config)
-    return [resolve_stage(stage, role, config, registry, bases) for stage, role in routing.items()]
+    return [resolve_stage(stage, role, config, registry, bases, project) for stage, role in routing.items()]

@@ -89,16 +89,20 @@ def vllm_python(config: Config) -> str:
 
 def _served_adapters(config: Config, role: Role, routing: Routing, home: str | Path | None,
                      bases: dict[Role, BaseModel]) -> tuple[list[ServedAdapter], list[tuple[str, str]]]:
-    """The adapters the role's stages resolve to, each checked against the base; bad ones are set aside with why."""
+    """The adapters the role's stages resolve to in any project, each checked against the base; bad ones are set aside
+    with why."""
     check_overrides(config, routing)
     registry = candidate_adapters(config, home)
     base = bases[role]
+    projects = sorted({s.split(":", 1)[1] for a in registry for s in a.active_in if s.startswith("project:")}
+                      | {m for members in config.projects.values() for m in members})
     chosen: dict[str, tuple] = {}
     for stage in [s for s, r in routing.items() if r == role]:
-        res = resolve_stage(stage, role, config, registry, bases)
-        if res.adapter is not None:
-            adapter, stages = chosen.get(res.adapter.name, (res.adapter, ()))
-            chosen[res.adapter.name] = (adapter, (*stages, stage))
+        for project in [None, *projects]:
+            res = resolve_stage(stage, role, config, registry, bases, project)
+            if res.adapter is not None:
+                adapter, stages = chosen.get(res.adapter.name, (res.adapter, ()))
+                chosen[res.adapter.name] = (adapter, tuple(dict.fromkeys((*stages, stage))))
     served, rejected = [], []
     for name, (adapter, stages) in chosen.items():
         try:
@@ -136,7 +140,7 @@ def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | 
         vllm_python(config), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(base.path or base.name), "--served-model-name", base.served_name,
         "--host", host, "--port", str(port),
-        "--enable-lora", "--max-loras", str(max(1, len(adapters))),
+        "--enable-lora", "--max-loras", str(config.serve.max_loras or max(1, len(adapters))),
         "--max-lora-rank", str(rank),
         "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS, separators=(",", ":")),
     ]
@@ -146,6 +150,8 @@ def plan_serve(config: Config, role: Role, routing: Routing, home: str | Path | 
         )]
     if (template := _supplied_template(base)) is not None:
         plan.command += ["--chat-template", template]  # vLLM takes the template itself as well as a file
+    if config.serve.max_cpu_loras:
+        plan.command += ["--max-cpu-loras", str(config.serve.max_cpu_loras)]
     if config.serve.max_model_len:
         plan.command += ["--max-model-len", str(config.serve.max_model_len)]
     plan.command += config.serve.extra_args
