@@ -60,9 +60,12 @@ def identify(repo: Path, config: Config | None = None) -> ProjectId:
 
 
 def _origin_name(repo: Path) -> str | None:
-    """The repository name in the origin remote's URL (`github.com/pret/pokeemerald.git` -> pokeemerald), if any."""
+    """The repository name in the origin remote's URL (`github.com/pret/pokeemerald.git` -> pokeemerald); None when
+    there is no origin or it is a folder on this machine (a mirror's folder is often just `repo`)."""
     url = git_repo.git(repo, "config", "--get", "remote.origin.url", check=False).decode().strip()
-    name = re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]) if url else ""
+    if not re.match(r"^[a-z][a-z0-9+.-]*://|^[^/]+@[^/:]+:", url):
+        return None
+    name = re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1])
     return _plain(name) if name else None
 
 

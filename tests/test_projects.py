@@ -75,6 +75,7 @@ def test_a_checkout_is_its_project_in_every_clone_and_a_name_is_never_given_to_t
     emerald = checkout(decomp_template, tmp_path / "pokeemerald")
     clone = tmp_path / "clones" / "my emerald"
     subprocess.run(["git", "clone", "-q", str(emerald), str(clone)], check=True)
+    assert identify(clone).name == "my-emerald"  # its origin is a folder here: the clone's own folder names it
     git(clone, "remote", "set-url", "origin", "https://github.com/pret/pokeemerald.git")
     first, again = register(None, emerald), register(None, clone)
     assert first.name == again.name == "pokeemerald"  # the folder's name, and the origin's repository name

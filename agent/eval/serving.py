@@ -1,4 +1,5 @@
-"""Serving benchmark: the tiny model on vLLM with no adapter, one adapter, and four in rotation; start time, memory."""
+"""Serving benchmarks on vLLM: the tiny model with no adapter, one adapter, and four in rotation (start time,
+memory); and the cost of switching between projects' adapters, cold and warm."""
 
 from __future__ import annotations
 
@@ -110,3 +111,65 @@ def bench_serving(
         "server_rss_peak_mib": round(peak.peak / 2**20), "requests_per_mode": requests * 3, "concurrency": concurrency,
         "completion_tokens": tokens, "modes": modes, "command": plan.command,
     }
+
+
+SWITCH_PROJECTS = ("pokeemerald", "pokefirered", "pokeruby")
+
+
+def _latency(client: openai.OpenAI, model: str, tokens: int) -> float:
+    """Seconds for one request of exactly `tokens` completion tokens to `model`."""
+    began = time.perf_counter()
+    client.chat.completions.create(model=model, messages=PROMPT, max_tokens=tokens, temperature=0,
+                                   extra_body={"ignore_eos": True, "min_tokens": tokens})
+    return time.perf_counter() - began
+
+
+def bench_switch(python: str, *, base: Path | None = None, rounds: int = 8, tokens: int = 8,
+                 extra_args: list[str] | None = None, on_progress: Progress = lambda _: None) -> dict:
+    """Serve one scope adapter per project (one GPU slot, two kept in CPU memory) and time a project switch: a cold
+    adapter (read from disk), a warm one (in its slot), one held in CPU memory, and one evicted from it."""
+    with scratch_folder("cra-bench-switch-") as scratch:
+        work, home = Path(scratch), Path(scratch) / "home"
+        if base is None:
+            on_progress("building the tiny model")
+            base = build_tiny_model(work / "tiny")
+        for i, project in enumerate(SWITCH_PROJECTS):
+            on_progress(f"making {project}'s adapter")
+            random_adapter(base, work / project, seed=i + 1)
+            register(home, work / project, name=f"scope-{project}", stage="scope", base_model=str(base),
+                     project=project)
+            promote(home, f"scope-{project}")
+        endpoint = f"http://127.0.0.1:{free_port()}/v1"
+        config = Config(
+            models=ModelsConfig(reasoning=RoleModels(base=str(base), endpoint=endpoint)),
+            serve=ServeConfig(python=python, max_model_len=1024, max_loras=1, max_cpu_loras=2,
+                              extra_args=extra_args if extra_args is not None else ["--kv-cache-memory-bytes", "512M"]),
+        )
+        plan = plan_serve(config, "reasoning", STAGE_ROLES, home)
+        on_progress("starting vLLM")
+        server = start(plan, home)
+        try:
+            client = openai.OpenAI(base_url=endpoint, api_key="unused", timeout=300)
+            _latency(client, plan.base.served_name, tokens)  # the first request of all pays for compilation, not LoRA
+            first, second, third = (f"scope-{p}" for p in SWITCH_PROJECTS)
+            on_progress("timing cold and warm adapters")
+            cold = [_latency(client, name, tokens) for name in (first, second)]
+            warm = [_latency(client, second, tokens) for _ in range(rounds)]
+            on_progress("timing switches")
+            cached = [_latency(client, (first, second)[i % 2], tokens) for i in range(rounds)]  # both in CPU memory
+            evicting = [_latency(client, (first, second, third)[i % 3], tokens) for i in range(rounds)]  # LRU of two
+        finally:
+            server.stop()
+    warm_ms = statistics.median(warm) * 1000
+
+    def figure(times: list[float]) -> dict:
+        ms = statistics.median(times) * 1000
+        return {"median_ms": round(ms, 1), "max_ms": round(max(times) * 1000, 1), "ratio_to_warm": round(ms / warm_ms, 2),
+                "requests": len(times)}
+
+    return {"base": plan.base.name, "server_start_s": round(server.started_s, 1), "completion_tokens": tokens,
+            "max_loras": 1, "max_cpu_loras": 2, "adapter_rank": plan.adapters[0].rank,
+            "adapters": [a.name for a in plan.adapters],
+            "modes": {"cold (first request, read from disk)": figure(cold), "warm (same adapter again)": figure(warm),
+                      "switch, both in CPU memory": figure(cached), "switch, evicted from CPU memory": figure(evicting)},
+            "command": plan.command}
