@@ -160,14 +160,14 @@ def examples_by_id(home: str | Path | None, ids: list[str]) -> list[Example]:
     return [found[i] for i in ids if i in found]
 
 
-def train_pools(home: str | Path | None) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """The train split's (id, source) per (stage, family), in that order, each pool by id."""
+def train_pools(home: str | Path | None) -> dict[tuple[str, str], list[tuple[str, str, str | None]]]:
+    """The train split's (id, source, project) per (stage, family), in that order, each pool by id."""
     with ledger(home) as con:
-        rows = con.execute("SELECT stage, family, id, source FROM training_examples WHERE split = 'train'"
+        rows = con.execute("SELECT stage, family, id, source, project FROM training_examples WHERE split = 'train'"
                            " ORDER BY stage, family, id").fetchall()
-    pools: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for stage, family, example_id, source in rows:
-        pools.setdefault((stage, family), []).append((example_id, source))
+    pools: dict[tuple[str, str], list[tuple[str, str, str | None]]] = {}
+    for stage, family, example_id, source, project in rows:
+        pools.setdefault((stage, family), []).append((example_id, source, project))
     return pools
 
 

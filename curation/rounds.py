@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +108,7 @@ class StageMix:
     replay: list[str] = field(default_factory=list)
     dpo: list[str] = field(default_factory=list)
     pool: int = 0
+    projects: dict[str, int] = field(default_factory=dict)  # SFT examples (new and replay) per project; '-': none
 
     @property
     def replay_share(self) -> float:
@@ -272,7 +274,8 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
         waiting: dict[str, int] = {}
         for (stage, family), examples in pools.items():
             own_runs = stage != SELF_GENERATED_LAST or self_generated_plan
-            pool = [example_id for example_id, source in examples if own_runs or source != "logged"]
+            pool = [example_id for example_id, source, _ in examples if own_runs or source != "logged"]
+            project_of = {example_id: project or "-" for example_id, _, project in examples}
             seen = _trained_ids(con, stage, family)
             mix = StageMix(new=[i for i in pool if i not in seen], pool=len(pool))
             earlier = sorted(seen & set(pool))
@@ -282,6 +285,7 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
             mix.dpo = [r[0] for r in con.execute(
                 "SELECT id FROM preference_pairs WHERE stage = ? AND family = ? AND split = 'train' ORDER BY id",
                 [stage, family]).fetchall() if r[0] not in used]
+            mix.projects = dict(sorted(Counter(project_of[i] for i in mix.new + mix.replay).items()))
             if len(mix.new) + len(mix.replay) >= MIN_SFT_EXAMPLES:
                 mixes[(stage, family)] = mix
             elif mix.new or mix.dpo:
@@ -292,7 +296,8 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
                 for kind, ids in (("new", mix.new), ("replay", mix.replay), ("dpo", mix.dpo)) for i in ids]
         snapshot = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]
         summary = {f"{stage}/{family}": {"new": len(m.new), "replay": len(m.replay), "dpo": len(m.dpo), "pool": m.pool,
-                                         "replay_share": round(m.replay_share, 3)} for (stage, family), m in mixes.items()}
+                                         "replay_share": round(m.replay_share, 3), "projects": m.projects}
+                   for (stage, family), m in mixes.items()}
         created = utc_now()
         con.execute("INSERT INTO rounds VALUES (?, ?, ?, ?)", [number, created, snapshot, json.dumps(summary)])
         con.executemany("INSERT INTO round_examples VALUES (?, ?, ?, ?, ?)", rows)
@@ -302,12 +307,15 @@ def build_round(home: str | Path | None, *, seed: int = 0, self_generated_plan: 
 def load_round(home: str | Path | None, number: int | None = None) -> Round:
     """A stored round (the latest when `number` is None)."""
     with ledger(home) as con:
-        row = con.execute("SELECT round, snapshot_hash, created_at FROM rounds WHERE round = coalesce(?, (SELECT max(round) FROM rounds))",
-                          [number]).fetchone()
+        row = con.execute("SELECT round, snapshot_hash, created_at, summary FROM rounds"
+                          " WHERE round = coalesce(?, (SELECT max(round) FROM rounds))", [number]).fetchone()
         if row is None:
             raise InvalidInput("no training round yet; run `cra curate` first" if number is None else f"no round {number}")
         mixes: dict[tuple[str, str], StageMix] = {}
         for stage, family, kind, example_id in con.execute(
                 "SELECT stage, family, kind, example_id FROM round_examples WHERE round = ? ORDER BY 1, 2, 3, 4", [row[0]]).fetchall():
             getattr(mixes.setdefault((stage, family), StageMix()), kind).append(example_id)
+    for key, stored in json.loads(row[3]).items():  # rounds from before projects have no shares
+        if tuple(key.split("/", 1)) in mixes:
+            mixes[tuple(key.split("/", 1))].projects = stored.get("projects", {})
     return Round(row[0], row[1], mixes, row[2])

@@ -24,7 +24,8 @@ NEVER = {
 }
 LEDGER_OWNERS = {
     "llm_calls": "agent.llm.calls",
-    "adapters": "agent.llm.registry",
+    "adapters": "agent.llm.registry", "promotions": "agent.llm.registry",
+    "checkouts": "agent.projects",
     "runs": "agent.runs", "run_stages": "agent.runs", "decisions": "agent.runs",
     "training_examples": "curation.datasets",
     "preference_pairs": "curation.rounds", "rounds": "curation.rounds", "round_examples": "curation.rounds",

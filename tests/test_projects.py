@@ -246,13 +246,15 @@ def test_a_ledger_from_before_projects_migrates_in_place_and_resolves_as_before(
 def test_a_family_round_mixes_its_projects_examples_and_records_each_ones_share(
         decomp_template: DecompRepo, tiny_models: TinyModels, tmp_path: Path) -> None:
     from curation.retrain import train_from_round
-    from curation.rounds import build_round
+    from curation.rounds import build_round, load_round
 
     repos = {name: checkout(decomp_template, tmp_path / name) for name in ("pokeemerald", "pokeruby", "pokefirered")}
     config = configured(repos["pokeemerald"], tiny_models, "[training]\nmax_steps = 1\nbatch_size = 2\n")
     add_examples(None, [example(repo, f"Rename {i} in {name}") for name, repo in repos.items()
                         for i in range({"pokeemerald": 8, "pokeruby": 3, "pokefirered": 2}[name])])
     built = build_round(None)
+    shares = {"pokeemerald": 8, "pokefirered": 2, "pokeruby": 3}
+    assert built.mixes[(STAGE, "tiny")].projects == load_round(None).mixes[(STAGE, "tiny")].projects == shares
     family = train_from_round(None, config, built, STAGE, project_family=FAMILY)
     assert family.name == f"{STAGE}-{FAMILY}-r1" and family.project_family == FAMILY and family.project is None
     assert family.metadata["dataset"]["projects"] == {"pokeemerald": 8, "pokeruby": 3}  # firered is in no family
@@ -266,3 +268,33 @@ def test_a_family_round_mixes_its_projects_examples_and_records_each_ones_share(
     result = runner.invoke(app, ["train", "--stage", STAGE, "--project", "pokeruby", "--family", FAMILY,
                                  "--repo", str(repos["pokeemerald"])])
     assert result.exit_code != 0 and "not both" in result.output
+
+
+def test_the_efficacy_benchmarks_family_adapter_trains_on_pairs_drawn_evenly_from_its_projects(
+        decomp_template: DecompRepo, tiny_models: TinyModels, tmp_path: Path) -> None:
+    from agent.eval.efficacy import family_pairs
+
+    repos = {name: checkout(decomp_template, tmp_path / name) for name in ("pokeemerald", "pokeruby", "pokefirered")}
+    config = configured(repos["pokeemerald"], tiny_models)
+    # each commit of the fixture's history is one bootstrapped pair per project; pokeruby has only two of them
+    commits = git(repos["pokeemerald"], "rev-list", "--reverse", "HEAD").split()
+    for name, repo in repos.items():
+        register(None, repo, config)
+        add_examples(None, [Example(STAGE, "synthetic", "tiny", [{"role": "user", "content": f"{name} {sha}"}],
+                                    {"kind": "rename"}, "train", str(repo), sha)
+                            for sha in commits[-(2 if name == "pokeruby" else 6):]])
+    three = tmp_path / "three"
+    three.mkdir()
+    config_three = configured(three, tiny_models)
+    config_three.projects[FAMILY].append("pokefirered")
+    shutil.rmtree(repos["pokefirered"])  # a member whose checkout is gone
+    with pytest.raises(InvalidInput, match="no checkout of pokefirered was bootstrapped"):
+        family_pairs(None, config_three, FAMILY, "pokeemerald", STAGE, "tiny", 6)
+    mixed = family_pairs(None, config, FAMILY, "pokeemerald", STAGE, "tiny", 8)
+    shares = {name: sum(e.messages[0]["content"].startswith(name) for e in mixed) for name in repos}
+    assert shares == {"pokeemerald": 6, "pokeruby": 2, "pokefirered": 0}  # ruby's two, the rest from emerald
+    assert len({e.id for e in mixed}) == 8
+    with pytest.raises(InvalidInput, match="has 8 task_analysis training pairs, 9 were asked for"):
+        family_pairs(None, config, FAMILY, "pokeemerald", STAGE, "tiny", 9)
+    with pytest.raises(InvalidInput, match="project pokefirered is not in family"):
+        family_pairs(None, config, FAMILY, "pokefirered", STAGE, "tiny", 4)

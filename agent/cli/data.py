@@ -93,10 +93,11 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
               f"from logged runs, {collected['code_pairs']} code preference pairs")
     if built is None:
         raise NothingNew()
-    table = _table(("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool"),
+    table = _table(("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool", "projects"),
                    title=f"round {built.number} (snapshot {built.snapshot_hash})")
     for (stage, family), mix in built.mixes.items():
-        table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)), str(mix.pool))
+        table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)),
+                      str(mix.pool), escape(", ".join(f"{name} {n}" for name, n in mix.projects.items())))
     out.print(table)
     for key, n in sorted(built.waiting.items()):
         out.print(f"{key}: {n} new examples wait for a later round (a round trains on at least {MIN_SFT_EXAMPLES})")

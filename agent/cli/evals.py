@@ -224,6 +224,9 @@ def eval_efficacy(
     last: Annotated[int, typer.Option("--last", help="Bootstrap the newest N kept commits (stored pairs are reused); "
                                                      "the newest tenth is held out.")] = 400,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("efficacy.json"),
+    family: Annotated[str | None, typer.Option("--family", help="Also train as many pairs drawn evenly from this family "
+                                                                "of projects (each bootstrapped in the home) and "
+                                                                "score that adapter too.")] = None,
     config: ConfigOpt = None, home: HomeOpt = None,
 ) -> None:
     """Train a stage's adapter on the history from the frozen base; score the rules, the base and the adapter on the
@@ -232,7 +235,7 @@ def eval_efficacy(
 
     with err.status("efficacy") as status:
         report = run_efficacy(repo, config=_config(repo, config), home=home, stage=stage, base=base, train=train,
-                              held_out=held_out, last=last, steps=steps,
+                              held_out=held_out, last=last, steps=steps, family=family,
                               on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
     answerers = report["answerers"]
@@ -247,9 +250,10 @@ def eval_efficacy(
         out.print(f"{name.replace('_', ' ')}: {_interval(value)}")
     if report["rules"]:
         out.print(f"[yellow]rules not scored[/]: {escape(report['rules'])}")
-    training = report["train"]
-    out.print(f"training {escape(training['adapter'])}: {training['steps']} steps in {training['seconds']} s"
-              + (f", peak RSS {training['peak_rss_mib']} MiB" if "peak_rss_mib" in training else " (reused)"))
+    for training in (report["train"], *([report["family"]["train"]] if report["family"] else [])):
+        out.print(f"training {escape(training['adapter'])}: {training['steps']} steps in {training['seconds']} s"
+                  + (f", peak RSS {training['peak_rss_mib']} MiB" if "peak_rss_mib" in training else " (reused)")
+                  + f"; pairs per project {escape(str(training['projects']))}")
     out.print(f"report written to {escape(str(json_out))}")
 
 

@@ -5,7 +5,9 @@ The pairs are bootstrapped (stored ones reused) and their prompts are model-agno
 newest `train` of the training split train a fresh LoRA from the frozen base, then the rules' answers (stored with
 each pair at bootstrap time), the base and the adapter are scored on the held-out split with the stage's own
 measures, field by field, each with a bootstrap confidence interval, and the adapter's gains over the others with a
-paired one.
+paired one. With a family of projects, a second adapter trained on as many pairs drawn evenly from the family's
+projects, with the same recipe and steps, is scored on the same held-out commits: does the family's history help
+this project more than its own?
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from agent.errors import InvalidInput
 from agent.eval.bench import PeakMemory
 from agent.eval.serving import free_port
 from agent.llm.adapters import describe_base
-from agent.llm.registry import Adapter, get, list_adapters
-from agent.llm.serve import plan_serve, start
+from agent.llm.registry import Adapter, get, list_adapters, require_files
+from agent.llm.serve import load_adapter, plan_serve, start
+from agent.projects import checkouts, members, register
 from agent.repo import require_repo
 from agent.stages import RECIPES, STAGE_ROLES, stage_named
 from agent.stages.measures import mean_measure
@@ -120,7 +123,8 @@ def _machine() -> dict:
 
 
 def train_for_efficacy(home: str | Path | None, stage: str, base: str, train: list[Example], *, steps: int | None,
-                       overrides: dict, on_progress: Report) -> tuple[Adapter, dict]:
+                       overrides: dict, on_progress: Report, project: str | None = None,
+                       project_family: str | None = None) -> tuple[Adapter, dict]:
     """The stage's adapter on `train` from the frozen base (reused when this exact run trained it before), and what
     training took: seconds, peak memory, steps and the loss curve."""
     recipe = replace(RECIPES[stage], **overrides, **({"max_steps": steps} if steps is not None else {}))
@@ -135,7 +139,8 @@ def train_for_efficacy(home: str | Path | None, stage: str, base: str, train: li
         on_progress(f"training {stage}: step {p.step}/{p.max_steps}, loss {p.loss:.3f}")
 
     with PeakMemory() as peak:
-        adapter = train_adapter(home, stage=stage, base=base, sft=train, name=name, recipe=recipe, on_progress=report)
+        adapter = train_adapter(home, stage=stage, base=base, sft=train, name=name, recipe=recipe, on_progress=report,
+                                project=project, project_family=project_family)
     adapter = get(home, name)
     return adapter, {**_training_record(adapter), "peak_rss_mib": round(peak.peak / 2**20), "reused": False}
 
@@ -146,7 +151,30 @@ def _training_record(adapter: Adapter) -> dict:
     sft = meta.get("phases", {}).get("sft", {})
     return {"adapter": adapter.name, "seconds": meta.get("seconds"), "backend": meta.get("backend"),
             "steps": sft.get("steps"), "loss": sft.get("loss"), "recipe": meta.get("recipe"),
-            "examples": meta.get("dataset", {}).get("sft_examples")}
+            "examples": meta.get("dataset", {}).get("sft_examples"), "projects": meta.get("dataset", {}).get("projects")}
+
+
+def family_pairs(home: str | Path | None, config: Config, family: str, project: str, stage: str, model_family: str,
+                 train: int) -> list[Example]:
+    """`train` training pairs drawn evenly from the family's projects (the newest of each), every member bootstrapped
+    in this home; a member short of its share leaves the rest to the others."""
+    names = members(config, family)
+    if project not in names:
+        raise InvalidInput(f"project {project} is not in family {family} ({', '.join(names)}); add it under [projects]")
+    paths = {c.project: c.path for c in checkouts(home) if c.path.exists()}
+    missing = [name for name in names if name not in paths]
+    if missing:
+        raise InvalidInput(f"no checkout of {', '.join(missing)} was bootstrapped in this home; run `cra bootstrap "
+                           f"--repo CHECKOUT --last N` for each first")
+    pools = {name: stage_examples(home, paths[name], stage, "train", model_family) for name in names}
+    chosen: list[Example] = []
+    for left, name in enumerate(sorted(names, key=lambda n: len(pools[n])), start=0):
+        share = (train - len(chosen)) // (len(names) - left)
+        chosen += pools[name][-share:] if share else []
+    if len(chosen) < train:
+        raise InvalidInput(f"the family {family} has {len(chosen)} {stage} training pairs, {train} were asked for; "
+                           "bootstrap more of its history or train on fewer (--train)")
+    return sorted(chosen, key=lambda e: (e.commit_date is None, e.commit_date, e.commit_sha))
 
 
 def _serving_config(config: Config, stage: str, base: str, adapter: str) -> Config:
@@ -158,9 +186,10 @@ def _serving_config(config: Config, stage: str, base: str, adapter: str) -> Conf
 
 def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: str, base: str | None = None,
                  train: int = 200, held_out: int | None = None, last: int = 400, steps: int | None = None,
-                 on_progress: Report = lambda _: None) -> dict:
+                 family: str | None = None, on_progress: Report = lambda _: None) -> dict:
     """Bootstrap `repo`'s newest `last` kept commits, train `stage`'s adapter on the newest `train` training pairs
-    from the frozen base, and score the rules, the base and the adapter on the held-out pairs."""
+    from the frozen base, and score the rules, the base and the adapter on the held-out pairs (and, with `family`,
+    an adapter trained on as many pairs from the family's projects)."""
     measured = stage_named(stage)
     if train < MIN_SFT_EXAMPLES or (held_out is not None and held_out < 1) or last < 1:
         raise InvalidInput(f"--train must be at least {MIN_SFT_EXAMPLES} (it is {train}), --held-out and --last at "
@@ -184,26 +213,35 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
     if not evaluation:
         raise InvalidInput(f"no held-out {stage} pairs of {top}: bootstrap more history (--last)")
     chosen = pool[-train:]
-    adapter, training = train_for_efficacy(home, stage, base, chosen, steps=steps,
+    project = register(home, top, config).name
+    adapter, training = train_for_efficacy(home, stage, base, chosen, steps=steps, project=project,
                                            overrides=config.training.overrides(), on_progress=on_progress)
+    answerers = [("base", described.served_name), ("adapter", adapter.name)]
+    if family:
+        mixed = family_pairs(home, config, family, project, stage, model_family(base), train)
+        shared, family_training = train_for_efficacy(home, stage, base, mixed, steps=steps, project_family=family,
+                                                     overrides=config.training.overrides(), on_progress=on_progress)
+        answerers.append(("family adapter", shared.name))
     serving = _serving_config(config, stage, base, adapter.name)
     plan = plan_serve(serving, measured.role, STAGE_ROLES, home)
-    on_progress(f"serving {described.served_name} with {adapter.name}")
+    on_progress(f"serving {described.served_name} with {', '.join(name for _, name in answerers[1:])}")
     server = start(plan, home, log=cra_home(home) / "eval" / f"efficacy-{stage}-vllm.log")
     try:
+        if family:
+            load_adapter(plan.endpoint, shared.name, require_files(home, shared))
         scored = []
-        for answerer, model in (("base", described.served_name), ("adapter", adapter.name)):
+        for answerer, model in answerers:
             on_progress(f"asking the {answerer} {len(evaluation)} held-out prompts")
             began = time.monotonic()
             answers = answer_all(serving, home, stage, model, evaluation, workers=WORKERS)
             scored.append((measure(stage, evaluation, answers, answerer), round(time.monotonic() - began, 1)))
     finally:
         server.stop()
-    (base_scored, base_s), (adapter_scored, adapter_s) = scored
+    (base_scored, base_s), (adapter_scored, adapter_s), *more = scored
     with_rules = [e for e in evaluation if (e.metadata or {}).get("rules") is not None]
     rules = (measure(stage, evaluation, [(e.metadata or {}).get("rules") for e in evaluation], "rules")
              if measured.has_rules and len(with_rules) == len(evaluation) else None)
-    answerers = [s for s in (rules, base_scored, adapter_scored) if s is not None]
+    answering = [s for s in (rules, base_scored, adapter_scored, *(m[0] for m in more)) if s is not None]
     return {
         "repo": str(top), "stage": stage, "machine": _machine(),
         "base": {"name": base, "fingerprint": described.fingerprint, "family": family},
@@ -213,12 +251,16 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
                   "last_commit": chosen[-1].commit_sha, "newest_date": str(chosen[-1].commit_date)},
         "held_out": {"pairs": len(evaluation), "first_commit": evaluation[0].commit_sha,
                      "oldest_date": str(evaluation[0].commit_date), "newest_date": str(evaluation[-1].commit_date),
-                     "seconds": {"base": base_s, "adapter": adapter_s}},
+                     "seconds": {"base": base_s, "adapter": adapter_s,
+                                 **({"family adapter": more[0][1]} if more else {})}},
         "rules": None if rules else ("the stage has no rules" if not measured.has_rules else
                                      f"{len(evaluation) - len(with_rules)} held-out pairs were bootstrapped before "
                                      "rules' answers were stored with them; bootstrap into a fresh --home"),
-        "answerers": {s.answerer: s.summary() for s in answerers},
+        "answerers": {s.answerer: s.summary() for s in answering},
         "gains": {"adapter_over_base": gain(adapter_scored, base_scored),
-                  **({"adapter_over_rules": gain(adapter_scored, rules)} if rules else {})},
+                  **({"adapter_over_rules": gain(adapter_scored, rules)} if rules else {}),
+                  **({"family_adapter_over_adapter": gain(more[0][0], adapter_scored),
+                      "family_adapter_over_base": gain(more[0][0], base_scored)} if more else {})},
+        "family": {"name": family, "train": {**family_training, "pairs": len(mixed)}} if family else None,
         "seconds": round(time.monotonic() - started, 1),
     }
