@@ -108,7 +108,7 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
 
 @datasets_app.command("list")
 @one_line_errors
-def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Counts of training examples per stage, source, family, split and repo."""
     from curation.datasets import summary
 
@@ -116,10 +116,10 @@ def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = Listing((ident("stage"), ident("source"), ident("family"), "split", ident("repo"), "examples"),
-                    title=f"training examples ({sum(r['examples'] for r in rows)})")
+    table = Listing((ident("stage"), ident("source"), ident("family"), "split", "examples", extra("repo")),
+                    title=f"training examples ({sum(r['examples'] for r in rows)})", wide=wide)
     for r in rows:
-        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["repo"]), str(r["examples"]))
+        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], str(r["examples"]), escape(r["repo"]))
     _show(table)
 
 
