@@ -28,8 +28,22 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-out = Console()
-err = Console(stderr=True)
+
+class _Console(Console):
+    """A rich console that wraps lines to the terminal, and not at all where its stream is not a terminal."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        """Whether `print` leaves long lines whole: always in a pipe or file, where no width is real."""
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+
+out = _Console()
+err = _Console(stderr=True)
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="cra state folder (default: $CRA_HOME or ~/.local/share/cra).")]
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", help="The decomp checkout.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file to use instead of the project's cra.toml.")]
