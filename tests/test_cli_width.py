@@ -129,6 +129,7 @@ def test_run_and_runs_show(ledger) -> None:
     assert f"run {ledger.run_id}" in " ".join(shown)
     assert set(ledger.decisions["scope"][:15]) | set(precision[:15]) <= cells(shown)
     lines = pipe("runs", "show", ledger.run_id, "--home", ledger.home)
+    assert lines[0][0].startswith(f"run {ledger.run_id} ") and "pokefixture @ " in lines[0][0]  # one line, not wrapped
     assert ["# precision (rules)"] in lines
     header = ["candidate", "decision", "score", "reason"]
     rows = tsv_table(lines[lines.index(["# precision (rules)"]):], header)
