@@ -26,6 +26,7 @@ from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from agent.cli import app
+from agent.cli.common import Col, Listing, below, extra, ident
 from agent.config import load_config
 from agent.index.build import index_repo
 from agent.llm.calls import CallRecord, log_call
@@ -240,3 +241,21 @@ def test_a_real_80_column_terminal_shows_run_ids_whole(ledger) -> None:
     lines = ANSI.sub("", b"".join(chunks).decode()).replace("\r", "").splitlines()
     assert max(cell_len(line) for line in lines) <= 80 and "┃ id" in "".join(lines)
     assert ledger.run_id in cells(lines)
+
+
+def test_a_listing_fits_its_width_and_keeps_every_column_in_a_pipe() -> None:
+    columns = (ident("name"), "kind", extra("why"), below("note"), Col("text", clip=12))
+    row = ("sSpriteTemplate_MinuteHand", "global", "text 1.00, pagerank 0.01", "a note", "a long text to clip")
+    listing, wide = Listing(columns), Listing(columns, wide=True)
+    for each in (listing, wide):
+        each.add_row(*row)
+        each.add_row()  # empty cells measure as one character
+    assert listing.tsv().splitlines() == ["name\tkind\twhy\tnote\ttext", "\t".join(row), "\t\t\t\t"]
+    table = listing.table(50)
+    assert [c.header for c in table.columns] == ["name", "kind", "text"] and "why" in str(table.caption)
+    assert table.columns[0].width == len(row[0]) and sum(c.width for c in table.columns) + 10 <= 50
+    assert table.columns[0]._cells[0].plain == f"{row[0]}\na note"  # the "below" column under the identifier
+    assert table.columns[2]._cells[0].plain == "a long text…"
+    table = wide.table(40)
+    assert [c.header for c in table.columns] == ["name", "kind", "why", "text"] and table.caption is None
+    assert table.columns[3]._cells[0].plain == row[4]

@@ -158,7 +158,7 @@ def _measure(cells: list[Text]) -> tuple[int, int, int]:
     """The widths of the widest first line of `cells` (an identifier's value), line and word; at least 1."""
     lines = [[cell_len(line) for line in cell.plain.split("\n")] for cell in cells]
     words = [cell_len(word) for cell in cells for word in cell.plain.split()]
-    return max(1, *(widths[0] for widths in lines)), max(1, *(max(widths) for widths in lines)), max(1, *words)
+    return max([1, *(widths[0] for widths in lines)]), max([1, *map(max, lines)]), max([1, *words])
 
 
 def _frame(columns: int) -> int:
