@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 
-
 OWNER_FILE = ".owner"  # the owner's pid, for a folder made before its owner was started (a server's TMPDIR)
 UNOWNED_GRACE_S = 900  # a folder still without an owner this long after it was made lost it before it started
 

@@ -12,13 +12,18 @@ from agent.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
     StageOpt,
+    WideOpt,
     _config,
     _emit_json,
     _prefect_defaults,
-    _table,
+    _show,
+    below,
     err,
+    extra,
+    ident,
     one_line_errors,
     out,
 )
@@ -63,10 +68,10 @@ def bootstrap(
         return
     out.print(f"[bold]{escape(report.repo)}[/]: {report.seen} commits seen, {report.kept} kept "
               f"(mining {report.mining_s:.1f} s)")
-    dropped = _table(("reason", "commits"), title="dropped by the filters", title_justify="left")
+    dropped = Listing(("reason", "commits"), title="dropped by the filters", title_justify="left", title_in_pipe=True)
     for reason, n in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
         dropped.add_row(escape(reason), str(n))
-    out.print(dropped)
+    _show(dropped)
     d = report.derive
     out.print(f"derived {d.derived}/{d.commits} commits in {d.seconds:.1f} s: "
               + ", ".join(f"{stage} {n}" for stage, n in d.pairs.items())
@@ -93,19 +98,20 @@ def curate(home: HomeOpt = None, repo: RepoOpt = Path("."), config: ConfigOpt = 
               f"from logged runs, {collected['code_pairs']} code preference pairs")
     if built is None:
         raise NothingNew()
-    table = _table(("stage", "family", "new", "replay", "replay share", "dpo pairs", "pool", "projects"),
-                   title=f"round {built.number} (snapshot {built.snapshot_hash})")
+    table = Listing((ident("stage"), ident("family"), "new", "replay", "replay share", "dpo pairs", "pool",
+                     extra("projects")), title=f"round {built.number} (snapshot {built.snapshot_hash})",
+                    title_in_pipe=True)
     for (stage, family), mix in built.mixes.items():
         table.add_row(stage, family, str(len(mix.new)), str(len(mix.replay)), f"{mix.replay_share:.0%}", str(len(mix.dpo)),
                       str(mix.pool), escape(", ".join(f"{name} {n}" for name, n in mix.projects.items())))
-    out.print(table)
+    _show(table)
     for key, n in sorted(built.waiting.items()):
         out.print(f"{key}: {n} new examples wait for a later round (a round trains on at least {MIN_SFT_EXAMPLES})")
 
 
 @datasets_app.command("list")
 @one_line_errors
-def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Counts of training examples per stage, source, family, split and repo."""
     from curation.datasets import summary
 
@@ -113,11 +119,12 @@ def datasets_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = _table(("stage", "source", "family", "split", "project", "repo", "examples"),
-                   title=f"training examples ({sum(r['examples'] for r in rows)})")
+    table = Listing((ident("stage"), ident("source"), ident("family"), "split", below("project"), "examples",
+                     extra("repo")), title=f"training examples ({sum(r['examples'] for r in rows)})", wide=wide)
     for r in rows:
-        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["project"]), escape(r["repo"]), str(r["examples"]))
-    out.print(table)
+        table.add_row(r["stage"], escape(r["source"]), r["family"], r["split"], escape(r["project"]), str(r["examples"]),
+                      escape(r["repo"]))
+    _show(table)
 
 
 @datasets_app.command("show")
@@ -180,7 +187,7 @@ def datasets_commits(
     status: Annotated[str | None, typer.Option(help="derived or skipped.")] = None,
     code_failed: Annotated[bool, typer.Option("--code-failed", help="Only derived commits whose edits did not re-apply.")] = False,
     limit: Annotated[int, typer.Option("-n", help="How many records.")] = 50,
-    home: HomeOpt = None, as_json: JsonOpt = False,
+    home: HomeOpt = None, as_json: JsonOpt = False, wide: WideOpt = False,
 ) -> None:
     """What bootstrapping did with each commit: derived or skipped and why, and why a commit got no code pair."""
     from bootstrap.pairs import commit_log
@@ -189,8 +196,9 @@ def datasets_commits(
     if as_json:
         _emit_json(rows)
         return
-    table = _table(("commit", "status", "pairs", "why"), title=f"bootstrapped commits ({len(rows)} shown)")
+    table = Listing((ident("commit"), "status", "pairs", extra("why")), title=f"bootstrapped commits ({len(rows)} shown)",
+                    wide=wide)
     for r in rows:
         why = r["reason"] or (f"no code pair: {r['code_failed']}" if r["code_failed"] else "")
         table.add_row(r["commit"][:10], r["status"], str(r["pairs"]), escape(why))
-    out.print(table)
+    _show(table)

@@ -12,11 +12,12 @@ from agent.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
     _config,
     _emit_json,
     _prefect_defaults,
-    _table,
+    _show,
     err,
     one_line_errors,
     out,
@@ -94,14 +95,14 @@ def review(
         f = r.fields
         out.print(f"[bold]{r.id}[/] {escape(r.path)}:{escape(r.name)} [dim]({enrichment.MODEL_MARK}, {escape(r.model)}, "
                   f"confidence {f.confidence:.2f}, complexity {r.complexity})[/]")
-        table = _table(("field", "written by the model"), show_header=False)
+        table = Listing(("field", "written by the model"), show_header=False)
         for label, value in (("summary", f.summary), ("description", f.description), ("tags", ", ".join(f.intent_tags)),
                              ("change recipe", "\n".join(f"{i}. {s}" for i, s in enumerate(f.change_recipe, 1))),
                              ("side effects", "; ".join(f.side_effects)), ("risks", "; ".join(f.risks)),
                              ("callers", "; ".join(f"{c.name}: {c.note}" for c in f.caller_notes)),
                              ("checks", "; ".join(f.sanity_checks))):
             table.add_row(label, escape(value) or "-")
-        out.print(table)
+        _show(table)
     out.print("record a verdict: cra enrich review --mark ID --good|--bad [--note WHY]")
 
 

@@ -10,13 +10,16 @@ import typer
 from rich.markup import escape
 
 from agent.cli.common import (
+    Col,
     ConfigOpt,
     HomeOpt,
+    Listing,
     RepoOpt,
     _config,
-    _table,
+    _show,
     _write_json,
     err,
+    ident,
     one_line_errors,
     out,
 )
@@ -47,13 +50,13 @@ def eval_localize(
                               history_notes=not without_notes, fit_commits=fit_commits,
                               on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
-    table = _table(("ranker", "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"),
-                   title=f"localization on {len(tasks)} tasks, {'without' if without_notes else 'with'} history notes")
+    table = Listing((ident("ranker"), "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"), title_in_pipe=True,
+                    title=f"localization on {len(tasks)} tasks, {'without' if without_notes else 'with'} history notes")
     for name, summary in report["summary"].items():
         if isinstance(summary, dict) and "file_acc@5" in summary:
             table.add_row(name, *("-" if summary[key] is None else f"{summary[key]:.3f}" for key in (
                 "file_acc@1", "file_acc@5", "file_acc@10", "recall@5", "mrr", "function_acc@5")))
-    out.print(table)
+    _show(table)
     learned = report["fitted_on"].get("learned")
     if learned:
         fitted = learned["fitted_on"]
@@ -90,8 +93,8 @@ def eval_validation(
         data["gate"] = {"validated": sum(r["validated"] is True for r in gold), "of": len(gold), "examples": gold}
     _write_json(json_out, data)
     summary = data["summary"]
-    table = _table(("validations", "n", "median s", "base build", "prepare", "build", "compare", "parse"),
-                   title=f"validation: {summary['verdicts_right']}/{summary['validations']} verdicts right")
+    table = Listing(("validations", "n", "median s", "base build", "prepare", "build", "compare", "parse"), title_in_pipe=True,
+                    title=f"validation: {summary['verdicts_right']}/{summary['validations']} verdicts right")
     for label, key in (("first at a commit", "first_at_a_commit"), ("reused tree", "reused_tree"),
                        ("one file, reused", "one_file_after_the_first"), ("syntax break", "syntax"),
                        (f"header ({escape('include/global.h')})", "header")):
@@ -99,7 +102,7 @@ def eval_validation(
         table.add_row(label, str(row["n"]), *("-" if row[k] is None else f"{row[k]:.2f}" for k in (
             "median_s", "median_base_build_s", "median_prepare_s", "median_build_s", "median_compare_s",
             "median_parse_s")))
-    out.print(table)
+    _show(table)
     if gate:
         out.print(f"the gate's path: {data['gate']['validated']}/{data['gate']['of']} held-out gold edits validate")
     for case in data["cases"]:
@@ -151,13 +154,13 @@ def eval_serving(
         figures = bench_serving(interpreter, requests=requests, concurrency=concurrency,
                                 on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, figures)
-    table = _table(("mode", "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"),
-                   title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
+    table = Listing((ident("mode"), "p50 ms", "p95 ms", "tok/s", "latency / base", "throughput / base"), title_in_pipe=True,
+                    title=f"tiny model on vLLM (start {figures['server_start_s']} s, RSS {figures['server_rss_idle_mib']}"
                          f"–{figures['server_rss_peak_mib']} MiB)")
     for name, mode in figures["modes"].items():
         table.add_row(name, str(mode["latency_p50_ms"]), str(mode["latency_p95_ms"]), str(mode["throughput_tok_s"]),
                       str(mode["latency_ratio_to_base"]), str(mode["throughput_ratio_to_base"]))
-    out.print(table)
+    _show(table)
     out.print(f"figures written to {escape(str(json_out))}")
 
 
@@ -179,11 +182,11 @@ def eval_switch(
     with err.status("benchmarking adapter switches…") as status:
         figures = bench_switch(interpreter, base=base, rounds=rounds, on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, figures)
-    table = _table(("request", "median ms", "max ms", "/ warm"),
-                   title=f"{escape(Path(figures['base']).name)} on vLLM, {figures['completion_tokens']} tokens per answer")
+    table = Listing((ident("request"), "median ms", "max ms", "/ warm"), title_in_pipe=True,
+                    title=f"{escape(Path(figures['base']).name)} on vLLM, {figures['completion_tokens']} tokens per answer")
     for name, mode in figures["modes"].items():
         table.add_row(name, str(mode["median_ms"]), str(mode["max_ms"]), str(mode["ratio_to_warm"]))
-    out.print(table)
+    _show(table)
     out.print(f"figures written to {escape(str(json_out))}")
 
 
@@ -202,12 +205,12 @@ def eval_overhead(
         figures = bench_overhead(repo, config=_config(repo, config), home=home, tasks=tasks, retrieval_only=not full,
                                  on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, figures)
-    table = _table(("task", "status", "wall s", "model s", "build s", "overhead s"),
-                   title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})")
+    table = Listing((Col("task", clip=50), Col("status", clip=30), "wall s", "model s", "build s", "overhead s"),
+                    title=f"agent overhead per run ({'all stages' if full else 'retrieval-only'})", title_in_pipe=True)
     for row in figures["runs"]:
-        table.add_row(escape(row["task"][:50]), escape(row["status"][:30]), f"{row['wall_s']:.2f}", f"{row['model_s']:.2f}",
+        table.add_row(escape(row["task"]), escape(row["status"]), f"{row['wall_s']:.2f}", f"{row['model_s']:.2f}",
                       f"{row['validation_s']:.2f}", f"{row['overhead_s']:.2f}")
-    out.print(table)
+    _show(table)
     out.print(f"median overhead {figures['overhead_median_s']} s, max {figures['overhead_max_s']} s; written to {escape(str(json_out))}")
 
 
@@ -240,12 +243,12 @@ def eval_efficacy(
     _write_json(json_out, report)
     answerers = report["answerers"]
     fields = list(next(iter(answerers.values()))["fields"])
-    table = _table(("field", *answerers), title=f"{stage} on {report['held_out']['pairs']} held-out commits "
-                                                f"({report['train']['pairs']} trained on)")
+    table = Listing(("field", *answerers), title_in_pipe=True, title=f"{stage} on {report['held_out']['pairs']} "
+                    f"held-out commits ({report['train']['pairs']} trained on)")
     for field in fields:
         table.add_row(field, *(_interval(a["fields"].get(field)) for a in answerers.values()))
     table.add_row("no valid answer", *(str(a["failures"]) for a in answerers.values()))
-    out.print(table)
+    _show(table)
     for name, value in report["gains"].items():
         out.print(f"{name.replace('_', ' ')}: {_interval(value)}")
     if report["rules"]:

@@ -13,10 +13,15 @@ from rich.table import Table
 from agent.cli.common import (
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
+    WideOpt,
     _emit_json,
-    _table,
+    _show,
+    below,
     err,
+    extra,
+    ident,
     one_line_errors,
     out,
 )
@@ -78,6 +83,7 @@ def search(
     ranker: Annotated[str | None, typer.Option(help="learned (the project's fitted ranker; the default when it has one), hybrid (the named default weights) or bm25.")] = None,
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """Hybrid search of files and symbols, with scores and why."""
     from agent import retrieval
@@ -86,17 +92,17 @@ def search(
     if as_json:
         _emit_json(results.as_dict())
         return
-    files = _table(("#", "file", "score", "why"), title=escape(f"files for {query!r}"))
+    files = Listing(("#", ident("file"), extra("score"), extra("why")), title=escape(f"files for {query!r}"), wide=wide)
     for i, hit in enumerate(results.files, 1):
         files.add_row(str(i), escape(hit.path), f"{hit.score:.3f}", _why(hit.why))
-    out.print(files)
-    syms = _table(("#", "symbol", "kind", "where", "score", "why"), title="symbols")
+    _show(files)
+    syms = Listing(("#", ident("symbol"), "kind", ident("where"), extra("score"), extra("why"), below("summary"),
+                    below("history")), title="symbols", wide=wide)
     for i, hit in enumerate(results.symbols, 1):
-        name = (escape(hit.name) + (f"\n[dim]model-written: {escape(hit.summary)}[/]" if hit.summary else "")
-                + (f"\n[dim]{escape(hit.history)}[/]" if hit.history else ""))
-        syms.add_row(str(i), name, hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why))
-    out.print(syms)
-    out.print(f"[dim]{results.elapsed_ms:.1f} ms, ranked by {results.ranker}[/]")
+        syms.add_row(str(i), escape(hit.name), hit.kind, escape(f"{hit.path}:{hit.line}"), f"{hit.score:.3f}", _why(hit.why),
+                     escape(f"model-written: {hit.summary}") if hit.summary else "", escape(hit.history or ""))
+    _show(syms)
+    err.print(f"[dim]{results.elapsed_ms:.1f} ms, ranked by {results.ranker}[/]")
 
 
 def _why(why: dict[str, float]) -> str:
@@ -149,8 +155,9 @@ def symbol(
         for decl in info.declarations:
             out.print(f"  declared at {escape(decl)}")
         for label, rows in (("callers", info.callers), ("callees", info.callees)):
-            table = _table(("name", "kind", "reference", "at"), title=f"{label} ({len(rows)})", title_justify="left")
+            table = Listing((ident("name"), "kind", "reference", ident("at")), title=f"{label} ({len(rows)})",
+                            title_justify="left", title_in_pipe=True)
             for row in rows:
                 table.add_row(escape(row["name"] or row["id"]), row["kind"], row["ref_kind"],
                               escape(f"{row['site_path']}:{row['site_line']}"))
-            out.print(table)
+            _show(table)

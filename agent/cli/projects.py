@@ -10,17 +10,23 @@ from agent.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
+    WideOpt,
     _config,
     _emit_json,
-    _table,
+    _show,
+    below,
+    err,
+    extra,
+    ident,
     one_line_errors,
-    out,
 )
 
 
 @one_line_errors
-def projects(repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+def projects(repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt = False,
+             wide: WideOpt = False) -> None:
     """The projects in the home: index state, examples per stage, active adapters and last run."""
     from dataclasses import asdict
 
@@ -31,17 +37,18 @@ def projects(repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt 
     if as_json:
         _emit_json([{**asdict(p), "examples": examples.get(p.name, {})} for p in found])
         return
-    table = _table(("project", "checkouts (index)", "examples", "active adapters", "last run"),
-                   title=f"projects ({len(found)})")
+    table = Listing((ident("project"), ident("checkout"), ident("last run"), extra("index"), below("examples"),
+                     below("active adapters"), extra("family")), title=f"projects ({len(found)})", wide=wide)
     for p in found:
-        name = escape(p.name) + (f"\n[dim]family {escape(', '.join(p.families))}[/]" if p.families else "")
-        where = "\n".join(escape(path) + (f" [dim]@ {state['commit'][:10]}[/]" if state else " [yellow]not indexed[/]")
-                          for path, state in p.checkouts.items())
-        counts = "\n".join(f"{stage} {n}" for stage, n in examples.get(p.name, {}).items()) or "-"
-        adapters = "\n".join(f"{stage}: {escape(name)}" for stage, name in sorted(p.adapters.items())) or "base"
-        run = (f"{p.last_run['id']} {p.last_run['status']}\n[dim]{escape(p.last_run['task'][:60])}[/]"
-               if p.last_run else "-")
-        table.add_row(name, where, counts, adapters, run)
-    out.print(table)
+        counts = ", ".join(f"{stage} {n}" for stage, n in examples.get(p.name, {}).items()) or "none"
+        adapters = ", ".join(f"{stage}: {escape(name)}" for stage, name in sorted(p.adapters.items())) or "the base"
+        run = f"{p.last_run['id']} ({p.last_run['status']})" if p.last_run else "-"
+        for i, (path, state) in enumerate(p.checkouts.items()):
+            index = f"{state['commit'][:10]}" if state else "[yellow]not indexed[/]"
+            first = i == 0
+            table.add_row(escape(p.name), escape(path), run if first else "", index,
+                          f"examples: {counts}" if first else "", f"adapters: {adapters}" if first else "",
+                          escape(", ".join(p.families)) if first else "")
+    _show(table)
     if "-" in examples:
-        out.print(f"[dim]examples of no project (imported): {sum(examples['-'].values())}[/]")
+        err.print(f"[dim]examples of no project (imported): {sum(examples['-'].values())}[/]")

@@ -12,11 +12,13 @@ from rich.markup import escape
 from agent.cli.common import (
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
     _emit_json,
     _prefect_defaults,
-    _table,
+    _show,
     err,
+    ident,
     one_line_errors,
     out,
 )
@@ -63,11 +65,12 @@ def fit(
     out.print(f"{escape(str(top))} up to {report.until[:10]}: {verdict}")
     out.print(f"{report.queries} past commits used ({report.new_commits} read now, "
               f"{len(report.anchors)} anchors), {report.timing_s.get('total', 0):.0f} s")
-    table = _table(("level", "judged on", "default Acc@5", "learned Acc@5", "kept"), title="the newest past commits")
+    table = Listing((ident("level"), "judged on", "default Acc@5", "learned Acc@5", "kept"), title="the newest past commits",
+                    title_in_pipe=True)
     for level, judged in report.validation.items():
         table.add_row(level, str(judged["queries"]), _figure(judged, "default_acc@5"), _figure(judged, "learned_acc@5"),
                       "yes" if judged["kept"] else "no")
-    out.print(table)
+    _show(table)
 
 
 def _figure(judged: dict, key: str) -> str:

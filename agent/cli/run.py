@@ -11,15 +11,20 @@ import typer
 from rich.markup import escape
 
 from agent.cli.common import (
+    Col,
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
+    WideOpt,
     _config,
     _emit_json,
     _prefect_defaults,
-    _table,
+    _show,
     err,
+    extra,
+    ident,
     one_line_errors,
     out,
 )
@@ -38,6 +43,7 @@ def run(
     include_dirty: Annotated[bool, typer.Option("--include-dirty", help="Start from the working state, uncommitted changes included.")] = False,
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (artifacts in the Prefect UI).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """Run the staged agent on a task: the result is a validated branch and patch; your checkout is not touched."""
     from agent.pipeline import RunOptions, TaskRun
@@ -61,9 +67,9 @@ def run(
     for note in outcome.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     for name, result in outcome.results.items():
-        _print_decisions(name, result.source, [d.model_dump() for d in result.decisions], result.notes)
+        _print_decisions(name, result.source, [d.model_dump() for d in result.decisions], result.notes, wide)
     if outcome.validation:
-        _print_checks(outcome.validation.model_dump())
+        _print_checks(outcome.validation.model_dump(), wide)
     colour = "green" if outcome.status == "succeeded" else "red"
     out.print(f"run [bold]{outcome.run_id}[/]: [{colour}]{outcome.status}[/]"
               + (f"; branch {escape(outcome.branch)}, patch {escape(str(outcome.patch))}" if outcome.branch else ""))
@@ -73,27 +79,30 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_decisions(stage: str, source: str, decisions: list[dict], notes: list[str], limit: int = 15) -> None:
+def _print_decisions(stage: str, source: str, decisions: list[dict], notes: list[str], wide: bool,
+                     limit: int = 15) -> None:
     """A stage's decisions as a table (the first `limit`), then its notes."""
-    table = _table(("candidate", "decision", "score", "reason"), title=f"{stage} ({source})", title_justify="left")
+    table = Listing((ident("candidate"), "decision", extra("score"), extra("reason")), title=f"{stage} ({source})",
+                    title_justify="left", title_in_pipe=True, wide=wide)
     for d in decisions[:limit]:
         table.add_row(escape(d["candidate"]), d["decision"], "" if d["score"] is None else f"{d['score']:.2f}", escape(d["reason"] or ""))
     if len(decisions) > limit:
-        table.add_row(f"… {len(decisions) - limit} more", "", "", "")
-    out.print(table)
+        table.add_row(f"… {len(decisions) - limit} more")
+    _show(table)
     for note in notes:
         out.print(f"  [yellow]{escape(note)}[/]")
 
 
-def _print_checks(validation: dict) -> None:
+def _print_checks(validation: dict, wide: bool) -> None:
     """The validation checks as a table, and which tree they were built in."""
-    table = _table(("check", "result", "exit", "seconds"),
-                   title=f"validation (keep ROM: {validation['keep_rom']}, ROM changed: {validation['rom_changed']})", title_justify="left")
+    table = Listing((ident("check"), "result", "exit", extra("seconds")), title_justify="left", title_in_pipe=True,
+                    title=f"validation (keep ROM: {validation['keep_rom']}, ROM changed: {validation['rom_changed']})",
+                    wide=wide)
     for check in validation["checks"]:
         result = "[green]pass[/]" if check["passed"] else ("[red]timed out[/]" if check["timed_out"] else
                                                            f"[dim]skipped: {escape(check['skipped_reason'])}[/]" if check.get("skipped_reason") else "[red]fail[/]")
         table.add_row(check["name"], result, str(check["exit_code"]), f"{check['seconds']:.1f}")
-    out.print(table)
+    _show(table)
     timings = validation.get("timings") or {}
     if validation.get("base_tree"):
         tree = {"cached": "a copy of the kept tree built at the base commit",
@@ -109,6 +118,7 @@ def runs_list(
     limit: Annotated[int, typer.Option("-n", "--limit", help="How many runs.")] = 20,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Task runs, newest first."""
     from agent.runs import list_runs
@@ -117,11 +127,12 @@ def runs_list(
     if as_json:
         _emit_json([vars(r) for r in found])
         return
-    table = _table(("id", "started", "status", "success", "verdict", "kind", "task"), title=f"runs ({len(found)})")
+    table = Listing((ident("id"), "status", extra("success"), extra("verdict"), extra("kind"), extra("started"),
+                     Col("task", clip=60)), title=f"runs ({len(found)})", wide=wide)
     for r in found:
-        table.add_row(r.id, f"{r.started_at:%Y-%m-%d %H:%M}", r.status, str(r.success), r.verdict or "", r.kind or "",
-                      escape(r.task[:60]))
-    out.print(table)
+        table.add_row(r.id, r.status, str(r.success), r.verdict or "", r.kind or "", f"{r.started_at:%Y-%m-%d %H:%M}",
+                      escape(r.task))
+    _show(table)
 
 
 @runs_app.command("show")
@@ -130,6 +141,7 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(help="A run id or its first characters.")],
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Each stage's inputs, decisions and outputs, the diff and the validation log."""
     from agent.runs import get_run
@@ -148,12 +160,12 @@ def runs_show(
         if stage["error"]:
             out.print(f"[red]{escape(stage['error'])}[/]")
         decisions = [d for d in found.decisions if d["stage"] == stage["stage"]]
-        _print_decisions(stage["stage"], stage["source"], decisions, stage["notes"] or [], limit=40)
+        _print_decisions(stage["stage"], stage["source"], decisions, stage["notes"] or [], wide, limit=40)
         if stage["output"] is not None:
             out.print_json(json.dumps(stage["output"]))
     if found.validation:
         out.rule("validation")
-        _print_checks(found.validation)
+        _print_checks(found.validation, wide)
         for check in found.validation["checks"]:
             if check["log_tail"] and not check["passed"]:
                 out.print(f"[bold]{check['name']}[/] log tail:\n{escape(check['log_tail'])}")
@@ -204,6 +216,7 @@ def calls_list(
     failed: Annotated[bool, typer.Option("--failed", help="Only calls that ended in an error.")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """List logged model calls, newest first."""
     if ctx.invoked_subcommand:
@@ -214,15 +227,16 @@ def calls_list(
     if as_json:
         _emit_json([vars(r) for r in records])
         return
-    table = _table(("id", "when", "run", "stage", "asked", "answered", "ok", "repairs", "retries", "ms", "tokens", "note"),
-                   title=f"model calls ({len(records)})")
+    table = Listing((ident("id"), extra("when"), ident("run"), "stage", extra("asked"), extra("answered"), "ok",
+                     extra("repairs"), extra("retries"), extra("ms"), extra("tokens"), "note"),
+                    title=f"model calls ({len(records)})", wide=wide)
     for r in records:
         note = r.error_type or ("fallback" if r.fallback_reason else "")
         tokens = f"{r.prompt_tokens or 0}+{r.completion_tokens or 0}"
         table.add_row(r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", escape(r.run_id or ""), r.stage, escape(r.model_requested),
                       escape(r.model_answered or "-"), "yes" if r.schema_ok else "[red]no[/]", str(r.repairs), str(r.retries),
                       f"{r.latency_ms:.0f}", tokens, escape(note))
-    out.print(table)
+    _show(table)
 
 
 @calls_app.command("show")

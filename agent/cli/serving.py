@@ -14,12 +14,16 @@ from agent.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
     RoleOpt,
+    WideOpt,
     _config,
     _role,
-    _table,
+    _show,
     err,
+    extra,
+    ident,
     one_line_errors,
     out,
 )
@@ -111,7 +115,7 @@ def serve_stop(role: RoleOpt = "reasoning", home: HomeOpt = None) -> None:
 @one_line_errors
 def models(
     repo: RepoOpt = Path("."), config: ConfigOpt = None, home: HomeOpt = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, wide: WideOpt = False,
 ) -> None:
     """Which model answers each stage, and why."""
     from agent.llm.resolve import resolve_all
@@ -129,13 +133,14 @@ def models(
         } for r in resolutions], indent=2) + "\n")
         return
     families = families_of(cfg, project.name)
-    table = _table(("stage", "model", "why", "server"), title=f"models per stage in project {escape(project.name)}"
-                   + (f" (family {escape(', '.join(families))})" if families else ""))
+    table = Listing((ident("stage"), ident("model"), "server", extra("why")), wide=wide,
+                    title=f"models per stage in project {escape(project.name)}"
+                          + (f" (family {escape(', '.join(families))})" if families else ""))
     for r in resolutions:
         why = escape(r.reason) + "".join(f"\n[yellow]passed over: {escape(p)}[/]" for p in r.passed_over)
-        table.add_row(r.stage, escape(r.model), why, escape(f"{r.server.provider} {r.server.shown_endpoint}"))
-    out.print(table)
-    out.print(f"[dim]config: {escape(' + '.join(cfg.sources) or 'defaults')}[/]")
+        table.add_row(r.stage, escape(r.model), escape(f"{r.server.provider} {r.server.shown_endpoint}"), why)
+    _show(table)
+    err.print(f"[dim]config: {escape(' + '.join(cfg.sources) or 'defaults')}[/]")
 
 
 base_app = typer.Typer(help="Real base models cra can build offline from Python packages.", no_args_is_help=True)

@@ -12,13 +12,17 @@ from agent.cli.common import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,
+    Listing,
     RepoOpt,
     StageOpt,
+    WideOpt,
     _config,
     _emit_json,
     _prefect_defaults,
-    _table,
+    _show,
     err,
+    extra,
+    ident,
     one_line_errors,
     out,
 )
@@ -89,10 +93,10 @@ def retrain(
 
         report = asdict(run_cycle(home, _config(repo, config), stages=stage, max_steps=steps))
     out.print(f"round {report['round']} (snapshot {report['snapshot']}); collected {report['collected']}")
-    table = _table(("stage", "adapter", "promoted", "reason"), title="stages")
+    table = Listing((ident("stage"), ident("adapter"), "promoted", "reason"), title="stages", title_in_pipe=True)
     for o in report["stages"]:
         table.add_row(o["stage"], escape(o["adapter"] or "-"), str(o["promoted"]), escape(o["reason"]))
-    out.print(table)
+    _show(table)
 
 
 @one_line_errors
@@ -124,6 +128,7 @@ def adapters_list(
     stage: Annotated[str | None, typer.Option(help="Only this stage's adapters.")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Registered adapters with their stage, base, rank and status."""
     from agent.llm.registry import list_adapters
@@ -132,14 +137,14 @@ def adapters_list(
     if as_json:
         _emit_json([{**vars(a), "status": a.status, "trained_for": a.trained_for} for a in adapters])
         return
-    table = _table(("name", "stage", "status", "trained for", "active in", "base", "rank", "created", "promoted"),
-                   title=f"adapters ({len(adapters)})")
+    table = Listing((ident("name"), "stage", "status", ident("trained for"), extra("active in"), extra("base"),
+                     extra("rank"), extra("created"), extra("promoted")), title=f"adapters ({len(adapters)})", wide=wide)
     for a in adapters:
         style = {"active": "green", "retired": "dim"}.get(a.status, "")
         table.add_row(escape(a.name), a.stage, f"[{style}]{a.status}[/]" if style else a.status, escape(a.trained_for),
                       escape(", ".join(a.active_in) or "-"), escape(a.base_model), str(a.rank),
                       f"{a.created_at:%Y-%m-%d %H:%M}", f"{a.promoted_at:%Y-%m-%d %H:%M}" if a.promoted_at else "-")
-    out.print(table)
+    _show(table)
 
 
 @adapters_app.command("add")

@@ -240,7 +240,9 @@ def index_repo(
             report.timings = timings
             return report
 
-        from agent.index import tables  # lancedb is imported after the parse pool has forked, and only when needed
+        from agent.index import (
+            tables,  # lancedb is imported after the parse pool has forked, and only when needed
+        )
 
         search = tables.SearchTables(paths.lance, embedder_name, repo=str(top), models=paths.models, on_progress=say,
                                      keep_versions=tables.KEEP_VERSIONS if keep_versions is None else keep_versions)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import re
 
-from agent.index.symbols import ASM_MACRO, ASM_USE, DOCUMENT, LABEL, Include, ParsedFile, Reference, Symbol, assign_ids
+from agent.index.symbols import (
+    ASM_MACRO,
+    ASM_USE,
+    DOCUMENT,
+    LABEL,
+    Include,
+    ParsedFile,
+    Reference,
+    Symbol,
+    assign_ids,
+)
 
 # One assembler line: an optional `Label:` / `Label::`, then the statement up to an `@` or `//` comment.
 _LINE_RE = re.compile(

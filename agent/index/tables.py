@@ -26,7 +26,12 @@ from lancedb.index import FTS, BTree, IvfFlat
 
 from agent.errors import InvalidInput, NotIndexed
 from agent.index.catalog import module_of
-from agent.index.embed import BULK_MIN_TEXTS, Embedder, embed_isolated, load_query_embedder
+from agent.index.embed import (
+    BULK_MIN_TEXTS,
+    Embedder,
+    embed_isolated,
+    load_query_embedder,
+)
 from agent.index.symbols import (
     ASM_MACRO,
     ASM_USE,
