@@ -88,7 +88,8 @@ def test_sft_registers_a_checked_candidate_that_changes_the_model(tiny_models, i
     meta = adapter.metadata
     assert json.loads((adapter.path / METADATA_FILE).read_text()) == meta
     assert meta["base"] == {"name": str(tiny_models.base), "fingerprint": base.fingerprint} and meta["round"] == 1
-    assert meta["dataset"] == {"hash": dataset_hash(_examples(8)), "sft_examples": 8, "dpo_pairs": 0}
+    assert meta["dataset"] == {"hash": dataset_hash(_examples(8)), "sft_examples": 8, "dpo_pairs": 0,
+                               "projects": {"-": 8}}  # imported pairs of no project
     assert (meta["recipe"]["rank"], meta["recipe"]["alpha"], meta["backend"]) == (8, 16, "trl-cpu")
     sft = meta["phases"]["sft"]
     assert sft["steps"] == 4 and len(sft["loss"]) == 4 and sft["loss"][-1] < sft["loss"][0] and sft["seconds"] > 0
