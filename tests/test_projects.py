@@ -5,9 +5,11 @@ project, `cra projects`, and a ledger from before projects migrating and resolvi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -28,6 +30,7 @@ from curation.datasets import Example, add_examples, counts_by_project, load_exa
 from curation.gate import gate
 from tests.fixtures.decomp import DecompRepo
 from tests.fixtures.models import TinyModels, chat_reply, standin_server
+from tests.fixtures.served import needs_vllm
 
 runner = CliRunner()
 STAGE = "task_analysis"
@@ -298,3 +301,23 @@ def test_the_efficacy_benchmarks_family_adapter_trains_on_pairs_drawn_evenly_fro
         family_pairs(None, config, FAMILY, "pokeemerald", STAGE, "tiny", 9)
     with pytest.raises(InvalidInput, match="project pokefirered is not in family"):
         family_pairs(None, config, FAMILY, "pokefirered", STAGE, "tiny", 4)
+
+
+@needs_vllm
+def test_the_switch_benchmark_serves_each_projects_adapter_from_one_server_within_its_lora_slots(
+        tmp_path: Path) -> None:
+    from tests.fixtures.served import PYTHON
+
+    out = tmp_path / "switch.json"
+    result = runner.invoke(app, ["eval", "switch", "--python", PYTHON, "--rounds", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["adapters"] == ["scope-pokeemerald", "scope-pokefirered", "scope-pokeruby"]
+    command = figures["command"]
+    assert command[command.index("--max-loras") + 1] == "1" and command[command.index("--max-cpu-loras") + 1] == "2"
+    assert {name: mode["requests"] for name, mode in figures["modes"].items()} == {
+        "cold (first request, read from disk)": 2, "warm (same adapter again)": 3, "switch, both in CPU memory": 3,
+        "switch, evicted from CPU memory": 3}
+    assert all(mode["median_ms"] > 0 for mode in figures["modes"].values())
+    assert "cold (first request, read from disk)" in result.output
+    assert not list(Path(tempfile.gettempdir()).glob(f"cra-bench-switch-{os.getpid()}-*"))  # its scratch is gone

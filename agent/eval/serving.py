@@ -124,10 +124,11 @@ def _latency(client: openai.OpenAI, model: str, tokens: int) -> float:
     return time.perf_counter() - began
 
 
-def bench_switch(python: str, *, base: Path | None = None, rounds: int = 8, tokens: int = 8,
+def bench_switch(python: str, *, base: Path | None = None, rounds: int = 12, tokens: int = 1,
                  extra_args: list[str] | None = None, on_progress: Progress = lambda _: None) -> dict:
     """Serve one scope adapter per project (one GPU slot, two kept in CPU memory) and time a project switch: a cold
-    adapter (read from disk), a warm one (in its slot), one held in CPU memory, and one evicted from it."""
+    adapter (read from disk), a warm one (in its slot), one held in CPU memory, and one evicted from it. One token
+    an answer by default: the time to the first token, where loading an adapter shows."""
     with scratch_folder("cra-bench-switch-") as scratch:
         work, home = Path(scratch), Path(scratch) / "home"
         if base is None:
