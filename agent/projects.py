@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 
 from agent import repo as git_repo
-from agent.config import Config, check_project_name, load_config
+from agent.config import Config, check_project_name, load_config, project_paths
 from agent.errors import InvalidInput
-from agent.store import utc_now
+from agent.store import connect, utc_now
 from agent.store.ledger import LEDGER, ledger
 
 HOME_SCOPE = "home"  # adapters trained and promoted for every project of the home (all adapters before projects)
@@ -167,11 +167,9 @@ class Overview:
 
 def overview(home: str | Path | None, config: Config) -> list[Overview]:
     """Every project the home has a checkout of, by name: index state, active adapters and last run."""
-    from agent.config import project_paths
-    from agent.index.build import read_state
+    from agent.index.build import read_state  # here: the registry imports this module and stays light
     from agent.llm.registry import active_adapters
     from agent.runs import list_runs
-    from agent.store import connect
 
     seen = checkouts(home)
     active = active_adapters(home)
