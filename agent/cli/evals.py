@@ -240,7 +240,7 @@ def eval_efficacy(
 
     with err.status("efficacy") as status:
         report = run_efficacy(repo, config=_config(repo, config), home=home, stage=stage, base=base, train=train,
-                              held_out=held_out, last=last, steps=steps, family=family,
+                              held_out=held_out, last=last, steps=steps, project_family=family,
                               on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
     answerers = report["answerers"]

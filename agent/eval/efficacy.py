@@ -154,7 +154,7 @@ def _training_record(adapter: Adapter) -> dict:
             "examples": meta.get("dataset", {}).get("sft_examples"), "projects": meta.get("dataset", {}).get("projects")}
 
 
-def family_pairs(home: str | Path | None, config: Config, family: str, project: str, stage: str, model_family: str,
+def family_pairs(home: str | Path | None, config: Config, family: str, project: str, stage: str, base_family: str,
                  train: int) -> list[Example]:
     """`train` training pairs drawn evenly from the family's projects (the newest of each), every member bootstrapped
     in this home; a member short of its share leaves the rest to the others."""
@@ -166,7 +166,7 @@ def family_pairs(home: str | Path | None, config: Config, family: str, project: 
     if missing:
         raise InvalidInput(f"no checkout of {', '.join(missing)} was bootstrapped in this home; run `cra bootstrap "
                            f"--repo CHECKOUT --last N` for each first")
-    pools = {name: stage_examples(home, paths[name], stage, "train", model_family) for name in names}
+    pools = {name: stage_examples(home, paths[name], stage, "train", base_family) for name in names}
     chosen: list[Example] = []
     for left, name in enumerate(sorted(names, key=lambda n: len(pools[n])), start=0):
         share = (train - len(chosen)) // (len(names) - left)
@@ -186,10 +186,10 @@ def _serving_config(config: Config, stage: str, base: str, adapter: str) -> Conf
 
 def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: str, base: str | None = None,
                  train: int = 200, held_out: int | None = None, last: int = 400, steps: int | None = None,
-                 family: str | None = None, on_progress: Report = lambda _: None) -> dict:
+                 project_family: str | None = None, on_progress: Report = lambda _: None) -> dict:
     """Bootstrap `repo`'s newest `last` kept commits, train `stage`'s adapter on the newest `train` training pairs
-    from the frozen base, and score the rules, the base and the adapter on the held-out pairs (and, with `family`,
-    an adapter trained on as many pairs from the family's projects)."""
+    from the frozen base, and score the rules, the base and the adapter on the held-out pairs (and, with
+    `project_family`, an adapter trained on as many pairs from that family's projects)."""
     measured = stage_named(stage)
     if train < MIN_SFT_EXAMPLES or (held_out is not None and held_out < 1) or last < 1:
         raise InvalidInput(f"--train must be at least {MIN_SFT_EXAMPLES} (it is {train}), --held-out and --last at "
@@ -217,9 +217,10 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
     adapter, training = train_for_efficacy(home, stage, base, chosen, steps=steps, project=project,
                                            overrides=config.training.overrides(), on_progress=on_progress)
     answerers = [("base", described.served_name), ("adapter", adapter.name)]
-    if family:
-        mixed = family_pairs(home, config, family, project, stage, model_family(base), train)
-        shared, family_training = train_for_efficacy(home, stage, base, mixed, steps=steps, project_family=family,
+    if project_family:
+        mixed = family_pairs(home, config, project_family, project, stage, family, train)
+        shared, family_training = train_for_efficacy(home, stage, base, mixed, steps=steps,
+                                                     project_family=project_family,
                                                      overrides=config.training.overrides(), on_progress=on_progress)
         answerers.append(("family adapter", shared.name))
     serving = _serving_config(config, stage, base, adapter.name)
@@ -227,7 +228,7 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
     on_progress(f"serving {described.served_name} with {', '.join(name for _, name in answerers[1:])}")
     server = start(plan, home, log=cra_home(home) / "eval" / f"efficacy-{stage}-vllm.log")
     try:
-        if family:
+        if project_family:
             load_adapter(plan.endpoint, shared.name, require_files(home, shared))
         scored = []
         for answerer, model in answerers:
@@ -261,6 +262,7 @@ def run_efficacy(repo: Path, *, config: Config, home: str | Path | None, stage: 
                   **({"adapter_over_rules": gain(adapter_scored, rules)} if rules else {}),
                   **({"family_adapter_over_adapter": gain(more[0][0], adapter_scored),
                       "family_adapter_over_base": gain(more[0][0], base_scored)} if more else {})},
-        "family": {"name": family, "train": {**family_training, "pairs": len(mixed)}} if family else None,
+        "family": ({"name": project_family, "train": {**family_training, "pairs": len(mixed)}}
+                   if project_family else None),
         "seconds": round(time.monotonic() - started, 1),
     }
