@@ -12,7 +12,6 @@ from pathlib import Path
 import psutil
 
 from agent.index.embed import BULK_MIN_TEXTS
-
 from tests.fixtures.decomp import DecompRepo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
