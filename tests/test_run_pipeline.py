@@ -19,6 +19,7 @@ from agent.cli import app
 from agent.config import ledger_path, load_config, project_paths
 from agent.errors import CraError, InvalidInput
 from agent.index.build import index_repo
+from agent.llm.budget import CUT, budget_for
 from agent.llm.roles import ROLES
 from agent.pipeline import RunOptions, TaskRun, drive
 from agent.runs import get_run, list_runs
@@ -280,6 +281,37 @@ def test_a_long_prompt_loses_context_never_its_instructions(tmp_path: Path, inde
                and "candidate files shown whole" in n for n in notes), notes
     shown = [line for line in scope.splitlines() if line.startswith("- ")]
     assert 0 < len(shown) < len(outcome.results["scope"].output.files), notes  # some went, the best stayed
+
+
+def test_a_model_analysis_at_the_schemas_limit_never_pushes_a_later_prompt_past_the_context(
+        tmp_path: Path, indexed: DecompRepo, tiny_models) -> None:
+    # The analysis goes into every later prompt whole; a random model's, at the schema's limits, took more tokens than
+    # a 1,000-token context leaves, and vLLM refused the scope prompt (a run failed on its own model's output).
+    noise = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(64))  # a Short at its limit, 6 escaped chars a char
+    prompts = {}
+
+    def remember(name: str, value: dict):
+        def answer(body: dict) -> dict:
+            prompts[name] = body["messages"]
+            return value
+        return answer
+
+    largest = {"kind": "rename", "key_terms": [noise] * 8, "symbols": [OLD] + [noise] * 7,
+               "files": [WALLCLOCK] + [f"src/{noise}.c"] * 4, "subsystems": [noise] * 5, "keep_rom": True}
+    answers = answers_for("rename", True, []) | {"TaskAnalysis": largest}
+    answers = {name: remember(name, value) for name, value in answers.items()}
+    with standin_server(scripted(answers)) as server:
+        (tmp_path / "cra.toml").write_text(
+            f'[models]\nmax_tokens = 256\n[models.reasoning]\nbase = "{tiny_models.base}"\nendpoint = "{server.url}"\n'
+            f'[models.coding]\nbase = "{tiny_models.base}"\nendpoint = "{server.url}"\n[serve]\nmax_model_len = 1000\n')
+        drive(TaskRun(f"Rename {OLD} to {NEW}", indexed.path, config=load_config(tmp_path),
+                      options=RunOptions(until="plan")))
+    budget = budget_for(tiny_models.base, max_model_len=1000, answer_tokens=256)
+    assert budget.count(json.dumps(largest)) > budget.tokens  # whole, this analysis alone would not fit
+    for name in ("ScopeOutput", "PrecisionOutput", "Plan"):
+        shown = [line for line in prompts[name][-1]["content"].splitlines() if line.startswith("Analysis: ")]
+        assert shown and shown[0].endswith(CUT) and shown[0].startswith('Analysis: {"kind": "rename"'), name
+        assert sum(budget.count(m["content"]) for m in prompts[name]) <= budget.tokens, name
 
 
 def test_code_excerpts_come_from_the_text_the_model_edits(tmp_path: Path, indexed: DecompRepo) -> None:

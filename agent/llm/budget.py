@@ -77,6 +77,20 @@ def _tokenizer(folder: Path | None):
     return Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
+def clip_tokens(budget: PromptBudget, text: str, tokens: int) -> str:
+    """`text` cut to at most `tokens` of the budget's tokens, the cut marked."""
+    if budget.count(text) <= tokens:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # the longest head that fits, marker included
+        mid = (low + high + 1) // 2
+        if budget.count(text[:mid] + CUT) <= tokens:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + CUT
+
+
 def fit(budget: PromptBudget, instructions: list[str], context: list[str], *, what: str,
         joiner: str = "\n") -> tuple[list[str], list[str]]:
     """The context items that fit beside the instructions, in order; and notes on what was cut.

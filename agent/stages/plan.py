@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel, Field
 
 from agent.edits import resolve_in_repo
@@ -88,7 +86,7 @@ class PlanStage(Stage[PlanInput, Plan]):
         """The task with the files and symbols to work from (symbols as many as fit)."""
         symbols = [f"- {name} (primary)" for name in inp.primary] + [f"- {name} (supporting)" for name in inp.supporting]
         return budgeted(ctx, self.name, "planner",
-                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
+                        f"Task: {inp.task}\nAnalysis: {inp.analysis.shown(ctx.budget(self.name))}\n"
                         f"Files: {', '.join(inp.files)}\nSymbols:\n", symbols or ["-"],
                         "\n\nWrite the plan: a one-line summary and ordered steps, each naming one file, the symbols it "
                         "changes and the change in one sentence. Keep the ROM byte-identical when the analysis says so.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -155,7 +154,7 @@ class PrecisionStage(Stage[PrecisionInput, PrecisionOutput]):
                  + (f"; summary (model-written): {c.summary}" if c.summary else "")
                  + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "symbol selector",
-                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n"
+                        f"Task: {inp.task}\nAnalysis: {inp.analysis.shown(ctx.budget(self.name))}\n"
                         f"Relevant files: {', '.join(inp.relevant_files)}\n\nCandidate symbols:\n",
                         lines, "\n\nPut each symbol in a tier: primary (the change edits it), supporting (the change "
                                "reads or calls it) or excluded, with a short reason. Use only the symbols listed.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -187,7 +186,7 @@ class ScopeStage(Stage[ScopeInput, ScopeOutput]):
                  + (f"; summary (model-written): {c.summary}" if c.summary else "")
                  + (f"; history: {c.history}" if c.history else "") for c in inp.candidates]
         return budgeted(ctx, self.name, "scope selector",
-                        f"Task: {inp.task}\nAnalysis: {json.dumps(inp.analysis.model_dump())}\n\nCandidate files:\n",
+                        f"Task: {inp.task}\nAnalysis: {inp.analysis.shown(ctx.budget(self.name))}\n\nCandidate files:\n",
                         lines, "\n\nLabel every candidate relevant (must change), supporting (needed to understand the "
                                "change) or irrelevant, with a short reason. Use only the paths listed.",
                         what="candidate files")

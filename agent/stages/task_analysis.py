@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from agent.llm.budget import PromptBudget, clip_tokens
 from agent.stages.base import (
     Decision,
     Prompt,
@@ -37,6 +39,7 @@ STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it its of on or so that the this to was were with use using "
     "up out all some more less than then when which".split()
 )
+ANALYSIS_SHARE = 0.25  # of a later stage's prompt budget, the most a model's analysis may take of it
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATHLIKE = re.compile(r"[\w./-]+\.(?:c|h|s|inc|json|txt|mk)\b")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")
@@ -57,6 +60,10 @@ class TaskAnalysis(BaseModel):
     files: list[RepoPath] = Field(max_length=5, description="repository files the task names")
     subsystems: list[Short] = Field(max_length=5)
     keep_rom: bool = Field(description="whether the ROM must stay byte-identical")
+
+    def shown(self, budget: PromptBudget) -> str:
+        """The analysis as a later stage's prompt shows it: its JSON, cut to a quarter of that prompt's budget."""
+        return clip_tokens(budget, json.dumps(self.model_dump()), int(budget.tokens * ANALYSIS_SHARE))
 
 
 def _identifiers(task: str) -> list[str]:
