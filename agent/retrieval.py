@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,10 +61,13 @@ FILE_SIGNALS = {
 }
 SYMBOL_SIGNALS = {"text": "symbol_text", "vector": "symbol_vector", "graph": "neighborhood", "pagerank": "pagerank"}
 FILE_FEATURES = (*FILE_SIGNALS, "churn", "header")
-SYMBOL_FEATURES = (*SYMBOL_SIGNALS, "file_rank", "name", "name_words", "function")
+SYMBOL_FEATURES = (*SYMBOL_SIGNALS, "file_rank", "name", "name_words", "function", "identifier", "body",
+                   "body_identifier", "lines", "file_share")
 CANDIDATES = 200        # hits taken from each text or vector list before fusion
 SYMBOL_FILES = 20       # a fitted ranker scores every function of this many of its best files
 MAX_SYMBOL_CANDIDATES = 5000  # and at most this many symbols in all (LightGBM ranks up to 10,000 per query)
+BODY_K1, BODY_B = 1.2, 0.75  # BM25 over the bodies of the best files' functions
+LONG_FUNCTION = 1000    # lines: a function this long reads 1 on the size feature (log scale)
 SEED_HITS = 10          # top text hits whose graph neighbourhood is boosted
 PAIR_SEEDS = 10         # top files whose header/source partner is boosted
 MAX_PARTNERS = 4        # a name shared by more .c/.h files than this (main.c, ...) pairs nothing
@@ -140,6 +144,24 @@ def _normalise(scores: dict[str, float]) -> dict[str, float]:
     return {key: value / top for key, value in scores.items()} if top > 0 else {}
 
 
+def _body_bm25(terms: Sequence[str], bodies: dict[str, Counter[str]]) -> dict[str, float]:
+    """BM25 of the query's terms over the given bodies (document frequencies among them), normalised to [0, 1]."""
+    wanted = set(terms)
+    if not wanted or not bodies:
+        return {}
+    df = Counter(t for body in bodies.values() for t in wanted if t in body)
+    n = len(bodies)
+    idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+    avg = sum(sum(b.values()) for b in bodies.values()) / n or 1.0
+    scores = {}
+    for sid, body in bodies.items():
+        norm = BODY_K1 * (1 - BODY_B + BODY_B * sum(body.values()) / avg)
+        score = sum(idf[t] * body[t] * (BODY_K1 + 1) / (body[t] + norm) for t in idf if t in body)
+        if score > 0:
+            scores[sid] = score
+    return _normalise(scores)
+
+
 def _best_per_file(scores: dict[str, float], path_of: dict[str, str]) -> dict[str, float]:
     best: dict[str, float] = {}
     for sid, value in scores.items():
@@ -212,6 +234,7 @@ class Searcher:
         self.graph = index.adjacency()
         self.history = index.history()
         self.meta = {r[0]: r[1:5] for r in rows}
+        self.end_line = {r[0]: r[6] for r in rows}
         self.path_of = {r[0]: r[3] for r in rows}
         self.symbol_pagerank = _normalise({r[0]: r[5] for r in rows})
         self.file_pagerank = _normalise(self.file_pagerank)
@@ -223,6 +246,7 @@ class Searcher:
             self.by_path[spath].append(sid)
         self.fitted = load_ranker(paths.ranker)
         self.name_tokens: dict[str, list[str]] = {}
+        self.body_tokens: dict[str, Counter[str]] = {}
 
     def search(
         self,
@@ -369,31 +393,65 @@ class Searcher:
         return Signals(dict(files), dict(symbols))
 
     def symbol_rows(
-        self, query: str, found: Signals, file_order: list[str], allowed: set[str], kinds: list[str] | None = None,
+        self, query: str, found: Signals, files: Sequence[tuple[str, float]], allowed: set[str],
+        kinds: list[str] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """The symbol candidates the fitted ranker scores, with their features: the symbols any signal found and the
-        functions (or the symbols of the kinds asked for) of the first files of `file_order`, at most
-        MAX_SYMBOL_CANDIDATES, each with its file's rank and how its name meets the query."""
-        rank = {p: i for i, p in enumerate(file_order)}
-        wanted_ids = set(query_identifiers(query))
+        """The symbol candidates the fitted ranker scores, with their features: the symbols any signal found (the
+        query's identifiers included) and the functions (or the symbols of the kinds asked for) of the first files
+        of `files` (path and score, best first), at most MAX_SYMBOL_CANDIDATES, each with its file's rank and share
+        of the best file's score, how its name meets the query, and how its body does (BM25 and identifiers)."""
+        rank = {p: i for i, (p, _score) in enumerate(files)}
+        best = max((score for _p, score in files[:1]), default=0.0)
+        share = {p: score / best for p, score in files} if best > 0 else {}
+        wanted_ids = query_identifiers(query)
         words = set(history.tokenize(query))
+        identifier = (_normalise(dict(self.tables.search_symbols(" ".join(wanted_ids), limit=CANDIDATES, kinds=kinds)))
+                      if wanted_ids else {})
         rows = {sid: dict(raw) for sid, raw in found.symbols.items() if self._shown(sid, allowed, kinds)}
-        added = (sid for fpath in file_order[:SYMBOL_FILES] for sid in self.by_path.get(fpath, ())
+        rows.update((sid, {"pagerank": self.symbol_pagerank.get(sid, 0.0)}) for sid in identifier
+                    if sid not in rows and sid in self.meta and self._shown(sid, allowed, kinds))
+        top_files = [p for p, _score in files[:SYMBOL_FILES]]
+        added = (sid for fpath in top_files for sid in self.by_path.get(fpath, ())
                  if sid not in rows and self._shown(sid, allowed, kinds) and (kinds or self.meta[sid][1] == "function"))
         for sid in added:
             if len(rows) >= MAX_SYMBOL_CANDIDATES:
                 break
             rows[sid] = {"pagerank": self.symbol_pagerank.get(sid, 0.0)}
+        bodies = self._bodies(top_files)
+        body = _body_bm25(code_tokens(query), {sid: bodies[sid] for sid in rows if sid in bodies})
         for sid, row in rows.items():
-            name, kind, spath, _line = self.meta[sid]
+            name, kind, spath, line = self.meta[sid]
             own = self.name_tokens.get(sid)
             if own is None:  # cached: a warm searcher tokenizes each name once
                 own = self.name_tokens[sid] = history.tokenize(name)
             row["file_rank"] = 1.0 / (1 + rank[spath]) if spath in rank else 0.0
+            row["file_share"] = share.get(spath, 0.0)
             row["name"] = float(name.lower() in wanted_ids)
             row["name_words"] = sum(w in words for w in own) / len(own) if own else 0.0
             row["function"] = float(kind == "function")
+            row["identifier"] = identifier.get(sid, 0.0)
+            row["body"] = body.get(sid, 0.0)
+            used = bodies.get(sid)
+            row["body_identifier"] = sum(w in used for w in wanted_ids) / len(wanted_ids) if used and wanted_ids else 0.0
+            row["lines"] = min(1.0, math.log1p(max(0, self.end_line[sid] - line + 1)) / math.log1p(LONG_FUNCTION))
         return rows
+
+    def _bodies(self, paths: Iterable[str]) -> dict[str, Counter[str]]:
+        """The code tokens of every function body in `paths`, read from the checkout (cached per symbol)."""
+        out: dict[str, Counter[str]] = {}
+        for fpath in paths:
+            sids = [sid for sid in self.by_path.get(fpath, ()) if self.meta[sid][1] == "function"]
+            missing = [sid for sid in sids if sid not in self.body_tokens]
+            if missing:
+                try:
+                    lines = (self.paths.repo / fpath).read_text(errors="replace").split("\n")
+                except OSError:
+                    lines = []
+                for sid in missing:
+                    start = self.meta[sid][3]
+                    self.body_tokens[sid] = Counter(code_tokens("\n".join(lines[start - 1:self.end_line[sid]])))
+            out.update((sid, self.body_tokens[sid]) for sid in sids)
+        return out
 
     def _hybrid_files(self, found: Signals, weights: Weights) -> list[FileHit]:
         """Files by the weighted sum of their signals, each `why` the weighted signals."""
@@ -418,7 +476,7 @@ class Searcher:
     def _learned_symbols(self, query: str, found: Signals, model: Fitted, files: list[FileHit],
                          allowed: set[str], kinds: list[str] | None, k: int) -> list[SymbolHit]:
         """Symbols in the fitted model's order (those of the best files among them), the first k with a `why`."""
-        rows = self.symbol_rows(query, found, [h.path for h in files], allowed, kinds)
+        rows = self.symbol_rows(query, found, [(h.path, h.score) for h in files], allowed, kinds)
         ranked = _by_score(rows, model)
         why = model.contributions([rows[sid] for sid, _ in ranked[:k]])
         return [SymbolHit(sid, *self.meta[sid], s, why[i] if i < k else {}) for i, (sid, s) in enumerate(ranked)]

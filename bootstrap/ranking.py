@@ -132,7 +132,8 @@ def read_example(searcher: Searcher, hist: history.History, task: Task, gold_ids
     """One past commit's candidates and their features, at the searcher's anchor and the history before it."""
     found = searcher.signals(task.query, allowed, file_filter={"langs": LANGS}, history_now=history.as_of(hist, task.sha))
     files = _group(task.query, found.files, FILE_FEATURES, set(task.files))
-    order = sorted(found.files, key=lambda p: (-sum(weighted(found.files[p], FILE_SIGNALS, WEIGHTS).values()), p))
+    scored = {p: sum(weighted(raw, FILE_SIGNALS, WEIGHTS).values()) for p, raw in found.files.items()}
+    order = sorted(scored.items(), key=lambda ps: (-ps[1], ps[0]))
     rows = searcher.symbol_rows(task.query, found, order, allowed)
     symbols = _group(task.query, rows, SYMBOL_FEATURES, set(gold_ids)) if gold_ids else None
     return Example(task, files, symbols)

@@ -15,7 +15,8 @@ from agent.config import project_paths
 from agent.errors import InvalidInput
 from agent.eval import localize as L
 from agent.index import history
-from agent.index.build import index_repo
+from agent.index.build import index_repo, open_index
+from agent.index.reader import IndexReader
 from agent.localization import select_tasks
 from agent.ranker import RankerUnreadable, load, read_provenance
 from bootstrap.ranking import (
@@ -273,3 +274,46 @@ def test_past_commits_that_gave_no_example_are_not_read_again(tmp_path: Path) ->
     again = fit(repo.root, folder, every=1)
     assert again.new_commits == 0 and again.queries == first.queries and again.anchors == first.anchors
     assert fit(repo.root, folder, every=1, full=True).new_commits == 2
+
+
+BERRY = """u16 gBerryWaterCount;
+
+void WaterBerryTree(struct BerryTree *tree)
+{
+    gBerryWaterCount++;
+    tree->watered = TRUE;
+}
+
+void PlantBerry(u8 id)
+{
+    Work(id);
+}
+
+void UpdateBerryTrees(void)
+{
+""" + "    Work(0);\n" * 60 + "}\n"
+
+
+def test_symbol_candidates_carry_what_their_bodies_and_sizes_say(tmp_path: Path) -> None:
+    """The symbol the query names is a candidate; the functions of the best files are read whole: the one whose
+    body uses the query's words and identifiers leads on body BM25 and identifiers, the long one reads longer, and
+    each carries its file's share of the best."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("Add berry trees", {"src/berry.c": BERRY, "src/menu.c": c_file("OpenMenu", "CloseMenu")})
+    home = tmp_path / "home"
+    index_repo(repo.root, home=home, embed=False)
+    paths, state = open_index(repo.root, home)
+    with IndexReader(paths.store, paths.repo) as reader:
+        searcher = retrieval.Searcher(paths, state, reader)
+    query = "Count gBerryWaterCount when watering a tree"
+    allowed = set(searcher.files)
+    rows = searcher.symbol_rows(query, searcher.signals(query, allowed), [("src/berry.c", 2.0), ("src/menu.c", 1.0)],
+                                allowed)
+    by_name = {searcher.meta[sid][0]: row for sid, row in rows.items()}
+    water, plant, update = by_name["WaterBerryTree"], by_name["PlantBerry"], by_name["UpdateBerryTrees"]
+    assert by_name["gBerryWaterCount"]["identifier"] == 1.0 and by_name["gBerryWaterCount"]["name"] == 1.0
+    assert water["body"] == 1.0 and water["body_identifier"] == 1.0
+    assert plant["body"] < water["body"] and plant["body_identifier"] == 0.0 == update["body_identifier"]
+    assert update["lines"] > water["lines"] > 0
+    assert water["file_share"] == 1.0 and by_name["OpenMenu"]["file_share"] == 0.5
+    assert by_name["OpenMenu"]["body"] == 0.0
