@@ -15,8 +15,6 @@ from agent.index import history
 from agent.index.history import BadCommit, CommitRecord, strip_pr_suffix
 
 CODE_SUFFIXES = (".c", ".h")
-MAX_GOLD_FILES = 5
-MAX_CHANGED_LINES = 200  # over every text file of the commit
 MIN_WORDS = 3
 # Subjects that describe no change a reader could localize: git's own messages, bots, review churn, formatting.
 _AUTOMATED = re.compile(
@@ -28,6 +26,17 @@ _AUTOMATED = re.compile(
     r"|^(run |ran )?(clang-format|reformat|format(ting)?|whitespace|lint)( fix(es)?| changes?| and clean ?up)?\W*$",
     re.IGNORECASE,
 )
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How large a commit may be to count: the .c/.h files it modifies and its changed lines (every text file)."""
+
+    files: int
+    lines: int
+
+
+TASK_LIMITS = Limits(files=5, lines=200)
+
 
 @dataclass(frozen=True, slots=True)
 class Hunk:
@@ -66,7 +75,7 @@ def subject_reason(subject: str, author: str = "") -> str | None:
     return None
 
 
-def drop_reason(rec: CommitRecord, *, chosen: bool = False) -> str | None:
+def drop_reason(rec: CommitRecord, *, chosen: bool = False, limits: Limits = TASK_LIMITS) -> str | None:
     """Why a commit is no task, or None; `chosen` commits (named by the user) skip the subject and size rules."""
     if len(rec.parents) != 1:
         return "merge commit" if rec.parents else "root commit"
@@ -81,10 +90,10 @@ def drop_reason(rec: CommitRecord, *, chosen: bool = False) -> str | None:
         return None
     if any(f.status != "M" for f in code):
         return "adds, deletes or renames .c/.h files"
-    if len(code) > MAX_GOLD_FILES:
-        return f"more than {MAX_GOLD_FILES} .c/.h files"
-    if sum((f.added or 0) + (f.deleted or 0) for f in rec.files) >= MAX_CHANGED_LINES:
-        return f"{MAX_CHANGED_LINES}+ changed lines"
+    if len(code) > limits.files:
+        return f"more than {limits.files} .c/.h files"
+    if sum((f.added or 0) + (f.deleted or 0) for f in rec.files) >= limits.lines:
+        return f"{limits.lines}+ changed lines"
     return None
 
 
@@ -122,9 +131,10 @@ def _read_commits_file(repo: Path, commits_file: Path) -> tuple[list[str], list[
 
 def select_tasks(
     repo: Path, last: int | None = None, commits_file: Path | None = None, *, stats: dict | None = None,
-    head: str = "HEAD",
+    head: str = "HEAD", limits: Limits = TASK_LIMITS,
 ) -> list[Task]:
-    """The newest `last` tasks of the history of `head` (by commit date), or the commits a file names, newest first.
+    """The newest `last` tasks of the history of `head` (by commit date), or the commits a file names, newest first;
+    `limits` bounds their size.
 
     `stats`, when given, receives the number of commits scanned, kept, and dropped per reason.
     """
@@ -150,7 +160,7 @@ def select_tasks(
             if isinstance(rec, BadCommit):
                 dropped["unreadable (missing objects)"] += 1
                 continue
-            reason = drop_reason(rec, chosen=commits_file is not None)
+            reason = drop_reason(rec, chosen=commits_file is not None, limits=limits)
             if reason:
                 dropped[reason] += 1
             else:

@@ -28,7 +28,7 @@ from agent.index.embed import DEFAULT_EMBEDDER
 from agent.index.parse import parse_file
 from agent.index.reader import IndexReader
 from agent.index.symbols import PROTOTYPE, ParsedFile, assign_ids
-from agent.localization import Task, select_tasks, touched_functions
+from agent.localization import Limits, Task, select_tasks, touched_functions
 from agent.ranker import Group
 from agent.retrieval import (
     FILE_FEATURES,
@@ -46,6 +46,9 @@ from agent.store.migrations import INDEX
 MIN_QUERIES = 100      # past commits whose answer the candidates hold; with fewer, the default weights stay
 VALID_SHARE = 0.15     # the newest share of them judges the fit against the default weights
 ANCHOR_COMMITS = 500   # a past commit's code is read at an anchor at most this many commits before it
+# Past commits may be larger than the tasks they teach for (5 files, 200 lines): a subject and the files and
+# functions it changed are an answer however many there are, and small decomps need every one of them.
+PAST_COMMIT_LIMITS = Limits(files=10, lines=1000)
 LANGS = ["c", "h"]
 SCRATCH_PREFIX = "cra-ranker-"
 EXAMPLES = "examples.parquet"
@@ -337,7 +340,8 @@ def fit_ranker(
     started = time.perf_counter()
     spent: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
-    reading = {"history_notes": history_notes, "anchor_commits": every}
+    reading = {"history_notes": history_notes, "anchor_commits": every, "max_files": PAST_COMMIT_LIMITS.files,
+               "max_lines": PAST_COMMIT_LIMITS.lines}
     previous = None if full else _examples_meta(folder)
     reuse = bool(previous and {k: previous.get(k) for k in reading} == reading
                  and git_repo.is_ancestor(top, previous["until"], head))
@@ -348,7 +352,8 @@ def fit_ranker(
     known = {ex.task.sha for ex in stored} | unusable
     n_commits = int(git_repo.git(top, "rev-list", "--count", head).decode())
     selection: dict = {}
-    tasks = [t for t in select_tasks(top, last=min(max_commits or n_commits, n_commits), head=head, stats=selection)
+    tasks = [t for t in select_tasks(top, last=min(max_commits or n_commits, n_commits), head=head, stats=selection,
+                                     limits=PAST_COMMIT_LIMITS)
              if t.sha not in known and t.sha not in exclude]
     dropped.update(selection.get("dropped", {}))
     report = FitReport("too short", str(top), head, new_commits=len(tasks))

@@ -67,6 +67,18 @@ def test_drop_reasons() -> None:
     assert tasks_of.drop_reason(_rec("wip", [("src/new.c", "A", 5, 0)]), chosen=True) == "modifies no existing .c/.h file"
 
 
+def test_the_ranker_fit_reads_past_commits_larger_than_tasks() -> None:
+    """A fit learns from commits of up to 10 files and 1,000 lines; the tasks it is scored on stay small."""
+    from bootstrap.ranking import PAST_COMMIT_LIMITS
+
+    seven = [(f"src/f{i}.c", "M", 40, 40) for i in range(7)]
+    assert tasks_of.drop_reason(_rec("Rename the palette fade buffers", seven)) == "more than 5 .c/.h files"
+    assert tasks_of.drop_reason(_rec("Rename the palette fade buffers", seven), limits=PAST_COMMIT_LIMITS) is None
+    eleven = [(f"src/f{i}.c", "M", 1, 1) for i in range(11)]
+    assert tasks_of.drop_reason(_rec("Rename the palette fade buffers", eleven), limits=PAST_COMMIT_LIMITS) == (
+        "more than 10 .c/.h files")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Gold functions from hunks
 

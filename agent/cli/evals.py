@@ -37,6 +37,7 @@ def eval_localize(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the report.")] = Path("localize.json"),
     without_notes: Annotated[bool, typer.Option("--without-notes", help="Index without history notes in the symbols' search texts.")] = False,
     fit_commits: Annotated[int | None, typer.Option("--fit-commits", help="Fit the learned ranker on the newest N past commits before the tasks (default: all).")] = None,
+    anchor_commits: Annotated[int | None, typer.Option("--anchor-commits", help="Read each past commit the learned ranker is fitted on at most N commits before it (default 500).")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Score rankers on past commits: find the files and functions each one changed, from its subject alone."""
@@ -47,7 +48,7 @@ def eval_localize(
     tasks = select_tasks(repo, last=last, commits_file=commits, stats=selection)
     with err.status(f"{len(tasks)} tasks") as status:
         report = run_localize(repo, tasks, ranker or ["hybrid"], home=home, selection=selection,
-                              history_notes=not without_notes, fit_commits=fit_commits,
+                              history_notes=not without_notes, fit_commits=fit_commits, anchor_commits=anchor_commits,
                               on_progress=lambda msg: status.update(escape(msg)))
     _write_json(json_out, report)
     table = Listing((ident("ranker"), "file Acc@1", "Acc@5", "Acc@10", "Recall@5", "MRR", "function Acc@5"), title_in_pipe=True,

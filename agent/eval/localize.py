@@ -259,11 +259,13 @@ def run_localize(
     selection: dict | None = None,
     history_notes: bool = True,
     fit_commits: int | None = None,
+    anchor_commits: int | None = None,
 ) -> dict:
     """Score every ranker on every task at its parent's state; return the JSON-ready report.
 
     "learned" is first fitted on the past commits reachable from the oldest task's parent (the newest
-    `fit_commits` of them, all by default), never on a task; the report says which ones.
+    `fit_commits` of them, all by default, each read at most `anchor_commits` before it), never on a task; the
+    report says which ones.
 
     `home` keeps the eval's state (index, chunk vectors) between runs; by default a temporary folder is used
     and removed. `selection` (the stats of select_tasks) is copied into the report. `history_notes` puts each
@@ -290,7 +292,7 @@ def run_localize(
         eval_home = state_dir / "home"
         needs_chunks = any(r in ("minilm", "bm25+minilm") for r in rankers)
         chunks = ChunkRanker(state_dir / "minilm-chunks-v2") if needs_chunks else None
-        fitted = (_fit(top, ordered, worktree, eval_home, state_dir, history_notes, fit_commits, say)
+        fitted = (_fit(top, ordered, worktree, eval_home, state_dir, history_notes, fit_commits, anchor_commits, say)
                   if "learned" in rankers and ordered else None)
         with git_repo.temporary_worktree(top, worktree):
             for i, task in enumerate(ordered, 1):
@@ -321,15 +323,16 @@ def run_localize(
 
 
 def _fit(repo: Path, ordered: Sequence[Task], worktree: Path, eval_home: Path, state_dir: Path, history_notes: bool,
-         fit_commits: int | None, say: Progress) -> dict:
+         fit_commits: int | None, anchor_commits: int | None, say: Progress) -> dict:
     """Fit the learned ranker on the commits before the oldest task's parent, where the eval's searches read it;
     what it was fitted on, checked against the tasks."""
-    from bootstrap.ranking import fit_ranker, stored_commits
+    from bootstrap.ranking import ANCHOR_COMMITS, fit_ranker, stored_commits
 
     oldest = ordered[0].parent
     folder = project_paths(worktree, eval_home).ranker
     say(f"fitting the learned ranker on the history up to {oldest[:10]}, the oldest task's parent")
     fit = fit_ranker(repo, folder, until=oldest, state=state_dir / "ranker-fit", max_commits=fit_commits,
+                     every=anchor_commits or ANCHOR_COMMITS,
                      history_notes=history_notes, exclude={t.sha for t in ordered}, on_progress=say)
     if fit.status != "fitted":
         raise CraError(f"the learned ranker was not fitted ({fit.status}): {fit.validation or fit.dropped}; "
