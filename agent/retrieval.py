@@ -234,7 +234,7 @@ class Searcher:
         self.graph = index.adjacency()
         self.history = index.history()
         self.meta = {r[0]: r[1:5] for r in rows}
-        self.end_line = {r[0]: r[6] for r in rows}
+        self.end_line = index.end_lines()
         self.path_of = {r[0]: r[3] for r in rows}
         self.symbol_pagerank = _normalise({r[0]: r[5] for r in rows})
         self.file_pagerank = _normalise(self.file_pagerank)

@@ -208,11 +208,15 @@ class IndexReader:
         """Where `name` is defined as seen from `from_path` (its TU first), best first; several when ambiguous."""
         return self.symbols_by_id(definitions(self.con, name, from_path))
 
-    def symbol_ranks(self) -> list[tuple[str, str, str, str, int, float, int]]:
-        """(id, name, kind, path, start_line, pagerank, end_line) of every symbol: the searcher's table of them."""
+    def symbol_ranks(self) -> list[tuple[str, str, str, str, int, float]]:
+        """(id, name, kind, path, start_line, pagerank) of every symbol: the searcher's table of them."""
         return self.con.execute(
-            "SELECT s.id, s.name, s.kind, s.path, s.start_line, coalesce(m.pagerank, 0), s.end_line FROM " + _SYMBOLS
+            "SELECT s.id, s.name, s.kind, s.path, s.start_line, coalesce(m.pagerank, 0) FROM " + _SYMBOLS
         ).fetchall()
+
+    def end_lines(self) -> dict[str, int]:
+        """The last line of every symbol, by id."""
+        return dict(self.con.execute("SELECT id, end_line FROM symbols").fetchall())
 
     # ----------------------------------------------------------------------------------------- files
     def indexed_files(self) -> set[str]:
