@@ -152,10 +152,11 @@ def _body_bm25(terms: Sequence[str], bodies: dict[str, Counter[str]]) -> dict[st
     df = Counter(t for body in bodies.values() for t in wanted if t in body)
     n = len(bodies)
     idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
-    avg = sum(sum(b.values()) for b in bodies.values()) / n or 1.0
+    length = {sid: body.total() for sid, body in bodies.items()}
+    avg = sum(length.values()) / n or 1.0
     scores = {}
     for sid, body in bodies.items():
-        norm = BODY_K1 * (1 - BODY_B + BODY_B * sum(body.values()) / avg)
+        norm = BODY_K1 * (1 - BODY_B + BODY_B * length[sid] / avg)
         score = sum(idf[t] * body[t] * (BODY_K1 + 1) / (body[t] + norm) for t in idf if t in body)
         if score > 0:
             scores[sid] = score
