@@ -4,7 +4,7 @@ for symbols, stored in the project's cra folder with where it came from."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +14,13 @@ from agent.errors import CraError
 
 LEVELS = ("files", "symbols")
 PARAMS = {  # small trees, few of them: thousands of queries with a few hundred candidates each, fitted on CPU
-    "objective": "lambdarank", "metric": "ndcg", "eval_at": [5], "learning_rate": 0.05, "num_leaves": 15,
+    "objective": "lambdarank", "metric": "none", "learning_rate": 0.05, "num_leaves": 15,
     "min_data_in_leaf": 20, "feature_fraction": 0.9, "lambdarank_truncation_level": 20, "deterministic": True,
     "num_threads": 2, "seed": 7, "verbose": -1,
 }
-MAX_ROUNDS = 400
-PATIENCE = 40  # boosting rounds without a validation gain before stopping
+ROUNDS = (10, 20, 40, 80, 120, 160, 240, 320, 400)  # boosting rounds the judging folds choose among
+FOLDS = 3          # the newest past commits judge a fit in this many time-ordered blocks,
+FOLD_SHARE = 0.1   # each this share of them and scored by a model fitted on every commit before it
 
 
 class RankerUnreadable(CraError):
@@ -120,31 +121,59 @@ def _dataset(groups: Sequence[Group], features: Sequence[str]):
                             group=[len(g.keys) for g in groups], feature_name=list(features), free_raw_data=False)
 
 
-def fit(train: Sequence[Group], valid: Sequence[Group], features: Sequence[str]) -> tuple[Fitted, int]:
-    """Fit LambdaRank on `train`, stopping when `valid`'s NDCG@5 stops improving; the model and its rounds."""
+def train(groups: Sequence[Group], features: Sequence[str], rounds: int) -> Fitted:
+    """Fit LambdaRank on `groups` for a fixed number of boosting rounds."""
     import lightgbm
 
-    train_set = _dataset(train, features)
-    valid_sets = [_dataset(valid, features)] if valid else []
-    callbacks = [lightgbm.early_stopping(PATIENCE, verbose=False)] if valid else []
-    booster = lightgbm.train(PARAMS, train_set, num_boost_round=MAX_ROUNDS, valid_sets=valid_sets,
-                             callbacks=callbacks)
-    rounds = booster.best_iteration or MAX_ROUNDS
-    return Fitted(booster, tuple(features)), rounds
-
-
-def refit(groups: Sequence[Group], features: Sequence[str], rounds: int) -> Fitted:
-    """Fit LambdaRank on every group for a fixed number of rounds (those the validation chose)."""
-    import lightgbm
-
-    booster = lightgbm.train(PARAMS | {"metric": "none"}, _dataset(groups, features), num_boost_round=max(1, rounds))
+    booster = lightgbm.train(PARAMS, _dataset(groups, features), num_boost_round=max(1, rounds))
     return Fitted(booster, tuple(features))
 
 
-def acc_at(order_scores: Sequence[np.ndarray], groups: Sequence[Group], k: int = 5) -> float:
-    """The share of groups whose changed candidates all rank in the first k under the given scores."""
+@dataclass
+class Judged:
+    """How a fit fared on the newest past commits against a baseline, and the boosting rounds it should keep."""
+
+    rounds: int
+    queries: int
+    learned_hits: int   # queries whose changed candidates all rank in the first 5, each block at the rounds
+    baseline_hits: int  # the other blocks chose (so no block judges the rounds it picked)
+    blocks: list[dict]
+
+    def as_dict(self) -> dict:
+        """The judgement as stored in the ranker's provenance."""
+        share = (lambda hits: round(hits / self.queries, 4)) if self.queries else (lambda _hits: 0.0)
+        return {"queries": self.queries, "default_acc@5": share(self.baseline_hits),
+                "learned_acc@5": share(self.learned_hits), "rounds": self.rounds, "blocks": self.blocks}
+
+
+def judge(groups: Sequence[Group], features: Sequence[str], baseline: Callable[[Group], np.ndarray]) -> Judged:
+    """Judge LambdaRank on time-ordered folds: each of the newest FOLDS blocks of groups is scored by a model fitted
+    on every group before it, at each of ROUNDS; the rounds kept are those with the most hits over all blocks."""
+    size = max(1, int(len(groups) * FOLD_SHARE))
+    folds = max(1, min(FOLDS, (len(groups) - 1) // size))
+    hits, baseline_hits, blocks = [], [], []
+    for start in range(len(groups) - folds * size, len(groups), size):
+        valid = groups[start:start + size]
+        model = train(groups[:start], features, max(ROUNDS))
+        rows = np.concatenate([g.features for g in valid])
+        ends = np.cumsum([len(g.keys) for g in valid])[:-1]
+        hits.append([hits_at(np.split(model.booster.predict(rows, num_iteration=r), ends), valid) for r in ROUNDS])
+        baseline_hits.append(hits_at([baseline(g) for g in valid], valid))
+    totals = np.sum(hits, axis=0)
+    learned = 0
+    for b, block in enumerate(hits):
+        others = totals - block if len(hits) > 1 else totals
+        chosen = int(np.argmax(others))
+        learned += block[chosen]
+        blocks.append({"queries": size, "default_acc@5": round(baseline_hits[b] / size, 4),
+                       "learned_acc@5": round(block[chosen] / size, 4), "rounds": ROUNDS[chosen]})
+    return Judged(ROUNDS[int(np.argmax(totals))], folds * size, int(learned), int(sum(baseline_hits)), blocks)
+
+
+def hits_at(order_scores: Sequence[np.ndarray], groups: Sequence[Group], k: int = 5) -> int:
+    """How many groups have all their changed candidates in the first k under the given scores."""
     hits = 0
     for scores, group in zip(order_scores, groups):
         top = np.argsort(-scores, kind="stable")[:k]
         hits += group.gold > 0 and int(group.labels[top].sum()) == group.gold
-    return hits / len(groups) if groups else 0.0
+    return hits

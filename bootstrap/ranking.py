@@ -44,7 +44,6 @@ from agent.steps import DIRECT, Steps
 from agent.store.migrations import INDEX
 
 MIN_QUERIES = 100      # past commits whose answer the candidates hold; with fewer, the default weights stay
-VALID_SHARE = 0.15     # the newest share of them judges the fit against the default weights
 ANCHOR_COMMITS = 500   # a past commit's code is read at an anchor at most this many commits before it
 # Past commits may be larger than the tasks they teach for (5 files, 200 lines): a subject and the files and
 # functions it changed are an answer however many there are, and small decomps need every one of them.
@@ -303,16 +302,11 @@ def _default_scores(group: Group, features: Sequence[str], signals: dict[str, st
 
 def _fit_level(groups: list[Group], features: Sequence[str], signals: dict[str, str]) -> tuple[
         fitted_ranker.Fitted | None, int, dict]:
-    """Fit on the older groups, judge on the newest against the default weights, refit on all when it gains."""
-    cut = max(1, int(len(groups) * (1 - VALID_SHARE)))
-    train, valid = groups[:cut], groups[cut:]
-    model, rounds = fitted_ranker.fit(train, valid, features)
-    learned = fitted_ranker.acc_at([model.booster.predict(g.features, num_iteration=rounds) for g in valid], valid)
-    default = fitted_ranker.acc_at([_default_scores(g, features, signals) for g in valid], valid)
-    judged = {"queries": len(valid), "default_acc@5": round(default, 4), "learned_acc@5": round(learned, 4)}
-    if learned <= default:
-        return None, rounds, judged
-    return fitted_ranker.refit(groups, features, rounds), rounds, judged
+    """Judge the fit on the newest past commits against the default weights; fit on all when it gains."""
+    judged = fitted_ranker.judge(groups, features, lambda g: _default_scores(g, features, signals))
+    if judged.learned_hits <= judged.baseline_hits:
+        return None, judged.rounds, judged.as_dict()
+    return fitted_ranker.train(groups, features, judged.rounds), judged.rounds, judged.as_dict()
 
 
 def _examples_meta(folder: Path) -> dict | None:

@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent import retrieval
@@ -18,7 +19,8 @@ from agent.index import history
 from agent.index.build import index_repo, open_index
 from agent.index.reader import IndexReader
 from agent.localization import select_tasks
-from agent.ranker import RankerUnreadable, load, read_provenance
+from agent import ranker as fitted_ranker
+from agent.ranker import Group, RankerUnreadable, load, read_provenance
 from bootstrap.ranking import (
     anchors_for,
     full_history,
@@ -317,3 +319,32 @@ def test_symbol_candidates_carry_what_their_bodies_and_sizes_say(tmp_path: Path)
     assert update["lines"] > water["lines"] > 0
     assert water["file_share"] == 1.0 and by_name["OpenMenu"]["file_share"] == 0.5
     assert by_name["OpenMenu"]["body"] == 0.0
+
+
+def _ranking_groups(flip_from: int, n: int = 100, size: int = 20) -> list[Group]:
+    """`n` queries, oldest first, of `size` candidates with features (a, b): the changed one has the highest a,
+    or from query `flip_from` on the lowest."""
+    rng = np.random.default_rng(3)
+    groups = []
+    for q in range(n):
+        x = rng.random((size, 2))
+        labels = np.zeros(size)
+        labels[np.argmin(x[:, 0]) if q >= flip_from else np.argmax(x[:, 0])] = 1
+        groups.append(Group(f"q{q}", [f"k{i}" for i in range(size)], x, labels, 1))
+    return groups
+
+
+def test_a_fit_is_judged_on_the_newest_queries_by_models_fitted_only_before_them() -> None:
+    """Where the answers follow one rule, the judged fit learns it and beats a blind baseline; where the newest
+    queries turn the rule round, each judged block scores as a model fitted only on the queries before it does."""
+    steady = fitted_ranker.judge(_ranking_groups(flip_from=10**6), ("a", "b"), lambda g: g.features[:, 1])
+    assert len(steady.blocks) == fitted_ranker.FOLDS and steady.queries == 30
+    assert steady.learned_hits >= 27 and steady.learned_hits > steady.baseline_hits + 15
+    assert steady.rounds in fitted_ranker.ROUNDS
+    groups = _ranking_groups(flip_from=70)
+    turned = fitted_ranker.judge(groups, ("a", "b"), lambda g: -g.features[:, 0])
+    assert turned.baseline_hits == 30 and turned.learned_hits < turned.baseline_hits
+    for start, block in zip((70, 80, 90), turned.blocks):
+        before = fitted_ranker.train(groups[:start], ("a", "b"), block["rounds"])
+        valid = groups[start:start + 10]
+        assert block["learned_acc@5"] == fitted_ranker.hits_at([before.booster.predict(g.features) for g in valid], valid) / 10
