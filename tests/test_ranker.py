@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent import ranker as fitted_ranker
 from agent import retrieval
 from agent.config import project_paths
 from agent.errors import InvalidInput
@@ -19,7 +20,6 @@ from agent.index import history
 from agent.index.build import index_repo, open_index
 from agent.index.reader import IndexReader
 from agent.localization import select_tasks
-from agent import ranker as fitted_ranker
 from agent.ranker import Group, RankerUnreadable, load, read_provenance
 from bootstrap.ranking import (
     anchors_for,
@@ -347,4 +347,5 @@ def test_a_fit_is_judged_on_the_newest_queries_by_models_fitted_only_before_them
     for start, block in zip((70, 80, 90), turned.blocks):
         before = fitted_ranker.train(groups[:start], ("a", "b"), block["rounds"])
         valid = groups[start:start + 10]
-        assert block["learned_acc@5"] == fitted_ranker.hits_at([before.booster.predict(g.features) for g in valid], valid) / 10
+        scores = [before.booster.predict(g.features) for g in valid]
+        assert block["learned_acc@5"] == fitted_ranker.hits_at(scores, valid) / 10
