@@ -138,8 +138,9 @@ class Judged:
 
     rounds: int
     queries: int
-    learned_hits: int   # queries whose changed candidates all rank in the first 5, each block at the rounds
-    baseline_hits: int  # the other blocks chose (so no block judges the rounds it picked)
+    learned_hits: int   # judged queries with every changed candidate in the first 5 (each block at the rounds
+                        # the other blocks chose, so no block judges rounds it picked)
+    baseline_hits: int  # the same under the baseline's scores
     blocks: list[dict]
 
     def as_dict(self) -> dict:
