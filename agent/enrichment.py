@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import duckdb
 from pydantic import BaseModel, Field
@@ -27,13 +28,15 @@ from agent.store.ledger import LEDGER, ledger
 MODEL_MARK = "model-written"
 REVIEW_VERDICTS = ("good", "bad")
 _BRANCHES = re.compile(r"\b(?:if|for|while|case)\b|&&|\|\||\?")
+Tag = Annotated[str, Field(max_length=40)]
+Line = Annotated[str, Field(max_length=160)]  # one step, effect, risk or check: a teacher that loops stops here
 
 
 class CallerNote(BaseModel):
     """How one caller uses the function."""
 
     name: str = Field(max_length=80)
-    note: str = Field(max_length=160)
+    note: Line
 
 
 class Enrichment(BaseModel):
@@ -41,12 +44,12 @@ class Enrichment(BaseModel):
 
     summary: str = Field(max_length=160, description="one line: what the function does")
     description: str = Field(max_length=900, description="3-6 sentences: intent, what it modifies, side effects")
-    intent_tags: list[str] = Field(max_length=6, description="the function's domains, e.g. graphics, battle, save")
-    change_recipe: list[str] = Field(max_length=6, description="3-6 steps to change it safely")
-    side_effects: list[str] = Field(max_length=5, description="state, memory and hardware it touches")
-    risks: list[str] = Field(max_length=5, description="what a change could break (matching the ROM included)")
+    intent_tags: list[Tag] = Field(max_length=6, description="the function's domains, e.g. graphics, battle, save")
+    change_recipe: list[Line] = Field(max_length=6, description="3-6 steps to change it safely")
+    side_effects: list[Line] = Field(max_length=5, description="state, memory and hardware it touches")
+    risks: list[Line] = Field(max_length=5, description="what a change could break (matching the ROM included)")
     caller_notes: list[CallerNote] = Field(max_length=5, description="how its callers use it")
-    sanity_checks: list[str] = Field(max_length=5, description="checks to run after changing it")
+    sanity_checks: list[Line] = Field(max_length=5, description="checks to run after changing it")
     confidence: float = Field(ge=0.0, le=1.0, description="how sure the model is of this account, 0-1")
 
 
@@ -177,7 +180,10 @@ _COLUMNS = ("id, project, path, name, body_hash, model, fields, complexity, coal
 
 
 def _row(row: tuple) -> Enriched:
-    return Enriched(*row[:6], Enrichment.model_validate_json(row[6]), *row[7:])
+    """A stored enrichment as it was checked when written: bounds added since do not make older answers unreadable."""
+    fields = json.loads(row[6])
+    notes = [CallerNote.model_construct(**note) for note in fields.get("caller_notes", [])]
+    return Enriched(*row[:6], Enrichment.model_construct(**{**fields, "caller_notes": notes}), *row[7:])
 
 
 def _live_rows(home: str | Path | None, project: str) -> list[tuple]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agent.config import Config, RoleModels
 from agent.errors import ConfigError
@@ -101,13 +101,17 @@ class Teacher:
         return hashlib.sha256(json.dumps([self.settings.model, purpose, messages], sort_keys=True).encode()).hexdigest()
 
     def ask(self, purpose: str, messages: list[dict[str, str]], output: type[T], *, fresh: bool = False) -> Labelled:
-        """A validated answer for `purpose`, from the cache when this exact question was asked before (unless
-        `fresh`: a person rejected the cached one); a fresh answer replaces the cached one."""
+        """A validated answer for `purpose`, from the cache when this exact question was asked before and its answer
+        still meets the schema (unless `fresh`: a person rejected the cached one); a fresh answer replaces the cached
+        one."""
         key = self._key(purpose, messages)
         with ledger(self.home) as con:
             row = None if fresh else con.execute("SELECT answer FROM teacher_cache WHERE key = ?", [key]).fetchone()
         if row:
-            return Labelled(output.model_validate_json(row[0]), True, 0, 0, 0.0)
+            try:
+                return Labelled(output.model_validate_json(row[0]), True, 0, 0, 0.0)
+            except ValidationError:
+                pass  # cached before the answer's schema took its present bounds: asked again, and replaced
         answer = self.llm.ask(f"teacher:{purpose}", messages, output)
         call = get_call(self.home, answer.call_id)
         tokens_in, tokens_out = call.prompt_tokens or 0, call.completion_tokens or 0

@@ -15,15 +15,17 @@ from typer.testing import CliRunner
 from agent import enrichment
 from agent.cli import app
 from agent.config import Config, ledger_path, load_config
-from agent.enrichment import Enrichment
+from agent.enrichment import CallerNote, Enriched, Enrichment
 from agent.errors import ConfigError, InvalidInput
 from agent.eval.serving import free_port
 from agent.index.build import index_repo
 from agent.index.reader import lookup_symbol
 from agent.retrieval import search
 from bootstrap.enrich import enrich_repo, enrichment_examples
+from bootstrap.teacher import Teacher
 from curation.datasets import load_examples
 from tests.fixtures.decomp import DecompRepo
+from tests.fixtures.models import chat_reply, standin_server
 from tests.fixtures.served import Served, needs_vllm, with_teacher
 
 runner = CliRunner()
@@ -33,10 +35,11 @@ WALLCLOCK = "src/wallclock.c"
 def teacher_config(served: Served, where: Path) -> Config:
     """The served project's config with the tiny model as the teacher, priced so cost is measurable.
 
-    The tiny model's weights are random: an answer that keeps filling an unbounded string is cut at max_tokens, and
-    which answers are depends on how the server batches them. Functions are shown up to 600 characters, so that the
-    longest question (about 850 of the tiny tokenizer's tokens) leaves room for 1,150 tokens of answer in the
-    server's 2,048, and the tests ask about every function of the file, so that some answers always fit.
+    The tiny model's weights are random: it fills strings up to their bounds, at times a character a token, so an
+    answer can still be cut at max_tokens (on the weights of 2026-12 about one in six is). Functions are shown up to
+    600 characters, so that the longest question (about 850 of the tiny tokenizer's tokens) leaves room for 1,150
+    tokens of answer in the server's 2,048, and the tests ask about every function of the file, so that some answers
+    always fit.
     """
     return with_teacher(served, where, "concurrency = 3\nmax_tokens = 1150\nbody_chars = 600\n"
                                        "price_in_per_mtok = 0.11\nprice_out_per_mtok = 0.60\n")
@@ -51,12 +54,54 @@ def stored(home: Path) -> list[tuple]:
         con.close()
 
 
+def unbounded(schema: dict, node: dict, where: str = "") -> list[str]:
+    """Where in a JSON schema a string or a list has no bound on its length."""
+    if "$ref" in node:
+        return unbounded(schema, schema["$defs"][node["$ref"].rsplit("/", 1)[-1]], where)
+    found = [where] if (node.get("type") == "string" and "maxLength" not in node
+                        or node.get("type") == "array" and "maxItems" not in node) else []
+    for key, child in node.get("properties", {}).items():
+        found += unbounded(schema, child, f"{where}.{key}")
+    return found + (unbounded(schema, node["items"], f"{where}[]") if "items" in node else [])
+
+
 def test_the_schema_bounds_every_field_and_complexity_counts_branches() -> None:
     schema = Enrichment.model_json_schema()
     assert schema["properties"]["summary"]["maxLength"] == 160
     assert schema["properties"]["change_recipe"]["maxItems"] == 6
     assert schema["properties"]["confidence"]["maximum"] == 1.0
+    # every string, list items included, has a bound: a teacher that loops is stopped by the grammar, not max_tokens
+    assert unbounded(schema, schema) == []
     assert enrichment.complexity("void F(void)\n{\n    if (a && b)\n        G();\n    for (;;) {}\n}") == 4
+
+
+
+def test_answers_from_before_the_items_were_bounded_are_read_as_kept_and_asked_again_past_the_cache(
+        tmp_path: Path) -> None:
+    home, key = tmp_path / "home", (WALLCLOCK, "CB2_ViewWallClock")
+    fields = {"summary": "Opens the clock.", "description": "Sets up the clock's screen.", "intent_tags": ["clock"],
+              "change_recipe": ["Keep the order of the callbacks. " * 10], "side_effects": [], "risks": [],
+              "caller_notes": [{"name": "CB2_StartWallClock", "note": "Sets it as the main callback."}],
+              "sanity_checks": [], "confidence": 0.5}
+    with pytest.raises(ValueError, match="160 characters"):
+        Enrichment.model_validate(fields)  # a step of 330 characters is past today's bound
+    old = Enrichment.model_construct(**{**fields, "caller_notes": [CallerNote(**fields["caller_notes"][0])]})
+    enrichment.store(home, [Enriched("e1", "clock", *key, "b1", "tiny", old, 1, 10, 5, 0.0, 1.0)])
+    kept = enrichment.current(home, "clock", {key: "b1"})[key]
+    assert kept.fields.change_recipe == fields["change_recipe"] and kept.fields.caller_notes[0].name == "CB2_StartWallClock"
+    now = Enrichment.model_validate({**fields, "change_recipe": ["Keep the order of the callbacks."]})
+    (tmp_path / "cra.toml").write_text("[teacher]\nendpoint = \"{url}\"\nmodel = \"tiny\"\n")
+    with standin_server([chat_reply(now.model_dump_json())] * 2) as server:
+        (tmp_path / "cra.toml").write_text((tmp_path / "cra.toml").read_text().format(url=server.url))
+        teacher, question = Teacher(load_config(tmp_path), home), [{"role": "user", "content": "CB2_ViewWallClock"}]
+        assert not teacher.ask("enrich", question, Enrichment).cached
+        assert teacher.ask("enrich", question, Enrichment).cached and len(server.requests) == 1
+        con = duckdb.connect(str(ledger_path(home)))
+        con.execute("UPDATE teacher_cache SET answer = ?", [old.model_dump_json()])
+        con.close()
+        again = teacher.ask("enrich", question, Enrichment)
+        assert not again.cached and again.value == now and len(server.requests) == 2
+        assert teacher.ask("enrich", question, Enrichment).cached  # the new answer replaced the cached one
 
 
 @needs_vllm
