@@ -9,6 +9,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -385,7 +386,10 @@ class Searcher:
             for partner in self.partners.get(fpath, ()):
                 if partner in allowed:
                     files[partner]["pair"] = max(files[partner].get("pair", 0.0), 1.0 / (1 + rank))
-        churn = _normalise(history.churn(hist, files)) if learned else {}
+        churn = {}
+        if learned:
+            raw = self.churn if history_now is None else history.churn(hist, files)
+            churn = _normalise({p: raw[p] for p in files if p in raw})
         for fpath, raw in files.items():
             raw["pagerank"] = self.file_pagerank.get(fpath, 0.0)
             if learned:
@@ -437,6 +441,11 @@ class Searcher:
             row["lines"] = min(1.0, math.log1p(max(0, self.end_line[sid] - line + 1)) / math.log1p(LONG_FUNCTION))
         return rows
 
+    @cached_property
+    def churn(self) -> dict[str, float]:
+        """Each file's churn in the index's history, read once per warm searcher (a fitted ranker reads it)."""
+        return history.churn(self.history, self.files)
+
     def _bodies(self, paths: Iterable[str]) -> dict[str, Counter[str]]:
         """The code tokens of every function body in `paths`, read from the checkout (cached per symbol)."""
         out: dict[str, Counter[str]] = {}
@@ -476,11 +485,11 @@ class Searcher:
 
     def _learned_symbols(self, query: str, found: Signals, model: Fitted, files: list[FileHit],
                          allowed: set[str], kinds: list[str] | None, k: int) -> list[SymbolHit]:
-        """Symbols in the fitted model's order (those of the best files among them), the first k with a `why`."""
+        """The first k symbols in the fitted model's order (those of the best files among them), each with a `why`."""
         rows = self.symbol_rows(query, found, [(h.path, h.score) for h in files], allowed, kinds)
-        ranked = _by_score(rows, model)
-        why = model.contributions([rows[sid] for sid, _ in ranked[:k]])
-        return [SymbolHit(sid, *self.meta[sid], s, why[i] if i < k else {}) for i, (sid, s) in enumerate(ranked)]
+        ranked = _by_score(rows, model)[:k]
+        why = model.contributions([rows[sid] for sid, _ in ranked])
+        return [SymbolHit(sid, *self.meta[sid], s, why[i]) for i, (sid, s) in enumerate(ranked)]
 
     def _shown(self, sid: str, allowed: set[str], kinds: list[str] | None) -> bool:
         _name, kind, spath, _line = self.meta[sid]
