@@ -8,6 +8,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -337,18 +338,26 @@ class Searcher:
         file_filter = file_filter or {}
         hist = self.history if history_now is None else history_now
         terms = " ".join(code_tokens(query))
-        vector = self.tables.embed_query(query) if self.state.embedder else None
-        sym_text = _normalise(dict(self.tables.search_symbols(terms, limit=CANDIDATES, kinds=kinds, **file_filter)))
-        file_text = (_normalise(dict(self.tables.search_files(terms, limit=CANDIDATES, **file_filter)))
-                     if weights.file_text else {})
-        file_content = _normalise(dict(self.tables.search_content(terms, limit=CANDIDATES, **file_filter)))
-        named = " ".join(query_identifiers(query))
-        identifier = _normalise(dict(self.tables.search_content(named, limit=CANDIDATES, **file_filter)))
-        sym_vec: dict[str, float] = {}
-        file_vec: dict[str, float] = {}
+        # The searches are independent and LanceDB runs them outside the GIL: issued together, they take about as
+        # long as the slowest (the query's embedding is computed meanwhile).
+        tables, pool = self.tables, self.pool
+        pending = {
+            "sym_text": pool.submit(tables.search_symbols, terms, limit=CANDIDATES, kinds=kinds, **file_filter),
+            "content": pool.submit(tables.search_content, terms, limit=CANDIDATES, **file_filter),
+            "identifier": pool.submit(tables.search_content, " ".join(query_identifiers(query)), limit=CANDIDATES,
+                                      **file_filter),
+        }
+        if weights.file_text:
+            pending["file_text"] = pool.submit(tables.search_files, terms, limit=CANDIDATES, **file_filter)
+        vector = tables.embed_query(query) if self.state.embedder else None
         if vector is not None:
-            sym_vec = dict(self.tables.nearest_symbols(vector, limit=CANDIDATES, kinds=kinds, **file_filter))
-            file_vec = dict(self.tables.nearest_files(vector, limit=CANDIDATES, **file_filter))
+            pending["sym_vec"] = pool.submit(tables.nearest_symbols, vector, limit=CANDIDATES, kinds=kinds,
+                                             **file_filter)
+            pending["file_vec"] = pool.submit(tables.nearest_files, vector, limit=CANDIDATES, **file_filter)
+        hits = {name: dict(future.result()) for name, future in pending.items()}
+        sym_text, file_content = _normalise(hits["sym_text"]), _normalise(hits["content"])
+        file_text, identifier = _normalise(hits.get("file_text", {})), _normalise(hits["identifier"])
+        sym_vec, file_vec = hits.get("sym_vec", {}), hits.get("file_vec", {})
         seeds = sorted(sym_text, key=sym_text.get, reverse=True)[:SEED_HITS]
         # Seeds already carry their text score; their neighbours (one hop: 1/2, two hops: 1/3) get the boost.
         near = {sid: 1.0 / (1 + d) for sid, d in neighbors(self.graph, seeds, hops=2).items()
@@ -440,6 +449,11 @@ class Searcher:
             row["body_identifier"] = sum(w in used for w in wanted_ids) / len(wanted_ids) if used and wanted_ids else 0.0
             row["lines"] = min(1.0, math.log1p(max(0, self.end_line[sid] - line + 1)) / math.log1p(LONG_FUNCTION))
         return rows
+
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        """Threads for one query's searches of the tables, issued together."""
+        return ThreadPoolExecutor(max_workers=6, thread_name_prefix="cra-search")
 
     @cached_property
     def churn(self) -> dict[str, float]:
