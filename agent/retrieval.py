@@ -397,8 +397,8 @@ class Searcher:
                     files[partner]["pair"] = max(files[partner].get("pair", 0.0), 1.0 / (1 + rank))
         churn = {}
         if learned:
-            raw = self.churn if history_now is None else history.churn(hist, files)
-            churn = _normalise({p: raw[p] for p in files if p in raw})
+            counts = self.churn if history_now is None else history.churn(hist, files)
+            churn = _normalise({p: counts[p] for p in files if p in counts})
         for fpath, raw in files.items():
             raw["pagerank"] = self.file_pagerank.get(fpath, 0.0)
             if learned:
