@@ -340,7 +340,7 @@ class Searcher:
         terms = " ".join(code_tokens(query))
         # The searches are independent and LanceDB runs them outside the GIL: issued together, they take about as
         # long as the slowest (the query's embedding is computed meanwhile).
-        tables, pool = self.tables, self.pool
+        tables, pool = self.tables, _TABLE_SEARCHES
         pending = {
             "sym_text": pool.submit(tables.search_symbols, terms, limit=CANDIDATES, kinds=kinds, **file_filter),
             "content": pool.submit(tables.search_content, terms, limit=CANDIDATES, **file_filter),
@@ -451,11 +451,6 @@ class Searcher:
         return rows
 
     @cached_property
-    def pool(self) -> ThreadPoolExecutor:
-        """Threads for one query's searches of the tables, issued together."""
-        return ThreadPoolExecutor(max_workers=6, thread_name_prefix="cra-search")
-
-    @cached_property
     def churn(self) -> dict[str, float]:
         """Each file's churn in the index's history, read once per warm searcher (a fitted ranker reads it)."""
         return history.churn(self.history, self.files)
@@ -517,6 +512,19 @@ class Searcher:
             and (not module or os.path.dirname(p) == module)
             and (not langs or lang in langs)
         }
+
+
+_TABLE_SEARCHES: ThreadPoolExecutor
+
+
+def _new_table_searches() -> None:
+    """Threads for one query's table searches, issued together (started on first use, shared by every searcher)."""
+    global _TABLE_SEARCHES
+    _TABLE_SEARCHES = ThreadPoolExecutor(max_workers=6, thread_name_prefix="cra-search")
+
+
+_new_table_searches()
+os.register_at_fork(after_in_child=_new_table_searches)  # a fork copies the pool but none of its threads
 
 
 _SEARCHERS: dict[Path, tuple[tuple, Searcher]] = {}

@@ -75,7 +75,6 @@ def test_the_schema_bounds_every_field_and_complexity_counts_branches() -> None:
     assert enrichment.complexity("void F(void)\n{\n    if (a && b)\n        G();\n    for (;;) {}\n}") == 4
 
 
-
 def test_answers_from_before_the_items_were_bounded_are_read_as_kept_and_asked_again_past_the_cache(
         tmp_path: Path) -> None:
     home, key = tmp_path / "home", (WALLCLOCK, "CB2_ViewWallClock")
@@ -88,11 +87,11 @@ def test_answers_from_before_the_items_were_bounded_are_read_as_kept_and_asked_a
     old = Enrichment.model_construct(**{**fields, "caller_notes": [CallerNote(**fields["caller_notes"][0])]})
     enrichment.store(home, [Enriched("e1", "clock", *key, "b1", "tiny", old, 1, 10, 5, 0.0, 1.0)])
     kept = enrichment.current(home, "clock", {key: "b1"})[key]
-    assert kept.fields.change_recipe == fields["change_recipe"] and kept.fields.caller_notes[0].name == "CB2_StartWallClock"
+    assert kept.fields.change_recipe == fields["change_recipe"]
+    assert kept.fields.caller_notes[0].name == "CB2_StartWallClock"
     now = Enrichment.model_validate({**fields, "change_recipe": ["Keep the order of the callbacks."]})
-    (tmp_path / "cra.toml").write_text("[teacher]\nendpoint = \"{url}\"\nmodel = \"tiny\"\n")
     with standin_server([chat_reply(now.model_dump_json())] * 2) as server:
-        (tmp_path / "cra.toml").write_text((tmp_path / "cra.toml").read_text().format(url=server.url))
+        (tmp_path / "cra.toml").write_text(f'[teacher]\nendpoint = "{server.url}"\nmodel = "tiny"\n')
         teacher, question = Teacher(load_config(tmp_path), home), [{"role": "user", "content": "CB2_ViewWallClock"}]
         assert not teacher.ask("enrich", question, Enrichment).cached
         assert teacher.ask("enrich", question, Enrichment).cached and len(server.requests) == 1

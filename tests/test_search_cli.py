@@ -7,6 +7,7 @@ Most go through typer's CliRunner; a few run `python -m agent.cli` as a user wou
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from agent import retrieval
 from agent.cli import app
 from agent.index.build import index_repo
 from agent.project import Project
-from agent.retrieval import file_name_scores, name_words, query_identifiers
+from agent.retrieval import file_name_scores, name_words, query_identifiers, search
 from tests.fixtures.decomp import DecompRepo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -308,3 +309,19 @@ def test_cli_as_a_subprocess(decomp_repo: DecompRepo, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "NoSuchThing" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def _search_in_child(repo: Path, home: Path, out) -> None:
+    out.put([h.path for h in search(repo, "wall clock", home=home, k=3).files])
+
+
+def test_a_process_forked_after_a_search_searches_too(indexed) -> None:
+    first = [h.path for h in search(indexed.repo, "wall clock", home=indexed.home, k=3).files]
+    fork = multiprocessing.get_context("fork")
+    out = fork.Queue()
+    child = fork.Process(target=_search_in_child, args=(indexed.repo, indexed.home, out))
+    child.start()
+    child.join(60)
+    if child.is_alive():  # its table searches wait on the parent's threads, which a fork does not copy
+        child.kill()
+    assert child.exitcode == 0 and out.get(timeout=5) == first
